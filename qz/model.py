@@ -1,0 +1,223 @@
+"""The Qingzhou-mini model: parameters, forward, loss and gradients (SPEC §2, §7).
+
+This file only composes the op pairs of ``ops.py`` and ``moe.py``; every
+gradient is written next to its forward there. Parameters are a flat dict of
+arrays keyed by the SPEC's names (``config.param_shapes``).
+
+    logits, aux   = forward(params, cfg, inputs, top_k=None)
+    loss, grads   = loss_and_grads(params, cfg, inputs, targets, aux_coef=0.0)
+
+Shape letters: B batch, T time, d width, V outputs, N = B * T.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .config import Config, param_shapes
+from .moe import moe_backward, moe_forward
+
+__all__ = ["init_params", "forward", "loss_and_grads", "forward_stats", "validate_inputs"]
+
+
+# ----------------------------------------------------------------------------
+# parameters
+# ----------------------------------------------------------------------------
+def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Random parameters with the SPEC's names and shapes.
+
+    Values are drawn in float64 and cast, so float32 and float64 models from one
+    seed hold the same numbers up to rounding. Linear weights are N(0, 1/fan_in)
+    so activations keep unit scale; the two projections that write into the
+    residual stream (wo, w2) are further scaled by 1/sqrt(2 n_layers), as in
+    GPT-2, so the stream does not grow with depth. Norm gains start at 1,
+    biases at 0.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+    rng = np.random.default_rng(seed)
+    resid = 1.0 / np.sqrt(2 * cfg.n_layers)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("attn_norm", "ffn_norm", "final_norm"):
+            arr = np.ones(shape)
+        elif leaf == "bias":
+            arr = np.zeros(shape)
+        elif name == "embed":
+            arr = rng.standard_normal(shape)
+        elif name == "pos":
+            arr = 0.1 * rng.standard_normal(shape)
+        else:
+            fan_in = shape[-2]
+            std = 1.0 / np.sqrt(fan_in) * (resid if leaf in ("wo", "w2") else 1.0)
+            arr = std * rng.standard_normal(shape)
+        params[name] = arr.astype(dtype)
+    return params
+
+
+# ----------------------------------------------------------------------------
+# input checks (one clear ValueError instead of an IndexError deep inside)
+# ----------------------------------------------------------------------------
+def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
+    if top_k is not None and (isinstance(top_k, bool) or not 1 <= int(top_k) <= cfg.n_experts):
+        raise ValueError(f"top_k: must be in 1..{cfg.n_experts}, got {top_k!r}")
+    inputs = np.asarray(inputs)
+    if cfg.mode == "lm":
+        if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
+            raise ValueError(f"inputs: LM mode expects int token ids (B, T), got {inputs.dtype} {inputs.shape}")
+        if inputs.size and (inputs.min() < 0 or inputs.max() >= cfg.vocab_size):
+            raise ValueError(f"inputs: token ids must be in 0..{cfg.vocab_size - 1}")
+    else:
+        if inputs.ndim != 3 or inputs.shape[2] != cfg.input_dim:
+            raise ValueError(f"inputs: classifier mode expects features (B, T, {cfg.input_dim}), got {inputs.shape}")
+        if not np.issubdtype(inputs.dtype, np.floating):
+            raise ValueError(f"inputs: features must be floating point, got {inputs.dtype}")
+        if not np.all(np.isfinite(inputs)):
+            raise ValueError("inputs: features contain NaN or Inf")
+    B, T = inputs.shape[:2]
+    if B == 0 or T == 0:
+        raise ValueError(f"inputs: empty batch, shape {inputs.shape}")
+    if T > cfg.max_len:
+        raise ValueError(f"inputs: sequence length {T} is longer than max_len={cfg.max_len}")
+    if targets is not None:
+        targets = np.asarray(targets)
+        want = (B, T) if cfg.mode == "lm" else (B,)
+        if targets.shape != want or not np.issubdtype(targets.dtype, np.integer):
+            raise ValueError(f"targets: expected int array of shape {want}, got {targets.dtype} {targets.shape}")
+        if targets.min() < 0 or targets.max() >= cfg.n_out:
+            raise ValueError(f"targets: labels must be in 0..{cfg.n_out - 1}")
+    return inputs, targets
+
+
+# ----------------------------------------------------------------------------
+# one transformer block: x + attention(norm(x)), then x + moe(norm(x))
+# ----------------------------------------------------------------------------
+def block_forward(x, params, i, cfg, k):
+    # x: (B, T, d) -> (B, T, d)
+    p = f"blocks.{i}."
+    B, T, d = x.shape
+    a_in, c_n1 = ops.rmsnorm_forward(x, params[p + "attn_norm"])
+    q, c_q = ops.linear_forward(a_in, params[p + "wq"])           # (B, T, d)
+    kk, c_k = ops.linear_forward(a_in, params[p + "wk"])
+    v, c_v = ops.linear_forward(a_in, params[p + "wv"])
+    o, c_att = ops.attention_forward(q, kk, v, cfg.n_heads, cfg.causal)
+    a_out, c_o = ops.linear_forward(o, params[p + "wo"])
+    x = x + a_out
+    h, c_n2 = ops.rmsnorm_forward(x, params[p + "ffn_norm"])
+    shared = None
+    if cfg.n_shared_experts:
+        shared = (params[p + "shared.w1"], params[p + "shared.w3"], params[p + "shared.w2"])
+    m, aux, stats, c_moe = moe_forward(h.reshape(B * T, d), params[p + "gate"], params[p + "w1"],
+                                       params[p + "w3"], params[p + "w2"], k, shared)
+    x = x + m.reshape(B, T, d)
+    return x, aux, stats, (c_n1, c_q, c_k, c_v, c_att, c_o, c_n2, c_moe)
+
+
+def block_backward(dx, daux, cache, i):
+    # dx: (B, T, d) -> dx (B, T, d), grads of block i
+    c_n1, c_q, c_k, c_v, c_att, c_o, c_n2, c_moe = cache
+    p = f"blocks.{i}."
+    B, T, d = dx.shape
+    grads = {}
+    dh, moe_grads = moe_backward(dx.reshape(B * T, d), daux, c_moe)
+    for name, g in moe_grads.items():
+        grads[p + name] = g
+    dx_n2, grads[p + "ffn_norm"] = ops.rmsnorm_backward(dh.reshape(B, T, d), c_n2)
+    dx = dx + dx_n2                                               # residual: both paths
+    do, grads[p + "wo"], _ = ops.linear_backward(dx, c_o)
+    dq, dk, dv = ops.attention_backward(do, c_att)
+    da_in, grads[p + "wq"], _ = ops.linear_backward(dq, c_q)
+    da_k, grads[p + "wk"], _ = ops.linear_backward(dk, c_k)
+    da_v, grads[p + "wv"], _ = ops.linear_backward(dv, c_v)
+    dx_n1, grads[p + "attn_norm"] = ops.rmsnorm_backward(da_in + da_k + da_v, c_n1)
+    return dx + dx_n1, grads
+
+
+# ----------------------------------------------------------------------------
+# the whole model
+# ----------------------------------------------------------------------------
+def _forward(params, cfg, inputs, k):
+    dtype = params["pos"].dtype
+    B, T = inputs.shape[:2]
+    caches = {}
+    if cfg.mode == "lm":
+        x, caches["embed"] = ops.embedding_forward(inputs, params["embed"])     # (B, T, d)
+    else:
+        x, caches["in_proj"] = ops.linear_forward(inputs.astype(dtype, copy=False),
+                                                  params["in_proj.weight"], params["in_proj.bias"])
+    x = x + params["pos"][:T]
+    aux = dtype.type(0.0)
+    stats = []
+    for i in range(cfg.n_layers):
+        x, aux_i, st, caches[i] = block_forward(x, params, i, cfg, k)
+        aux = aux + aux_i
+        stats.append(st)
+    x, caches["final_norm"] = ops.rmsnorm_forward(x, params["final_norm"])
+    if cfg.mode == "classifier":
+        x, caches["pool"] = ops.mean_pool_forward(x)                         # (B, d)
+    logits, caches["head"] = ops.linear_forward(x, params["head.weight"], params["head.bias"])
+    return logits, aux, stats, caches
+
+
+def _backward(dlogits, daux, caches, cfg, T):
+    grads = {}
+    dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, caches["head"])
+    if cfg.mode == "classifier":
+        dx = ops.mean_pool_backward(dx, caches["pool"])                      # (B, T, d)
+    dx, grads["final_norm"] = ops.rmsnorm_backward(dx, caches["final_norm"])
+    for i in reversed(range(cfg.n_layers)):
+        dx, g = block_backward(dx, daux, caches[i], i)
+        grads.update(g)
+    dpos = np.zeros((cfg.max_len, cfg.d_model), dtype=dx.dtype)
+    dpos[:T] = dx.sum(axis=0)
+    grads["pos"] = dpos
+    if cfg.mode == "lm":
+        grads["embed"] = ops.embedding_backward(dx, caches["embed"])
+    else:
+        _, grads["in_proj.weight"], grads["in_proj.bias"] = ops.linear_backward(dx, caches["in_proj"])
+    return grads
+
+
+def _check_quant(quant):
+    if quant is not None:
+        raise NotImplementedError("quant: fake-quant forward is not built yet (the QAT issue adds it); pass quant=None")
+
+
+def forward(params, cfg: Config, inputs, top_k=None, quant=None):
+    """Logits and the summed load-balancing loss (SPEC §2.3, §7).
+
+    LM mode: int ids (B, T) -> logits (B, T, vocab_size).
+    Classifier mode: features (B, T, input_dim) -> logits (B, n_classes).
+    """
+    _check_quant(quant)
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
+    k = cfg.top_k if top_k is None else int(top_k)
+    logits, aux, _, _ = _forward(params, cfg, inputs, k)
+    return logits, aux
+
+
+def forward_stats(params, cfg: Config, inputs, top_k=None):
+    """Like forward, plus per-layer routing stats: {'load': (E,), 'entropy': float}."""
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
+    k = cfg.top_k if top_k is None else int(top_k)
+    logits, aux, stats, _ = _forward(params, cfg, inputs, k)
+    return logits, aux, stats
+
+
+def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):
+    """Mean cross-entropy + aux_coef * aux, and its gradient for every parameter.
+
+    Returns (loss: float, grads: dict with the same keys, shapes and dtypes as params).
+    """
+    _check_quant(quant)
+    inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
+    k = cfg.top_k if top_k is None else int(top_k)
+    logits, aux, _, caches = _forward(params, cfg, inputs, k)
+    V = logits.shape[-1]
+    ce, ce_cache = ops.cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1))
+    loss = float(ce) + float(aux_coef) * float(aux)
+    dlogits = ops.cross_entropy_backward(logits.dtype.type(1.0), ce_cache).reshape(logits.shape)
+    grads = _backward(dlogits, logits.dtype.type(aux_coef), caches, cfg, inputs.shape[1])
+    return loss, grads

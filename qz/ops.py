@@ -1,0 +1,154 @@
+"""Forward/backward pairs for the dense ops of Qingzhou-mini (SPEC §2.3).
+
+Every op is two pure functions in the style of llm.c:
+
+    out, cache = op_forward(...)
+    grads...   = op_backward(dout, cache)
+
+The cache holds exactly what the backward pass needs; nothing is stored on a
+hidden object. ``dfoo`` always means d(loss)/d(foo). The backward functions
+return fresh arrays; summing gradients of shared parameters is the model's job.
+
+Shape letters: B batch, T time, d model width, H heads, D = d / H head width,
+N = B * T rows, V outputs (vocabulary or classes).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+
+EPS = 1e-5  # RMSNorm epsilon, SPEC §2.3
+
+
+# ----------------------------------------------------------------------------
+# linear: y = x @ W (+ b), weights stored (in, out)
+# ----------------------------------------------------------------------------
+def linear_forward(x, w, b=None):
+    # x: (..., in), w: (in, out), b: (out,) -> y: (..., out)
+    y = x @ w
+    if b is not None:
+        y = y + b
+    return y, (x, w, b is not None)
+
+
+def linear_backward(dy, cache):
+    # dx = dy W^T; dW = x^T dy summed over every leading axis; db = sum dy
+    x, w, has_b = cache
+    dx = dy @ w.T
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    dw = x2.T @ dy2
+    db = dy2.sum(axis=0) if has_b else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------
+# RMSNorm: y = x / sqrt(mean(x^2) + eps) * g
+# ----------------------------------------------------------------------------
+def rmsnorm_forward(x, g):
+    # x: (..., d), g: (d,) -> y: (..., d); cache rstd for the backward pass
+    x2 = x.reshape(-1, x.shape[-1])
+    y, rstd = kernels.rmsnorm_forward(x2, g, EPS)
+    return y.reshape(x.shape), (x2, g, rstd, x.shape)
+
+
+def rmsnorm_backward(dy, cache):
+    x2, g, rstd, shape = cache
+    dx, dg = kernels.rmsnorm_backward(dy.reshape(x2.shape), x2, g, rstd)
+    return dx.reshape(shape), dg
+
+
+# ----------------------------------------------------------------------------
+# embedding lookup (LM mode): x = table[ids]
+# ----------------------------------------------------------------------------
+def embedding_forward(ids, table):
+    # ids: (B, T) int, table: (V, d) -> x: (B, T, d)
+    return table[ids], (ids, table.shape)
+
+
+def embedding_backward(dx, cache):
+    # rows used several times get the sum of their gradients
+    ids, shape = cache
+    dtable = np.zeros(shape, dtype=dx.dtype)
+    np.add.at(dtable, ids.reshape(-1), dx.reshape(-1, shape[1]))
+    return dtable
+
+
+# ----------------------------------------------------------------------------
+# multi-head attention core: softmax(q k^T / sqrt(D) [causal]) v
+# (the projections wq, wk, wv, wo are linear ops composed by the model)
+# ----------------------------------------------------------------------------
+def split_heads(x, n_heads):
+    # (B, T, d) -> (B, H, T, D)
+    B, T, d = x.shape
+    return x.reshape(B, T, n_heads, d // n_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    # (B, H, T, D) -> (B, T, d)
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def attention_forward(q, k, v, n_heads, causal):
+    # q, k, v: (B, T, d) -> o: (B, T, d)
+    qh, kh, vh = (np.ascontiguousarray(split_heads(t, n_heads)) for t in (q, k, v))
+    oh, p = kernels.attention_forward(qh, kh, vh, causal)        # (B, H, T, D), (B, H, T, T)
+    return merge_heads(oh), (qh, kh, vh, p, n_heads)
+
+
+def attention_backward(do, cache):
+    qh, kh, vh, p, n_heads = cache
+    doh = np.ascontiguousarray(split_heads(do, n_heads))
+    dqh, dkh, dvh = kernels.attention_backward(doh, qh, kh, vh, p)
+    return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh)
+
+
+# ----------------------------------------------------------------------------
+# SwiGLU's gating: m = silu(a) * b  (a = u @ w1, b = u @ w3)
+# ----------------------------------------------------------------------------
+def swiglu_forward(a, b):
+    # a, b: (N, f) -> m: (N, f)
+    return kernels.swiglu_forward(a, b), (a, b)
+
+
+def swiglu_backward(dm, cache):
+    a, b = cache
+    return kernels.swiglu_backward(dm, a, b)
+
+
+# ----------------------------------------------------------------------------
+# mean over time (classifier mode)
+# ----------------------------------------------------------------------------
+def mean_pool_forward(x):
+    # x: (B, T, d) -> (B, d)
+    return x.mean(axis=1), x.shape
+
+
+def mean_pool_backward(dy, cache):
+    B, T, d = cache
+    return np.broadcast_to(dy[:, None, :] / T, (B, T, d)).astype(dy.dtype)
+
+
+# ----------------------------------------------------------------------------
+# softmax cross-entropy, mean over rows
+# ----------------------------------------------------------------------------
+def cross_entropy_forward(logits, targets):
+    # logits: (N, V), targets: (N,) int -> loss (scalar of logits' dtype)
+    probs = kernels.softmax(logits)                               # (N, V)
+    n = logits.shape[0]
+    picked = probs[np.arange(n), targets]
+    # log of a probability that underflowed to 0 would be -inf: clamp at the tiny
+    loss = -np.mean(np.log(np.maximum(picked, np.finfo(logits.dtype).tiny)))
+    return loss.astype(logits.dtype), (probs, targets)
+
+
+def cross_entropy_backward(dloss, cache):
+    # d mean(-log softmax(z)[t]) / dz = (softmax(z) - onehot(t)) / N
+    probs, targets = cache
+    n = probs.shape[0]
+    dlogits = probs.copy()
+    dlogits[np.arange(n), targets] -= 1.0
+    dlogits *= dloss / n
+    return dlogits
