@@ -1,0 +1,141 @@
+"""The gate, the experts and the load-balancing loss (qz/moe.py, SPEC §2.3)."""
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qz import moe
+from helpers import check_vjp
+from strategies import seeds
+
+
+@st.composite
+def routing_case(draw):
+    N = draw(st.integers(1, 7))
+    E = draw(st.integers(1, 6))
+    k = draw(st.integers(1, E))
+    d = draw(st.integers(1, 5))
+    f = draw(st.integers(1, 5))
+    return N, E, k, d, f, draw(seeds)
+
+
+@given(routing_case())
+def test_gate_weights_positive_sum_to_one_distinct(case):
+    N, E, k, d, f, seed = case
+    rng = np.random.default_rng(seed)
+    (w, idx, probs), _ = moe.gate_forward(rng.standard_normal((N, d)), rng.standard_normal((d, E)), k)
+    assert w.shape == idx.shape == (N, k)
+    assert np.all(w > 0)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-12, err_msg="gate weights")
+    for row in idx:
+        assert len(set(row.tolist())) == k, f"repeated expert in {row}"
+    # the chosen are the k most probable: none left out beats one chosen
+    for n in range(N):
+        chosen = probs[n, idx[n]]
+        rest = np.delete(probs[n], idx[n])
+        assert rest.size == 0 or rest.max() <= chosen.min()
+
+
+@given(st.integers(1, 8), st.integers(1, 8), st.integers(1, 4), seeds)
+def test_zero_gate_routes_to_lowest_indices(N, E, d, seed):
+    k = 1 + seed % E
+    h = np.random.default_rng(seed).standard_normal((N, d))
+    (w, idx, _), _ = moe.gate_forward(h, np.zeros((d, E)), k)
+    assert np.array_equal(idx, np.tile(np.arange(k), (N, 1))), idx
+    np.testing.assert_allclose(w, 1.0 / k)
+
+
+def test_ties_go_to_lower_index_among_equal_nonzero_probs():
+    # logits [1, 3, 3, 0, 3]: three-way tie at the top, k = 2 -> experts 1 and 2
+    h = np.array([[1.0]])
+    wg = np.array([[1.0, 3.0, 3.0, 0.0, 3.0]])
+    (_, idx, _), _ = moe.gate_forward(h, wg, 2)
+    assert idx.tolist() == [[1, 2]]
+
+
+def _expert(u, w1, w3, w2):
+    a, b = u @ w1, u @ w3
+    return (a / (1 + np.exp(-a)) * b) @ w2
+
+
+@given(routing_case())
+def test_moe_equals_direct_spec_formula(case):
+    N, E, k, d, f, seed = case
+    rng = np.random.default_rng(seed)
+    h, wg = rng.standard_normal((N, d)), rng.standard_normal((d, E))
+    w1, w3, w2 = rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)), rng.standard_normal((E, f, d))
+    out, aux, stats, _ = moe.moe_forward(h, wg, w1, w3, w2, k)
+    (w, idx, probs), _ = moe.gate_forward(h, wg, k)
+    want = np.zeros_like(h)
+    for n in range(N):
+        for j in range(k):
+            e = idx[n, j]
+            want[n] += w[n, j] * _expert(h[n:n + 1], w1[e], w3[e], w2[e])[0]
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-12, err_msg="moe vs formula")
+    assert stats["load"].sum() == N * k
+
+
+@given(routing_case())
+def test_top_k_equal_E_is_the_dense_mixture(case):
+    N, E, _, d, f, seed = case
+    rng = np.random.default_rng(seed)
+    h, wg = rng.standard_normal((N, d)), rng.standard_normal((d, E))
+    w1, w3, w2 = rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)), rng.standard_normal((E, f, d))
+    out, _, _, _ = moe.moe_forward(h, wg, w1, w3, w2, E)
+    logits = h @ wg
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    dense = sum(probs[:, e:e + 1] * _expert(h, w1[e], w3[e], w2[e]) for e in range(E))
+    np.testing.assert_allclose(out, dense, rtol=1e-10, atol=1e-12, err_msg="dense mixture")
+
+
+def test_aux_is_one_under_uniform_routing():
+    N, E, k = 12, 4, 2
+    probs = np.full((N, E), 1.0 / E)
+    idx = np.array([[(2 * n) % E, (2 * n + 1) % E] for n in range(N)])   # every expert N*k/E slots
+    aux, _ = moe.aux_loss_forward(probs, idx)
+    assert abs(aux - 1.0) < 1e-12
+
+
+def test_aux_grows_when_routing_collapses():
+    N, E = 8, 4
+    probs = np.tile([0.97, 0.01, 0.01, 0.01], (N, 1))
+    aux, _ = moe.aux_loss_forward(probs, np.zeros((N, 1), dtype=np.int64))
+    assert aux > 3.5   # E * 1 * 0.97
+
+
+@given(routing_case(), st.booleans())
+def test_moe_vjp(case, with_shared):
+    """Gradient through gate (softmax, top-k gather, renormalisation), experts, aux and shared experts."""
+    N, E, k, d, f, seed = case
+    rng = np.random.default_rng(seed)
+    S = 2 if with_shared else 0
+    args = [rng.standard_normal((N, d)), rng.standard_normal((d, E)),
+            rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)), rng.standard_normal((E, f, d))]
+    if S:
+        args += [rng.standard_normal((S, d, f)), rng.standard_normal((S, d, f)), rng.standard_normal((S, f, d))]
+    cache = {}
+
+    def fwd(h, wg, w1, w3, w2, *sh):
+        out, aux, _, cache["c"] = moe.moe_forward(h, wg, w1, w3, w2, k, tuple(sh) if sh else None)
+        return out, np.asarray(aux)
+
+    def bwd(dys):
+        dout, daux = dys
+        dh, g = moe.moe_backward(dout, float(daux), cache["c"])
+        grads = [dh, g["gate"], g["w1"], g["w3"], g["w2"]]
+        if S:
+            grads += [g["shared.w1"], g["shared.w3"], g["shared.w2"]]
+        return grads
+    check_vjp(fwd, bwd, args, rng, name=f"moe k={k} E={E} S={S}")
+
+
+@given(routing_case())
+def test_aux_gradient_flows_through_mean_probs_only(case):
+    N, E, k, d, f, seed = case
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(E), size=N)
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    _, c = moe.aux_loss_forward(probs, idx)
+    g = moe.aux_loss_backward(1.0, c)
+    frac = np.bincount(idx.ravel(), minlength=E) / (N * k)
+    np.testing.assert_allclose(g, np.tile(E * frac / N, (N, 1)), rtol=1e-12)
