@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - exercised by the numba-free CI run
 # Read once at import: the choice is fixed for the process so a run never mixes
 # paths. Tests call the *_ref / *_jit twins directly to compare them.
 USE_NUMBA = NUMBA_AVAILABLE and os.environ.get("QZ_NUMBA", "1") != "0"
+PARALLEL = os.environ.get("QZ_NUMBA_PARALLEL", "0") == "1"
 
 
 def _jit(fn):
@@ -47,7 +48,7 @@ def _jit(fn):
     """
     if _nb is None:
         return None
-    return _nb.njit(cache=True, parallel=True, fastmath=True, nogil=True)(fn)
+    return _nb.njit(cache=True, parallel=PARALLEL, fastmath=True, nogil=True)(fn)
 
 
 prange = _nb.prange if _nb is not None else range

@@ -1,0 +1,332 @@
+"""The `qz` command line: train, eval, info.
+
+Every user error (bad file, bad option, bad data) ends with a one-line
+`qz: error: ...` on stderr and exit code 1, never a traceback. `--json`
+prints machine-readable results on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, checkpoint
+from .config import PRESETS, Config, active_params, n_params, preset
+from .data import DataError, load_dataset
+from .train import TrainConfig, TrainingDiverged, evaluate, load_training, save_training, train
+
+DEFAULT_TEXT = Path("data") / "kjv.txt.gz"
+
+
+class UserError(Exception):
+    """Reported as one line and exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse's own errors (unknown option, bad int) also get one line and exit code 1
+    def error(self, message):
+        self.exit(1, f"qz: error: {message} (see: {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------
+def _parse_sets(items):
+    """--set key=value pairs -> dict, values parsed as JSON where they can be (4, true, null)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _model_config(args, train_data, val_data):
+    """Config from --config/--preset, with the data's sizes filled in, then --set overrides."""
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"--config {args.config}: {e}") from None
+        if not isinstance(base, dict):
+            raise UserError(f"--config {args.config}: expected a JSON object")
+    else:
+        name = args.preset or ("kws" if train_data.kind == "classifier" else "tiny_lm")
+        if name not in PRESETS:
+            raise UserError(f"--preset {name!r}: unknown (choose from {', '.join(sorted(PRESETS))})")
+        base = dict(PRESETS[name])
+    T = train_data.seq_len
+    if train_data.kind == "classifier":
+        n_classes = int(max(train_data.y.max(), val_data.y.max() if val_data is not None else 0)) + 1
+        base.update(input_dim=int(train_data.x.shape[2]), n_classes=max(2, n_classes), max_len=T)
+        base.pop("vocab_size", None)
+        base.pop("causal", None)
+    else:
+        arrays = getattr(train_data, "x", None)
+        vocab = 256 if arrays is None else int(max(arrays.max(), train_data.y.max())) + 1
+        base.update(vocab_size=max(vocab, base.get("vocab_size") or 0), max_len=max(T, 1))
+        base.pop("input_dim", None)
+        base.pop("n_classes", None)
+    base.update(_parse_sets(args.set))
+    return Config.from_dict(base)
+
+
+def _train_config(args, resumed=None):
+    d = resumed.to_dict() if resumed is not None else {}
+    for key in ("steps", "batch_size", "lr", "warmup", "weight_decay", "clip", "aux_coef", "seed",
+                "eval_every", "eval_batches", "ckpt_every"):
+        value = getattr(args, key, None)
+        if value is not None:
+            d[key] = value
+    if args.top_k_choices is not None:
+        try:
+            d["top_k_choices"] = [int(k) for k in args.top_k_choices.split(",") if k.strip()]
+        except ValueError:
+            raise UserError(f"--top-k-choices {args.top_k_choices!r}: expected a list like 1,2") from None
+    return TrainConfig.from_dict(d)
+
+
+def _emit(args, result, lines):
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _unigram_entropy(train_data):
+    """Cross-entropy (nats) of the best context-free guess: the baseline to beat."""
+    y = train_data.y if hasattr(train_data, "y") else train_data.tokens
+    counts = np.bincount(np.asarray(y).reshape(-1)).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# ----------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------
+def cmd_train(args):
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        cfg, tcfg_old, state = load_training(args.resume)
+        tcfg = _train_config(args, tcfg_old)
+        if tcfg.steps < state.step:
+            raise UserError(f"--steps {tcfg.steps}: the checkpoint is already at step {state.step}")
+        out = out or Path(args.resume)
+        data_path = args.data or (str(DEFAULT_TEXT) if cfg.mode == "lm" else None)
+        if data_path is None:
+            raise UserError("--data: give the data set the checkpoint was trained on")
+        train_data, val_data = load_dataset(data_path, seq_len=cfg.max_len, seed=tcfg.seed)
+        _check_data_fits(cfg, train_data)
+        params = None
+    else:
+        tcfg = _train_config(args)
+        data_path = args.data or str(DEFAULT_TEXT)
+        train_data, val_data = load_dataset(data_path, seq_len=args.seq_len, seed=tcfg.seed)
+        cfg = _model_config(args, train_data, val_data)
+        _check_data_fits(cfg, train_data)
+        from .model import init_params
+        params = init_params(cfg, seed=tcfg.seed, dtype=np.dtype(args.dtype))
+        state = None
+        out = out or Path("runs") / f"{Path(data_path).name.split('.')[0]}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True  # finish the step in flight, then save and exit
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if not args.json:
+        print(f"qz train: {cfg.mode} model, {n_params(cfg):,} parameters "
+              f"({active_params(cfg):,} active per token), data {data_path} "
+              f"({len(train_data):,} train examples), {tcfg.steps} steps -> {out}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        state = train(cfg, tcfg, train_data, val_data, state=state, params=params, ckpt_path=out,
+                      stop_at=args.stop_at, progress=not (args.quiet or args.json),
+                      log=None if args.json else print, should_stop=lambda: stop["flag"])
+    except TrainingDiverged as e:
+        raise UserError(f"training stopped: {e}") from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    save_training(out, cfg, tcfg, state)
+    seconds = time.perf_counter() - t0
+    result = {"checkpoint": str(out), "step": state.step, "steps": tcfg.steps, "seconds": round(seconds, 2),
+              "interrupted": stop["flag"], "unigram_baseline_loss": round(_unigram_entropy(train_data), 4),
+              "final": state.history[-1] if state.history else None}
+    lines = []
+    if stop["flag"]:
+        lines.append(f"interrupted at step {state.step}; saved {out}. "
+                     f"Continue with: qz train --resume {out} --data {data_path}")
+    else:
+        lines.append(f"saved {out} at step {state.step}/{tcfg.steps} in {seconds:.1f} s")
+    if result["final"]:
+        f = result["final"]
+        lines.append(f"val loss {f['loss']:.4f} (unigram baseline {result['unigram_baseline_loss']:.4f}), "
+                     f"accuracy {f['accuracy']:.4f}")
+    _emit(args, result, lines)
+    return 130 if stop["flag"] else 0
+
+
+def _check_data_fits(cfg, data):
+    if data.seq_len > cfg.max_len:
+        raise UserError(f"the data's sequences ({data.seq_len}) are longer than the model's max_len {cfg.max_len}")
+    if data.kind != cfg.mode:
+        raise UserError(f"the data is for a {data.kind} but the model is a {cfg.mode}")
+    if cfg.mode == "classifier" and data.x.shape[2] != cfg.input_dim:
+        raise UserError(f"the data has {data.x.shape[2]} features per frame, the model expects {cfg.input_dim}")
+
+
+def cmd_eval(args):
+    params, cfg, meta = checkpoint.load(args.checkpoint)
+    tcfg_seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
+    data_path = args.data or (str(DEFAULT_TEXT) if cfg.mode == "lm" else None)
+    if data_path is None:
+        raise UserError("--data: give an .npz to evaluate on")
+    seq_len = cfg.max_len if cfg.mode == "lm" else 0
+    _, val_data = load_dataset(data_path, seq_len=seq_len, seed=tcfg_seed)
+    _check_data_fits(cfg, val_data)
+    ks = [args.top_k] if args.top_k else sorted({1, cfg.top_k})
+    results = []
+    for k in ks:
+        if not 1 <= k <= cfg.n_experts:
+            raise UserError(f"--top-k {k}: must be in 1..{cfg.n_experts}")
+        t0 = time.perf_counter()
+        res = evaluate(params, cfg, val_data, batch_size=args.batch_size, max_batches=args.max_batches, top_k=k)
+        res["seconds"] = round(time.perf_counter() - t0, 3)
+        results.append(res)
+    lines = [f"{args.checkpoint} on {data_path} (held-out split, {results[0]['n']:,} predictions)"]
+    for r in results:
+        lines.append(f"  top_k {r['top_k']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
+                     f"aux {r['aux']:.3f}  gate entropy {', '.join(f'{e:.3f}' for e in r['gate_entropy'])}")
+        for i, load in enumerate(r["expert_load"]):
+            lines.append(f"    layer {i} expert load: " + " ".join(f"{x:.2f}" for x in load))
+    _emit(args, {"checkpoint": args.checkpoint, "data": data_path, "results": results}, lines)
+    return 0
+
+
+def cmd_info(args):
+    params, cfg, meta = checkpoint.load(args.checkpoint)
+    size = os.path.getsize(args.checkpoint)
+    dtypes = sorted({str(p.dtype) for p in params.values()})
+    active = {k: active_params(cfg, k) for k in range(1, cfg.n_experts + 1)}
+    state_bytes = sum(a.nbytes for a in meta.get("state", {}).values())
+    result = {"checkpoint": args.checkpoint, "config": cfg.to_dict(), "mode": cfg.mode,
+              "parameters": n_params(cfg), "active_parameters_per_token": active, "dtypes": dtypes,
+              "file_bytes": size, "parameter_bytes": sum(p.nbytes for p in params.values()),
+              "training_state_bytes": state_bytes, "step": meta.get("step"),
+              "last_eval": (meta.get("history") or [None])[-1]}
+    lines = [f"{args.checkpoint}: {cfg.mode} model, {size:,} bytes on disk "
+             f"({result['parameter_bytes']:,} parameters + {state_bytes:,} training state), {', '.join(dtypes)}",
+             "config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None),
+             f"parameters: {n_params(cfg):,}",
+             "active per token: " + ", ".join(f"top_k {k}: {v:,}" for k, v in active.items())]
+    if result["step"] is not None:
+        lines.append(f"trained steps: {result['step']}")
+    if result["last_eval"]:
+        e = result["last_eval"]
+        lines.append(f"last eval: loss {e['loss']:.4f}, accuracy {e['accuracy']:.4f}")
+    _emit(args, result, lines)
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# argument parsing
+# ----------------------------------------------------------------------------
+TRAIN_EPILOG = """examples:
+  qz train                                   # character LM on data/kjv.txt.gz, preset tiny_lm
+  qz train --data feats.npz --steps 2000     # any .npz with x (N,T,F) float + y (N,) labels
+  qz train --preset char_lm --top-k-choices 1,2 --out runs/lm.safetensors
+  qz train --resume runs/lm.safetensors --steps 4000   # continue (bit-exact) and extend
+
+Ctrl-C finishes the current step, saves a checkpoint and prints how to resume.
+"""
+
+
+def build_parser():
+    p = _Parser(prog="qz", description="Qingzhou-mini: a small Mixture-of-Experts "
+                                "transformer for CPU-only devices (train, evaluate, inspect).")
+    p.add_argument("--version", action="version", version=f"qz {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on an .npz or a text file",
+                       description="Train a model from scratch or resume one. The model's sizes that "
+                       "depend on the data (input_dim, n_classes, vocab_size, max_len) are read off the data.",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--data", help=f"an .npz with x and y, or a .txt/.txt.gz (default {DEFAULT_TEXT})")
+    t.add_argument("--preset", help=f"model preset: {', '.join(sorted(PRESETS))} "
+                   "(default kws for features, tiny_lm for text)")
+    t.add_argument("--config", help="a JSON file with a full model config (instead of --preset)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. --set n_layers=4")
+    t.add_argument("--seq-len", type=int, default=64, help="window length for text data (default 64)")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--steps", type=int, help="total optimizer steps (default 500)")
+    t.add_argument("--batch-size", type=int, help="examples per step (default 32)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    t.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (default 50)")
+    t.add_argument("--weight-decay", type=float, help="AdamW decoupled decay, not on norms/biases (default 0.01)")
+    t.add_argument("--clip", type=float, help="global gradient-norm clip, 0 = off (default 1.0)")
+    t.add_argument("--aux-coef", type=float, help="load-balancing loss weight (default 0.01)")
+    t.add_argument("--top-k-choices", help="elastic top-k: each step draws k from this list, e.g. 1,2")
+    t.add_argument("--seed", type=int, help="seed for init, data order and top-k draws (default 0)")
+    t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: at the end only)")
+    t.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (default 20)")
+    t.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (default: at the end)")
+    t.add_argument("--out", help="checkpoint path (default runs/<data>.safetensors, or the resumed file)")
+    t.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint, exactly")
+    t.add_argument("--stop-at", type=int, help="stop after this step and save (the schedule still plans --steps)")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on held-out data",
+                       description="Loss, accuracy and routing statistics (per-expert load, gate entropy) on "
+                       "the held-out split of a data set, at the config's top_k and at top_k 1.")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", help=f"data set (default {DEFAULT_TEXT} for LMs)")
+    e.add_argument("--top-k", type=int, help="evaluate at this top_k only")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--max-batches", type=int, default=None, help="limit the number of batches")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("info", help="describe a checkpoint",
+                       description="Config, parameter count, active parameters per token at each top_k, "
+                       "file size and training progress of a checkpoint.")
+    i.add_argument("checkpoint")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args)
+    except (UserError, DataError, checkpoint.CheckpointError, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"qz: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qz: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The training loop: AdamW, clipping, warmup + cosine, aux loss, elastic top-k,
+evaluation, checkpoints and exact resume (SPEC §5).
+
+Exact resume rests on one rule: everything random in step ``s`` (the batch,
+the elastic top-k draw) is derived from ``(seed, s)`` alone. The checkpoint
+then needs only the parameters, the AdamW moments and the step count, and a
+run of 2N steps equals N steps + resume + N steps bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint
+from .model import forward_stats, loss_and_grads
+from .ops import cross_entropy_forward
+from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
+from .progress import Progress
+
+__all__ = ["TrainConfig", "TrainState", "TrainingDiverged", "train", "evaluate",
+           "save_training", "load_training", "top_k_for_step"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    clip: float = 1.0             # global gradient norm; 0 turns clipping off
+    aux_coef: float = 0.01
+    top_k_choices: tuple = ()     # elastic top-k: each step draws k from this list; () = config top_k
+    seed: int = 0
+    eval_every: int = 0           # 0: evaluate only at the end
+    eval_batches: int = 20
+    ckpt_every: int = 0           # 0: checkpoint only at the end (and on a stop)
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{key}: must be an integer >= 1, got {v!r}")
+        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{key}: must be an integer >= 0, got {v!r}")
+        for key in ("lr", "weight_decay", "clip", "aux_coef", "eps"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
+        for key in ("beta1", "beta2", "min_lr_ratio"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ValueError(f"{key}: must be in [0, 1], got {v!r}")
+        object.__setattr__(self, "top_k_choices", tuple(int(k) for k in self.top_k_choices))
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown training option")
+        return cls(**d)
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["top_k_choices"] = list(self.top_k_choices)
+        return d
+
+
+@dataclass
+class TrainState:
+    params: dict
+    opt: dict                      # AdamW moments m.<name>, v.<name>
+    step: int = 0                  # steps done
+    history: list = field(default_factory=list)
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the parameters are the last good ones."""
+
+
+def top_k_for_step(cfg, tcfg, step):
+    """Elastic top-k (SPEC §5): a seeded draw from tcfg.top_k_choices, else cfg.top_k."""
+    if not tcfg.top_k_choices:
+        return cfg.top_k
+    rng = np.random.default_rng([tcfg.seed, step, 2])
+    return tcfg.top_k_choices[int(rng.integers(len(tcfg.top_k_choices)))]
+
+
+def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None):
+    """Loss, accuracy, aux and routing statistics on a held-out set.
+
+    load[i][e] is the share of layer i's routed slots that went to expert e
+    (1/E each under perfect balance); entropy[i] is the mean gate entropy in
+    nats (log E when the gate cannot tell experts apart).
+    """
+    E = cfg.n_experts
+    tot_loss = tot_correct = tot_count = tot_aux = n_batches = 0.0
+    load = np.zeros((cfg.n_layers, E))
+    entropy = np.zeros(cfg.n_layers)
+    for x, y in data.eval_batches(batch_size, max_batches):
+        logits, aux, stats = forward_stats(params, cfg, x, top_k=top_k)
+        V = logits.shape[-1]
+        z, t = logits.reshape(-1, V), y.reshape(-1)
+        ce, _ = cross_entropy_forward(z, t)
+        tot_loss += float(ce) * len(t)
+        tot_correct += int(np.sum(np.argmax(z, axis=1) == t))
+        tot_count += len(t)
+        tot_aux += float(aux)
+        n_batches += 1
+        for i, st in enumerate(stats):
+            load[i] += st["load"]
+            entropy[i] += st["entropy"]
+    if not tot_count:
+        raise ValueError("evaluate: the data set gave no batches")
+    load /= load.sum(axis=1, keepdims=True)
+    return {
+        "loss": tot_loss / tot_count,
+        "accuracy": tot_correct / tot_count,
+        "aux": tot_aux / n_batches,
+        "top_k": cfg.top_k if top_k is None else int(top_k),
+        "expert_load": load.round(4).tolist(),
+        "gate_entropy": (entropy / n_batches).round(4).tolist(),
+        "n": int(tot_count),
+    }
+
+
+def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_path=None,
+          stop_at=None, progress=True, log=print, should_stop=None):
+    """Run steps state.step .. min(tcfg.steps, stop_at) - 1; return the TrainState.
+
+    params: the starting parameters (a new run); state: a resumed TrainState.
+    should_stop: a callable polled after each step (e.g. a SIGINT flag); when it
+    returns True the loop stops early, and the caller saves a checkpoint.
+    """
+    if state is None:
+        state = TrainState(params=params, opt=adamw_init(params))
+    end = tcfg.steps if stop_at is None else min(tcfg.steps, stop_at)
+    T = train_data.seq_len
+    bar = Progress(end, "step", enabled=None if progress else False, initial=state.step)
+    t_last, tokens = time.perf_counter(), 0
+    recent_loss, recent_acc = [], []
+    while state.step < end:
+        step = state.step
+        x, y = train_data.batch(step, tcfg.batch_size, tcfg.seed)
+        k = top_k_for_step(cfg, tcfg, step)
+        loss, grads = loss_and_grads(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k)
+        gnorm = clip_grad_norm(grads, tcfg.clip)
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            raise TrainingDiverged(f"step {step}: loss {loss}, gradient norm {gnorm}; "
+                                   "the parameters are those of the last good step")
+        lr = lr_at(step, tcfg.lr, tcfg.warmup, tcfg.steps, tcfg.min_lr_ratio)
+        adamw_step(state.params, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps,
+                   tcfg.weight_decay)
+        state.step += 1
+        tokens += x.shape[0] * T
+        recent_loss.append(loss)
+        recent_loss = recent_loss[-20:]
+        now = time.perf_counter()
+        bar.update(state.step, loss=float(np.mean(recent_loss)), lr=lr, k=k,
+                   **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
+        if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 and state.step < end:
+            _eval_and_log(state, cfg, tcfg, val_data, bar, log)
+        if ckpt_path and tcfg.ckpt_every and state.step % tcfg.ckpt_every == 0 and state.step < end:
+            save_training(ckpt_path, cfg, tcfg, state)
+        if should_stop is not None and should_stop():
+            break
+    bar.final()
+    if val_data is not None and state.step == tcfg.steps:
+        _eval_and_log(state, cfg, tcfg, val_data, bar, log)
+    return state
+
+
+def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
+    res = evaluate(state.params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
+                   max_batches=tcfg.eval_batches)
+    res["step"] = state.step
+    state.history.append(res)
+    if log:
+        bar.final()
+        log(f"step {state.step}: val loss {res['loss']:.4f}  accuracy {res['accuracy']:.4f}  "
+            f"gate entropy {', '.join(f'{e:.3f}' for e in res['gate_entropy'])}")
+
+
+def save_training(path, cfg, tcfg, state):
+    """A checkpoint with everything `--resume` needs (SPEC §6)."""
+    checkpoint.save(path, state.params, cfg, state=state.opt, train=tcfg.to_dict(), step=state.step,
+                    rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
+                    data_position={"step": state.step, "batch_size": tcfg.batch_size},
+                    history=state.history)
+
+
+def load_training(path):
+    """-> (cfg, tcfg, TrainState) from a checkpoint written by save_training."""
+    params, cfg, meta = checkpoint.load(path)
+    if "train" not in meta or "step" not in meta:
+        raise checkpoint.CheckpointError(f"{path}: not a training checkpoint (no training state to resume)")
+    try:
+        tcfg = TrainConfig.from_dict(meta["train"])
+    except (TypeError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: training options do not validate: {e}") from None
+    opt = meta.get("state", {})
+    want = {p + n for n in params for p in ("m.", "v.")}
+    if set(opt) != want:
+        missing = sorted(want - set(opt))[:1] or sorted(set(opt) - want)[:1]
+        raise checkpoint.CheckpointError(f"{path}: optimizer state does not match the parameters ({missing[0]})")
+    for name, arr in opt.items():
+        ref = params[name[2:]]
+        if arr.shape != ref.shape or arr.dtype != ref.dtype:
+            raise checkpoint.CheckpointError(f"{path}: optimizer state {name} has shape/dtype "
+                                             f"{arr.shape}/{arr.dtype}, expected {ref.shape}/{ref.dtype}")
+    step = meta["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= tcfg.steps:
+        raise checkpoint.CheckpointError(f"{path}: step {step!r} is not in 0..{tcfg.steps}")
+    return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])))
