@@ -11,7 +11,8 @@ The public name ``foo`` dispatches to ``foo_ref`` (NumPy) or ``foo_jit``
 kernel compiles once per dtype and is cached on disk (``cache=True``) so short
 runs do not pay the compile time again.
 
-Shapes: N rows, C columns (the last axis), B batch, H heads, T time, D head dim.
+Shapes: N rows, C columns (the last axis), B batch, H heads, T time, D head dim,
+d = H * D, E experts, K chosen per token, R = N * K routed rows, f expert width.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import numpy as np
 __all__ = [
     "NUMBA_AVAILABLE", "USE_NUMBA",
     "softmax", "rmsnorm_forward", "rmsnorm_backward",
-    "swiglu_forward", "swiglu_backward",
-    "attention_forward", "attention_backward", "topk_indices",
+    "swiglu_forward", "swiglu_backward", "attention_forward", "attention_backward",
+    "route", "route_backward", "combine", "combine_backward",
 ]
 
 try:  # numba is optional
@@ -40,17 +41,22 @@ PARALLEL = os.environ.get("QZ_NUMBA_PARALLEL", "0") == "1"
 
 
 def _jit(fn):
-    """numba.njit(cache=True, parallel=True) when numba is importable, else None.
+    """numba.njit(cache=True) when numba is importable, else None.
 
-    fastmath lets LLVM reassociate the dot-product and row-sum reductions so
-    they vectorise; results then differ from NumPy's by float rounding only.
-    Outer loops use `prange`, which is a plain `range` without numba.
+    The fast-math flags let LLVM reassociate the dot-product and row-sum
+    reductions so they vectorise (results differ from NumPy's by rounding
+    only); the no-NaN/no-Inf flags are left out on purpose, because the
+    causal mask uses -inf and a diverging run must show its NaNs.
+    error_model="numpy": 1/0 gives inf as in NumPy instead of raising.
+    Outer loops use `prange`: serial unless QZ_NUMBA_PARALLEL=1, because on a
+    2-core machine numba's threads and OpenBLAS's threads fight for the cores.
     """
     if _nb is None:
         return None
-    return _nb.njit(cache=True, parallel=PARALLEL, fastmath=True, nogil=True)(fn)
+    return _nb.njit(cache=True, parallel=PARALLEL, fastmath=_FASTMATH, nogil=True, error_model="numpy")(fn)
 
 
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 prange = _nb.prange if _nb is not None else range
 
 
@@ -163,174 +169,192 @@ def rmsnorm_backward(dy, x, g, rstd):
 
 
 # ----------------------------------------------------------------------------
-# SwiGLU's elementwise part: m = silu(a) * b, silu(a) = a * sigmoid(a)
+# SwiGLU's elementwise part: m = silu(a) * b, silu(a) = a * sigmoid(a).
+# a and b arrive side by side in one array ab = [a | b] (R, 2f), the output of
+# one fused matmul u @ [w1 | w3]; the sigmoid is kept for the backward pass.
 # ----------------------------------------------------------------------------
-def _sigmoid_ref(a):
+def sigmoid_ref(a):
     # 1 / (1 + exp(-a)): for a << 0, exp overflows to inf and the result is the
     # correct 0, so only the overflow warning needs silencing
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-a))
 
 
-def swiglu_forward_ref(a, b):
-    # a, b: (N, f) -> m: (N, f)
-    return a * _sigmoid_ref(a) * b
+def swiglu_forward_ref(ab):
+    # ab: (R, 2f) -> m (R, f), sig (R, f)
+    f = ab.shape[1] // 2
+    a, b = ab[:, :f], ab[:, f:]
+    sig = sigmoid_ref(a)
+    return a * sig * b, sig
 
 
-def swiglu_backward_ref(dm, a, b):
-    # d silu(a)/da = sig * (1 + a * (1 - sig))
-    sig = _sigmoid_ref(a)
-    silu = a * sig
-    db = dm * silu
-    da = dm * b * sig * (1.0 + a * (1.0 - sig))
-    return da, db
+def swiglu_backward_ref(dm, ab, sig):
+    # dm: (R, f) -> dab (R, 2f);  d silu(a)/da = sig * (1 + a * (1 - sig))
+    f = ab.shape[1] // 2
+    a, b = ab[:, :f], ab[:, f:]
+    dab = np.empty_like(ab)
+    dab[:, :f] = dm * b * sig * (1.0 + a * (1.0 - sig))
+    dab[:, f:] = dm * a * sig
+    return dab
 
 
-def _swiglu_forward_loop(a, b):
-    n, f = a.shape
-    m = np.empty_like(a)
+def _swiglu_product_loop(ab, sig):
+    n, f = sig.shape
+    m = np.empty_like(sig)
     for i in prange(n):
         for j in range(f):
-            x = a[i, j]
-            m[i, j] = x / (1.0 + np.exp(-x)) * b[i, j]   # exp -> inf gives the right 0
+            m[i, j] = ab[i, j] * sig[i, j] * ab[i, f + j]
     return m
 
 
-def _swiglu_backward_loop(dm, a, b):
-    n, f = a.shape
-    da = np.empty_like(a)
-    db = np.empty_like(a)
+def _swiglu_backward_loop(dm, ab, sig):
+    n, f = sig.shape
+    dab = np.empty_like(ab)
     for i in prange(n):
         for j in range(f):
-            x = a[i, j]
-            s = 1.0 / (1.0 + np.exp(-x))
-            db[i, j] = dm[i, j] * x * s
-            da[i, j] = dm[i, j] * b[i, j] * s * (1.0 + x * (1.0 - s))
-    return da, db
+            a, b, s, g = ab[i, j], ab[i, f + j], sig[i, j], dm[i, j]
+            dab[i, j] = g * b * s * (1.0 + a * (1.0 - s))
+            dab[i, f + j] = g * a * s
+    return dab
 
 
-swiglu_forward_jit = _jit(_swiglu_forward_loop)
+swiglu_product_jit = _jit(_swiglu_product_loop)
 swiglu_backward_jit = _jit(_swiglu_backward_loop)
 
 
-def swiglu_forward(a, b):
-    if USE_NUMBA:
-        return swiglu_forward_jit(np.ascontiguousarray(a), np.ascontiguousarray(b))
-    return swiglu_forward_ref(a, b)
+def swiglu_forward_jit(ab):
+    # NumPy's exp is SIMD-vectorised and numba's scalar exp is not, so the
+    # sigmoid stays in NumPy and the jitted loop fuses the products around it.
+    sig = sigmoid_ref(ab[:, : ab.shape[1] // 2])
+    return swiglu_product_jit(ab, sig), sig
 
 
-def swiglu_backward(dm, a, b):
+def swiglu_forward(ab):
     if USE_NUMBA:
-        return swiglu_backward_jit(np.ascontiguousarray(dm), a, b)
-    return swiglu_backward_ref(dm, a, b)
+        return swiglu_forward_jit(np.ascontiguousarray(ab))
+    return swiglu_forward_ref(ab)
+
+
+def swiglu_backward(dm, ab, sig):
+    if USE_NUMBA:
+        return swiglu_backward_jit(np.ascontiguousarray(dm), ab, sig)
+    return swiglu_backward_ref(dm, ab, sig)
 
 
 # ----------------------------------------------------------------------------
-# Attention core: o = softmax(q k^T * scale [+ causal mask]) v, per (batch, head)
+# Attention core on (B, T, d) arrays, head h in columns h*D .. h*D + D - 1:
+# o = softmax(q k^T / sqrt(D) [+ causal mask]) v per (batch, head)
 # ----------------------------------------------------------------------------
-def attention_forward_ref(q, k, v, causal):
-    # q, k, v: (B, H, T, D) -> o (B, H, T, D), p (B, H, T, T)
-    T, D = q.shape[-2], q.shape[-1]
-    scale = q.dtype.type(1.0 / np.sqrt(D))
-    s = (q @ k.swapaxes(-1, -2)) * scale                          # (B, H, T, T)
+def _split(x, H):
+    # (B, T, d) -> (B, H, T, D)
+    B, T, d = x.shape
+    return x.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)
+
+
+def _merge(x):
+    # (B, H, T, D) -> (B, T, d)
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def attention_forward_ref(q, k, v, n_heads, causal):
+    # q, k, v: (B, T, d) -> o (B, T, d), p (B, H, T, T)
+    qh, kh, vh = _split(q, n_heads), _split(k, n_heads), _split(v, n_heads)
+    T, D = qh.shape[-2], qh.shape[-1]
+    s = (qh @ kh.swapaxes(-1, -2)) * q.dtype.type(1.0 / np.sqrt(D))   # (B, H, T, T)
     if causal:
-        s = np.where(np.tri(T, dtype=bool), s, -np.inf)           # key j <= query i
+        s = np.where(np.tri(T, dtype=bool), s, -np.inf)               # key j <= query i
     p = softmax_ref(s.reshape(-1, T)).reshape(s.shape)
-    return p @ v, p
+    return _merge(p @ vh), p
 
 
-def attention_backward_ref(do, q, k, v, p):
+def attention_backward_ref(do, q, k, v, p, n_heads):
     # dv = p^T do; dp = do v^T; ds = p * (dp - rowsum(dp * p)); dq = ds k; dk = ds^T q
-    D = q.shape[-1]
-    scale = q.dtype.type(1.0 / np.sqrt(D))
-    dv = p.swapaxes(-1, -2) @ do
-    dp = do @ v.swapaxes(-1, -2)
-    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))       # masked p = 0 => ds = 0
-    dq = (ds @ k) * scale
-    dk = (ds.swapaxes(-1, -2) @ q) * scale
-    return dq, dk, dv
+    qh, kh, vh, doh = (_split(t, n_heads) for t in (q, k, v, do))
+    scale = q.dtype.type(1.0 / np.sqrt(qh.shape[-1]))
+    dv = p.swapaxes(-1, -2) @ doh
+    dp = doh @ vh.swapaxes(-1, -2)
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))           # masked p = 0 => ds = 0
+    dq = (ds @ kh) * scale
+    dk = (ds.swapaxes(-1, -2) @ qh) * scale
+    return _merge(dq), _merge(dk), _merge(dv)
 
 
-def _attention_forward_loop(q, k, v, causal):
-    B, H, T, D = q.shape
-    scale = 1.0 / np.sqrt(D)
-    o = np.zeros_like(q)
-    p = np.zeros((B, H, T, T), dtype=q.dtype)
-    for bh in prange(B * H):  # (batch, head) pairs are independent
-        b, h = bh // H, bh % H
+def _softmax_scaled_loop(s, scale, causal):
+    # s: (M, T, T) raw scores, overwritten in place by softmax(s * scale [+ mask])
+    M, T, _ = s.shape
+    for mi in prange(M):
         for i in range(T):
-            jmax = i + 1 if causal else T        # causal: keys 0..i only
-            m = -np.inf
-            for j in range(jmax):
-                s = 0.0
-                for c in range(D):
-                    s += q[b, h, i, c] * k[b, h, j, c]
-                s *= scale
-                p[b, h, i, j] = s
-                m = max(m, s)
+            n = i + 1 if causal else T         # causal: keys 0..i only
+            row = s[mi, i]
+            mx = row[0]
+            for j in range(1, n):
+                mx = max(mx, row[j])
             tot = 0.0
-            for j in range(jmax):
-                e = np.exp(p[b, h, i, j] - m)
-                p[b, h, i, j] = e
+            for j in range(n):
+                e = np.exp((row[j] - mx) * scale)
+                row[j] = e
                 tot += e
             inv = 1.0 / tot
-            for j in range(jmax):
-                pij = p[b, h, i, j] * inv
-                p[b, h, i, j] = pij
-                for c in range(D):
-                    o[b, h, i, c] += pij * v[b, h, j, c]
-    return o, p
+            for j in range(n):
+                row[j] *= inv
+            for j in range(n, T):
+                row[j] = 0.0
+    return s
 
 
-def _attention_backward_loop(do, q, k, v, p):
-    B, H, T, D = q.shape
-    scale = 1.0 / np.sqrt(D)
-    dq = np.zeros_like(q)
-    dk = np.zeros_like(k)
-    dv = np.zeros_like(v)
-    for bh in prange(B * H):
-        b, h = bh // H, bh % H
-        dp = np.empty(T, dtype=np.float64)
+def _softmax_backward_scaled_loop(dp, p, scale):
+    # dp, p: (M, T, T) -> ds = p * (dp - rowsum(dp * p)) * scale, written into dp
+    M, T, _ = p.shape
+    for mi in prange(M):
         for i in range(T):
-            # dp_j = do_i . v_j ; rowdot = sum_j p_ij dp_j
-            rowdot = 0.0
+            dot = 0.0
             for j in range(T):
-                pij = p[b, h, i, j]
-                s = 0.0
-                for c in range(D):
-                    s += do[b, h, i, c] * v[b, h, j, c]
-                    dv[b, h, j, c] += pij * do[b, h, i, c]
-                dp[j] = s
-                rowdot += pij * s
+                dot += dp[mi, i, j] * p[mi, i, j]
             for j in range(T):
-                # masked keys have p = 0, so ds = 0 there
-                ds = p[b, h, i, j] * (dp[j] - rowdot) * scale
-                for c in range(D):
-                    dq[b, h, i, c] += ds * k[b, h, j, c]
-                    dk[b, h, j, c] += ds * q[b, h, i, c]
-    return dq, dk, dv
+                dp[mi, i, j] = p[mi, i, j] * (dp[mi, i, j] - dot) * scale
+    return dp
 
 
-attention_forward_jit = _jit(_attention_forward_loop)
-attention_backward_jit = _jit(_attention_backward_loop)
+softmax_scaled_jit = _jit(_softmax_scaled_loop)
+softmax_backward_scaled_jit = _jit(_softmax_backward_scaled_loop)
 
 
-def attention_forward(q, k, v, causal):
+def attention_forward_jit(q, k, v, n_heads, causal):
+    # The four T x T x D products are batched matmuls (BLAS beats a jitted loop
+    # at D = 16..64); the jitted part fuses scale, mask and softmax into one pass.
+    qh, kh, vh = _split(q, n_heads), _split(k, n_heads), _split(v, n_heads)
+    B, H, T, D = qh.shape
+    s = qh @ kh.swapaxes(-1, -2)                                     # (B, H, T, T)
+    p = softmax_scaled_jit(s.reshape(B * H, T, T), q.dtype.type(1.0 / np.sqrt(D)), causal)
+    p = p.reshape(B, H, T, T)
+    return _merge(p @ vh), p
+
+
+def attention_backward_jit(do, q, k, v, p, n_heads):
+    qh, kh, vh, doh = (_split(t, n_heads) for t in (q, k, v, do))
+    B, H, T, D = qh.shape
+    dv = p.swapaxes(-1, -2) @ doh
+    dp = doh @ vh.swapaxes(-1, -2)                                   # (B, H, T, T), fresh
+    ds = softmax_backward_scaled_jit(dp.reshape(B * H, T, T), p.reshape(B * H, T, T),
+                                     q.dtype.type(1.0 / np.sqrt(D))).reshape(B, H, T, T)
+    return _merge(ds @ kh), _merge(ds.swapaxes(-1, -2) @ qh), _merge(dv)
+
+
+def attention_forward(q, k, v, n_heads, causal):
     if USE_NUMBA:
-        return attention_forward_jit(np.ascontiguousarray(q), np.ascontiguousarray(k),
-                                     np.ascontiguousarray(v), bool(causal))
-    return attention_forward_ref(q, k, v, causal)
+        return attention_forward_jit(q, k, v, int(n_heads), bool(causal))
+    return attention_forward_ref(q, k, v, n_heads, causal)
 
 
-def attention_backward(do, q, k, v, p):
+def attention_backward(do, q, k, v, p, n_heads):
     if USE_NUMBA:
-        return attention_backward_jit(np.ascontiguousarray(do), np.ascontiguousarray(q),
-                                      np.ascontiguousarray(k), np.ascontiguousarray(v), p)
-    return attention_backward_ref(do, q, k, v, p)
+        return attention_backward_jit(do, q, k, v, p, int(n_heads))
+    return attention_backward_ref(do, q, k, v, p, n_heads)
 
 
 # ----------------------------------------------------------------------------
-# Top-k routing: the k largest entries per row, ties to the lower index
+# Routing: softmax over experts, top-k (ties to the lower index), renormalise
 # ----------------------------------------------------------------------------
 def topk_indices_ref(probs, k):
     # probs: (N, E) -> idx (N, k), best first. A stable sort of -probs keeps
@@ -338,26 +362,150 @@ def topk_indices_ref(probs, k):
     return np.argsort(-probs, axis=-1, kind="stable")[:, :k].astype(np.int64)
 
 
-def _topk_loop(probs, k):
-    n, e = probs.shape
+def route_ref(logits, k):
+    # logits: (N, E) -> probs (N, E), idx (N, k), w (N, k) with rows of w summing to 1
+    probs = softmax_ref(logits)
+    idx = topk_indices_ref(probs, k)
+    sel = np.take_along_axis(probs, idx, axis=1)
+    return probs, idx, sel / sel.sum(axis=1, keepdims=True)
+
+
+def route_backward_ref(dw, dprobs_row, probs, idx, w):
+    """dw: (N, k) -> dlogits (N, E). dprobs_row: (E,) added to every row's dprobs (the aux loss).
+
+    renormalisation  w_j = p_j / S, S = sum_i p_i  =>  dp_j = (dw_j - sum_i dw_i w_i) / S
+    top-k gather     dp_j goes back to column idx_j; the other columns get only dprobs_row
+    softmax          dz = p * (dp - sum_e dp_e p_e)
+    """
+    N = probs.shape[0]
+    S = np.take_along_axis(probs, idx, axis=1).sum(axis=1, keepdims=True)
+    dsel = (dw - np.sum(dw * w, axis=1, keepdims=True)) / S
+    dp = np.tile(dprobs_row, (N, 1)).astype(probs.dtype)
+    dp[np.arange(N)[:, None], idx] += dsel      # indices within a row are distinct
+    return probs * (dp - np.sum(dp * probs, axis=1, keepdims=True))
+
+
+def _route_loop(logits, k):
+    n, e = logits.shape
+    probs = softmax_jit(logits)
     idx = np.empty((n, k), dtype=np.int64)
-    taken = np.zeros(e, dtype=np.bool_)
+    w = np.empty((n, k), dtype=logits.dtype)
     for i in range(n):
-        taken[:] = False
+        tot = 0.0
         for j in range(k):
             best = -1
             for c in range(e):  # strict '>' keeps the lower index on a tie
-                if not taken[c] and (best < 0 or probs[i, c] > probs[i, best]):
+                if best >= 0 and not probs[i, c] > probs[i, best]:
+                    continue
+                seen = False
+                for jj in range(j):
+                    if idx[i, jj] == c:
+                        seen = True
+                if not seen:
                     best = c
-            taken[best] = True
             idx[i, j] = best
-    return idx
+            w[i, j] = probs[i, best]
+            tot += probs[i, best]
+        for j in range(k):
+            w[i, j] /= tot
+    return probs, idx, w
 
 
-topk_indices_jit = _jit(_topk_loop)
+def _route_backward_loop(dw, dprobs_row, probs, idx, w):
+    n, e = probs.shape
+    k = idx.shape[1]
+    dlogits = np.empty_like(probs)
+    dp = np.empty(e, dtype=probs.dtype)
+    for i in range(n):
+        S = 0.0
+        wdot = 0.0
+        for j in range(k):
+            S += probs[i, idx[i, j]]
+            wdot += dw[i, j] * w[i, j]
+        for c in range(e):
+            dp[c] = dprobs_row[c]
+        for j in range(k):
+            dp[idx[i, j]] += (dw[i, j] - wdot) / S
+        pdot = 0.0
+        for c in range(e):
+            pdot += dp[c] * probs[i, c]
+        for c in range(e):
+            dlogits[i, c] = probs[i, c] * (dp[c] - pdot)
+    return dlogits
 
 
-def topk_indices(probs, k):
+route_jit = _jit(_route_loop)
+route_backward_jit = _jit(_route_backward_loop)
+
+
+def route(logits, k):
     if USE_NUMBA:
-        return topk_indices_jit(np.ascontiguousarray(probs), int(k))
-    return topk_indices_ref(probs, k)
+        return route_jit(np.ascontiguousarray(logits), int(k))
+    return route_ref(logits, k)
+
+
+def route_backward(dw, dprobs_row, probs, idx, w):
+    if USE_NUMBA:
+        return route_backward_jit(np.ascontiguousarray(dw), np.ascontiguousarray(dprobs_row), probs, idx, w)
+    return route_backward_ref(dw, dprobs_row, probs, idx, w)
+
+
+# ----------------------------------------------------------------------------
+# MoE combine: the routed rows are stored grouped by expert; pos[n, j] is the
+# row holding token n's j-th choice, tok[r] the token of row r.
+# ----------------------------------------------------------------------------
+def combine_ref(rows, pos, w):
+    # rows: (R, c), pos: (N, K), w: (N, K) or None (plain sum) -> (N, c)
+    g = rows[pos]                                                    # (N, K, c)
+    return g.sum(axis=1) if w is None else np.sum(w[:, :, None] * g, axis=1)
+
+
+def combine_backward_ref(dout, rows, tok, ws):
+    # dout: (N, c), rows: (R, c), tok/ws: (R,) -> drows (R, c), dws (R,)
+    g = dout[tok]                                                    # (R, c) upstream per row
+    return g * ws[:, None], np.sum(g * rows, axis=1)
+
+
+def _combine_loop(rows, pos, w, weighted):
+    n, K = pos.shape
+    c = rows.shape[1]
+    out = np.zeros((n, c), dtype=rows.dtype)
+    for i in prange(n):
+        for j in range(K):
+            r = pos[i, j]
+            wij = w[i, j] if weighted else 1.0
+            for col in range(c):
+                out[i, col] += wij * rows[r, col]
+    return out
+
+
+def _combine_backward_loop(dout, rows, tok, ws):
+    R, c = rows.shape
+    drows = np.empty_like(rows)
+    dws = np.empty(R, dtype=rows.dtype)
+    for r in prange(R):
+        t = tok[r]
+        s = 0.0
+        for col in range(c):
+            g = dout[t, col]
+            drows[r, col] = ws[r] * g
+            s += g * rows[r, col]
+        dws[r] = s
+    return drows, dws
+
+
+combine_jit = _jit(_combine_loop)
+combine_backward_jit = _jit(_combine_backward_loop)
+
+
+def combine(rows, pos, w=None):
+    if USE_NUMBA:
+        wt = w if w is not None else np.empty((1, 1), dtype=rows.dtype)
+        return combine_jit(rows, pos, np.ascontiguousarray(wt), w is not None)
+    return combine_ref(rows, pos, w)
+
+
+def combine_backward(dout, rows, tok, ws):
+    if USE_NUMBA:
+        return combine_backward_jit(np.ascontiguousarray(dout), rows, tok, ws)
+    return combine_backward_ref(dout, rows, tok, ws)

@@ -29,31 +29,22 @@ from .ops import swiglu_backward, swiglu_forward
 # ----------------------------------------------------------------------------
 def gate_forward(h, wg, k):
     # h: (N, d), wg: (d, E) -> w (N, K), idx (N, K), probs (N, E)
-    probs = kernels.softmax(h @ wg)                               # (N, E)
-    idx = kernels.topk_indices(probs, k)                          # (N, K)
-    sel = np.take_along_axis(probs, idx, axis=1)                  # (N, K)
-    denom = sel.sum(axis=1, keepdims=True)                        # (N, 1)
-    w = sel / denom                                               # (N, K)
-    return (w, idx, probs), (h, wg, probs, idx, w, denom)
+    probs, idx, w = kernels.route(h @ wg, k)
+    return (w, idx, probs), (h, wg, probs, idx, w)
 
 
-def gate_backward(dw, dprobs, cache):
-    """dw: (N, K) from the combine; dprobs: (N, E) from the aux loss, or None.
+def gate_backward(dw, dprobs_row, cache):
+    """dw: (N, K) from the combine; dprobs_row: (E,) from the aux loss (the same for every token).
 
-    Three steps back through the three forward steps:
+    The kernel goes back through the three forward steps (see kernels.route_backward_ref):
     renormalisation  w_j = p_j / S, S = sum_i p_i  =>  dp_j = (dw_j - sum_i dw_i w_i) / S
-    top-k gather     scatter dp_j back to column idx_j (the others get only dprobs)
+    top-k gather     dp_j goes back to column idx_j (the others get only the aux term)
     softmax          dz = p * (dp - sum_e dp_e p_e)
+    then through the matmul logits = h @ wg.
     """
-    h, wg, probs, idx, w, denom = cache
-    N = probs.shape[0]
-    dsel = (dw - np.sum(dw * w, axis=1, keepdims=True)) / denom   # (N, K)
-    dp = np.zeros_like(probs) if dprobs is None else dprobs.copy()
-    dp[np.arange(N)[:, None], idx] += dsel    # indices in a row are distinct
-    dlogits = probs * (dp - np.sum(dp * probs, axis=1, keepdims=True))  # (N, E)
-    dh = dlogits @ wg.T                                           # (N, d)
-    dwg = h.T @ dlogits                                           # (d, E)
-    return dh, dwg
+    h, wg, probs, idx, w = cache
+    dlogits = kernels.route_backward(dw, dprobs_row, probs, idx, w)   # (N, E)
+    return dlogits @ wg.T, h.T @ dlogits                              # dh (N, d), dwg (d, E)
 
 
 # ----------------------------------------------------------------------------
@@ -69,11 +60,13 @@ def aux_loss_forward(probs, idx):
 
 
 def aux_loss_backward(daux, cache):
-    # only the mean probabilities carry gradient: d aux / d probs[n, e] = E frac_e / N
+    """-> (E,): d aux / d probs[n, e] = E frac_e / N, the same row for every token n.
+
+    Only the mean probabilities carry gradient; frac is a constant.
+    """
     frac, N = cache
     E = frac.shape[0]
-    row = (daux * E / N) * frac                                   # (E,)
-    return np.broadcast_to(row, (N, E)).astype(frac.dtype)
+    return ((daux * E / N) * frac).astype(frac.dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -81,67 +74,57 @@ def aux_loss_backward(daux, cache):
 # ----------------------------------------------------------------------------
 def experts_forward(h, w1, w3, w2, idx, w):
     # h: (N, d), w1/w3: (E, d, f), w2: (E, f, d), idx/w: (N, K) -> out (N, d)
+    # (matmul(..., out=block) writes each expert's rows in place: no temporary)
     N, K = idx.shape
     E, d, f = w1.shape
-    slots = idx.reshape(-1)                                       # slot r = n * K + j
-    order = np.argsort(slots, kind="stable")                      # (R,) grouped by expert
+    slots = idx.reshape(-1)                                       # slot n*K + j -> expert
+    order = np.argsort(slots, kind="stable")                      # (R,) rows grouped by expert
     bounds = np.concatenate([[0], np.cumsum(np.bincount(slots, minlength=E))])
-    tok = order // K                                              # token of each sorted row
+    tok = order // K                                              # (R,) token of each row
+    pos = np.empty_like(order)
+    pos[order] = np.arange(N * K)                                 # row of each (token, slot)
+    pos = pos.reshape(N, K)
+    w13 = np.concatenate([w1, w3], axis=2)                        # (E, d, 2f): a and b in one matmul
     u = h[tok]                                                    # (R, d) gathered
-    a = np.empty((N * K, f), dtype=h.dtype)
-    b = np.empty((N * K, f), dtype=h.dtype)
+    ab = np.empty((N * K, 2 * f), dtype=h.dtype)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
-        if lo == hi:
-            continue                                              # no tokens for e
-        a[lo:hi] = u[lo:hi] @ w1[e]
-        b[lo:hi] = u[lo:hi] @ w3[e]
-    m, sw_cache = swiglu_forward(a, b)                            # (R, f)
+        if lo < hi:                                               # skip experts with no tokens
+            np.matmul(u[lo:hi], w13[e], out=ab[lo:hi])
+    m, sw_cache = swiglu_forward(ab)                              # (R, f)
     y = np.empty((N * K, d), dtype=h.dtype)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
-            y[lo:hi] = m[lo:hi] @ w2[e]
-    ws = w.reshape(-1)[order]                                     # (R,) gate weight per row
-    out = _unsort_sum(y * ws[:, None], order, N, K)               # (N, d)
-    return out, (u, m, y, ws, order, bounds, tok, sw_cache, w1, w3, w2, N, K)
+            np.matmul(m[lo:hi], w2[e], out=y[lo:hi])
+    out = kernels.combine(y, pos, w)                              # (N, d): sum_j w[n,j] y[pos[n,j]]
+    ws = w.reshape(-1)[order]                                     # (R,) gate weight of each row
+    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2)
 
 
 def experts_backward(dout, cache):
-    # dout: (N, d) -> dh (N, d), dw (N, K), dw1, dw3, dw2
-    u, m, y, ws, order, bounds, tok, sw_cache, w1, w3, w2, N, K = cache
-    E = w1.shape[0]
-    dy_row = dout[tok]                                            # (R, d) upstream per row
-    dws = np.sum(dy_row * y, axis=1)                              # (R,) d loss / d gate weight
-    dw = np.empty(N * K, dtype=dout.dtype)
-    dw[order] = dws
-    dy = dy_row * ws[:, None]                                     # (R, d)
+    # dout: (N, d) -> dh (N, d), dw (N, K), dw1, dw3 (E, d, f), dw2 (E, f, d)
+    u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2 = cache
+    E, d, f2 = w13.shape
+    dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
+    dw = dws[pos]                                                 # (N, K) d loss / d gate weight
     dm = np.empty_like(m)
-    dw1, dw3, dw2 = np.zeros_like(w1), np.zeros_like(w3), np.zeros_like(w2)
+    dw13, dw2 = np.zeros_like(w13), np.zeros_like(w2)          # experts with no tokens: 0
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
-        if lo == hi:
-            continue
-        dm[lo:hi] = dy[lo:hi] @ w2[e].T
-        dw2[e] = m[lo:hi].T @ dy[lo:hi]
-    da, db = swiglu_backward(dm, sw_cache)                        # (R, f) each
+        if lo < hi:
+            np.matmul(dy[lo:hi], w2[e].T, out=dm[lo:hi])
+            np.matmul(m[lo:hi].T, dy[lo:hi], out=dw2[e])
+    dab = swiglu_backward(dm, sw_cache)                           # (R, 2f) = [da | db]
     du = np.empty_like(u)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
-        if lo == hi:
-            continue
-        du[lo:hi] = da[lo:hi] @ w1[e].T + db[lo:hi] @ w3[e].T
-        dw1[e] = u[lo:hi].T @ da[lo:hi]
-        dw3[e] = u[lo:hi].T @ db[lo:hi]
-    dh = _unsort_sum(du, order, N, K)                             # each token sums its K rows
-    return dh, dw.reshape(N, K), dw1, dw3, dw2
-
-
-def _unsort_sum(rows, order, N, K):
-    # rows: (R, c) in expert order -> (N, c): put each row back in its slot, sum the K slots
-    slot_rows = np.empty_like(rows)
-    slot_rows[order] = rows
-    return slot_rows.reshape(N, K, -1).sum(axis=1)
+        if lo < hi:
+            np.matmul(dab[lo:hi], w13[e].T, out=du[lo:hi])
+            np.matmul(u[lo:hi].T, dab[lo:hi], out=dw13[e])
+    dh = kernels.combine(du, pos)                                 # each token sums its K rows
+    f = f2 // 2
+    return dh, dw, dw13[:, :, :f].copy(), dw13[:, :, f:].copy(), dw2
 
 
 # ----------------------------------------------------------------------------
@@ -171,8 +154,7 @@ def moe_backward(dout, daux, cache):
     """-> dh (N, d) and a dict of parameter gradients keyed gate, w1, w3, w2, shared.*"""
     gate_cache, exp_cache, aux_cache, shared_cache = cache
     dh, dw, dw1, dw3, dw2 = experts_backward(dout, exp_cache)
-    dprobs = aux_loss_backward(daux, aux_cache) if daux != 0 else None
-    dh_gate, dwg = gate_backward(dw, dprobs, gate_cache)
+    dh_gate, dwg = gate_backward(dw, aux_loss_backward(daux, aux_cache), gate_cache)
     dh = dh + dh_gate
     grads = {"gate": dwg, "w1": dw1, "w3": dw3, "w2": dw2}
     if shared_cache is not None:

@@ -76,46 +76,33 @@ def embedding_backward(dx, cache):
 
 
 # ----------------------------------------------------------------------------
-# multi-head attention core: softmax(q k^T / sqrt(D) [causal]) v
+# multi-head attention core: softmax(q k^T / sqrt(D) [causal]) v, per head
 # (the projections wq, wk, wv, wo are linear ops composed by the model)
 # ----------------------------------------------------------------------------
-def split_heads(x, n_heads):
-    # (B, T, d) -> (B, H, T, D)
-    B, T, d = x.shape
-    return x.reshape(B, T, n_heads, d // n_heads).transpose(0, 2, 1, 3)
-
-
-def merge_heads(x):
-    # (B, H, T, D) -> (B, T, d)
-    B, H, T, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
-
-
 def attention_forward(q, k, v, n_heads, causal):
-    # q, k, v: (B, T, d) -> o: (B, T, d)
-    qh, kh, vh = (np.ascontiguousarray(split_heads(t, n_heads)) for t in (q, k, v))
-    oh, p = kernels.attention_forward(qh, kh, vh, causal)        # (B, H, T, D), (B, H, T, T)
-    return merge_heads(oh), (qh, kh, vh, p, n_heads)
+    # q, k, v: (B, T, d) -> o: (B, T, d); head h owns columns h*D .. h*D + D - 1
+    o, p = kernels.attention_forward(q, k, v, n_heads, causal)   # p: (B, H, T, T)
+    return o, (q, k, v, p, n_heads)
 
 
 def attention_backward(do, cache):
-    qh, kh, vh, p, n_heads = cache
-    doh = np.ascontiguousarray(split_heads(do, n_heads))
-    dqh, dkh, dvh = kernels.attention_backward(doh, qh, kh, vh, p)
-    return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh)
+    q, k, v, p, n_heads = cache
+    return kernels.attention_backward(do, q, k, v, p, n_heads)   # dq, dk, dv: (B, T, d)
 
 
 # ----------------------------------------------------------------------------
-# SwiGLU's gating: m = silu(a) * b  (a = u @ w1, b = u @ w3)
+# SwiGLU's gating: m = silu(a) * b, with ab = [a | b] = u @ [w1 | w3]
 # ----------------------------------------------------------------------------
-def swiglu_forward(a, b):
-    # a, b: (N, f) -> m: (N, f)
-    return kernels.swiglu_forward(a, b), (a, b)
+def swiglu_forward(ab):
+    # ab: (N, 2f) -> m: (N, f); the sigmoid of a is cached for the backward pass
+    m, sig = kernels.swiglu_forward(ab)
+    return m, (ab, sig)
 
 
 def swiglu_backward(dm, cache):
-    a, b = cache
-    return kernels.swiglu_backward(dm, a, b)
+    # dm: (N, f) -> dab: (N, 2f) = [da | db]
+    ab, sig = cache
+    return kernels.swiglu_backward(dm, ab, sig)
 
 
 # ----------------------------------------------------------------------------

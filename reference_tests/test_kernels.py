@@ -50,12 +50,13 @@ def test_rmsnorm(n, c, dtype):
 @pytest.mark.parametrize("f", SIZES)
 def test_swiglu(n, f, dtype):
     rng = np.random.default_rng(n * 100 + f)
-    a = (6 * rng.standard_normal((n, f))).astype(dtype)
-    b, dm = rng.standard_normal((n, f)).astype(dtype), rng.standard_normal((n, f)).astype(dtype)
-    close(kernels.swiglu_forward_jit(a, b), kernels.swiglu_forward_ref(a, b), dtype, "swiglu")
-    for x, y, name in zip(kernels.swiglu_backward_jit(dm, a, b), kernels.swiglu_backward_ref(dm, a, b),
-                          ("da", "db")):
-        close(x, y, dtype, f"swiglu {name}")
+    ab = np.concatenate([6 * rng.standard_normal((n, f)), rng.standard_normal((n, f))], axis=1).astype(dtype)
+    dm = rng.standard_normal((n, f)).astype(dtype)
+    m1, s1 = kernels.swiglu_forward_jit(ab)
+    m2, s2 = kernels.swiglu_forward_ref(ab)
+    close(m1, m2, dtype, "swiglu m")
+    close(s1, s2, dtype, "swiglu sigmoid")
+    close(kernels.swiglu_backward_jit(dm, ab, s2), kernels.swiglu_backward_ref(dm, ab, s2), dtype, "swiglu dab")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -63,22 +64,50 @@ def test_swiglu(n, f, dtype):
 @pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 33, 16), (3, 1, 16, 3)])
 def test_attention(B, H, T, D, causal, dtype):
     rng = np.random.default_rng(B * 1000 + T)
-    q, k, v, do = (rng.standard_normal((B, H, T, D)).astype(dtype) for _ in range(4))
-    o1, p1 = kernels.attention_forward_jit(q, k, v, causal)
-    o2, p2 = kernels.attention_forward_ref(q, k, v, causal)
+    q, k, v, do = (rng.standard_normal((B, T, H * D)).astype(dtype) for _ in range(4))
+    o1, p1 = kernels.attention_forward_jit(q, k, v, H, causal)
+    o2, p2 = kernels.attention_forward_ref(q, k, v, H, causal)
     close(o1, o2, dtype, "attention o")
     close(p1, p2, dtype, "attention p")
-    for x, y, name in zip(kernels.attention_backward_jit(do, q, k, v, p2),
-                          kernels.attention_backward_ref(do, q, k, v, p2), ("dq", "dk", "dv")):
+    for x, y, name in zip(kernels.attention_backward_jit(do, q, k, v, p2, H),
+                          kernels.attention_backward_ref(do, q, k, v, p2, H), ("dq", "dk", "dv")):
         close(x, y, dtype, f"attention {name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("e", [1, 2, 7, 8])
-def test_topk_with_ties(n, e, dtype):
+def test_route_with_ties(n, e, dtype):
     rng = np.random.default_rng(n * 10 + e)
-    probs = rng.integers(0, 3, (n, e)).astype(dtype)  # many exact ties
+    logits = rng.integers(0, 3, (n, e)).astype(dtype)   # many exact ties
     for k in range(1, e + 1):
-        a, b = kernels.topk_indices_jit(probs, k), kernels.topk_indices_ref(probs, k)
-        assert np.array_equal(a, b), f"topk k={k}: {a} vs {b} for {probs}"
+        p1, i1, w1 = kernels.route_jit(logits, k)
+        p2, i2, w2 = kernels.route_ref(logits, k)
+        assert np.array_equal(i1, i2), f"route k={k}: {i1} vs {i2} for {logits}"
+        close(p1, p2, dtype, "route probs")
+        close(w1, w2, dtype, "route w")
+        dw = rng.standard_normal((n, k)).astype(dtype)
+        drow = rng.standard_normal(e).astype(dtype)
+        close(kernels.route_backward_jit(dw, drow, p2, i2, w2), kernels.route_backward_ref(dw, drow, p2, i2, w2),
+              dtype, "route backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("K", [1, 2, 3])
+@pytest.mark.parametrize("c", [1, 7, 16])
+def test_combine(N, K, c, dtype):
+    rng = np.random.default_rng(N * 100 + K * 10 + c)
+    R = N * K
+    order = rng.permutation(R)
+    pos = np.empty(R, dtype=np.int64)
+    pos[order] = np.arange(R)
+    pos = pos.reshape(N, K)
+    tok = order // K
+    rows, w = rng.standard_normal((R, c)).astype(dtype), rng.random((N, K)).astype(dtype)
+    dout, ws = rng.standard_normal((N, c)).astype(dtype), rng.random(R).astype(dtype)
+    close(kernels.combine_jit(rows, pos, w, True), kernels.combine_ref(rows, pos, w), dtype, "combine")
+    close(kernels.combine_jit(rows, pos, w, False), kernels.combine_ref(rows, pos, None), dtype, "combine sum")
+    for x, y, name in zip(kernels.combine_backward_jit(dout, rows, tok, ws),
+                          kernels.combine_backward_ref(dout, rows, tok, ws), ("drows", "dws")):
+        close(x, y, dtype, f"combine backward {name}")

@@ -1,0 +1,135 @@
+"""The command line (qz/cli.py): train / eval / info, JSON output, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qz
+from qz.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--set", "d_model=16", "--set", "n_heads=2", "--set", "d_ff=16", "--set", "n_experts=4"]
+
+
+@pytest.fixture
+def feats(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = rng.standard_normal((60, 6, 4)).astype(np.float32) + y[:, None, None]   # learnable
+    path = tmp_path / "feats.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def exit_code(argv):
+    """main()'s return value, or the code of argparse's SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_info_eval_on_features(tmp_path, feats, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    res = run_json(capsys, ["train", "--data", str(feats), "--steps", "6", "--batch-size", "8", "--out", str(ckpt),
+                            "--json", *SMALL])
+    assert res["step"] == 6 and Path(res["checkpoint"]) == ckpt and res["final"]["n"] == 6
+    info = run_json(capsys, ["info", str(ckpt), "--json"])
+    assert info["mode"] == "classifier" and info["config"]["input_dim"] == 4 and info["config"]["n_classes"] == 3
+    assert info["parameters"] == qz.config.n_params(qz.Config.from_dict(info["config"]))
+    assert set(info["active_parameters_per_token"]) == {"1", "2", "3", "4"}
+    ev = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--json"])
+    assert [r["top_k"] for r in ev["results"]] == [1, 2]
+    assert all(0 <= r["accuracy"] <= 1 for r in ev["results"])
+
+
+def test_train_text_and_resume_matches_one_run(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 40)
+    common = ["--data", str(text), "--seq-len", "16", "--batch-size", "4", "--steps", "8", "--quiet", *SMALL]
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    assert main(["train", *common, "--out", str(full)]) == 0
+    assert main(["train", *common, "--out", str(part), "--stop-at", "4"]) == 0
+    assert qz.load(part)[2]["step"] == 4
+    assert main(["train", "--resume", str(part), "--data", str(text), "--quiet"]) == 0
+    a, _, ma = qz.load(full)
+    b, _, mb = qz.load(part)
+    assert ma["step"] == mb["step"] == 8
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--data", "nope.npz"], "no such file"),
+    (["train", "--preset", "huge"], "huge"),
+    (["train", "--set", "d_model"], "key=value"),
+    (["train", "--set", "top_k=99", "--steps", "1"], "top_k"),
+    (["train", "--steps", "0"], "steps"),
+    (["train", "--top-k-choices", "1,x"], "top-k-choices"),
+    (["train", "--bogus"], "unrecognized"),
+    (["train", "--steps", "abc"], "invalid int"),
+    (["info", "missing.safetensors"], "missing.safetensors"),
+    (["eval", "missing.safetensors"], "missing.safetensors"),
+])
+def test_user_errors_are_one_line_exit_1(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = exit_code(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 1, err
+    assert err.startswith("qz: error:") and len(err.splitlines()) == 1, err
+    assert needle in err
+
+
+def test_corrupt_checkpoint_and_wrong_data(tmp_path, feats, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    for argv in (["info", str(bad)], ["eval", str(bad), "--data", str(feats)],
+                 ["train", "--resume", str(bad), "--data", str(feats)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "bad.safetensors" in err and "Traceback" not in err
+    ckpt = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(feats), "--steps", "1", "--out", str(ckpt), "--quiet", *SMALL]) == 0
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros((4, 6, 5), np.float32), y=np.zeros(4, int))
+    assert main(["eval", str(ckpt), "--data", str(other)]) == 1
+    assert "features per frame" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--data", str(feats), "--top-k", "9"]) == 1
+    assert "top-k" in capsys.readouterr().err
+
+
+def test_help_teaches():
+    out = subprocess.run([sys.executable, "-m", "qz.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for word in ("--resume", "--top-k-choices", "examples:", "Ctrl-C"):
+        assert word in out.stdout
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "qz.cli", "train", "--steps", "100000", "--seq-len", "16",
+                             "--batch-size", "2", "--out", str(ckpt), *SMALL], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    line = proc.stdout.readline()                 # the start banner: training has begun
+    assert "qz train" in line
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=max(5, deadline - time.time()))
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in out and "--resume" in out
+    params, cfg, meta = qz.load(ckpt)
+    assert 0 < meta["step"] < 100000

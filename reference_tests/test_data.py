@@ -1,0 +1,65 @@
+"""Data loading (qz/data.py): .npz checks, text windows, held-out splits."""
+import numpy as np
+import pytest
+
+from qz.data import DataError, TextData, load_dataset, load_npz
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_classifier_npz_with_and_without_val(tmp_path):
+    x = np.random.default_rng(0).standard_normal((20, 5, 3)).astype(np.float32)
+    y = np.arange(20) % 4
+    train, val = load_dataset(write_npz(tmp_path / "a.npz", x=x, y=y), seed=1)
+    assert train.kind == "classifier" and len(train) == 18 and len(val) == 2
+    assert sorted(np.concatenate([train.y, val.y]).tolist()) == sorted(y.tolist())
+    train, val = load_dataset(write_npz(tmp_path / "b.npz", x=x, y=y, x_val=x[:3], y_val=y[:3]))
+    assert len(train) == 20 and len(val) == 3
+
+
+@pytest.mark.parametrize("arrays,msg", [
+    (dict(x=np.zeros((4, 3, 2), np.float32)), "missing array 'y'"),
+    (dict(x=np.zeros((4, 3), np.float32), y=np.zeros(4, int)), "must be"),
+    (dict(x=np.zeros((4, 3, 2), np.float32), y=np.zeros(3, int)), "labels"),
+    (dict(x=np.full((4, 3, 2), np.nan, np.float32), y=np.zeros(4, int)), "NaN"),
+    (dict(x=np.zeros((4, 3, 2), np.float32), y=np.zeros(4)), "integer labels"),
+    (dict(x=np.zeros((4, 3, 2), np.float32), y=-np.ones(4, int)), "negative"),
+    (dict(x=np.zeros((4, 3), np.int64), y=np.zeros((4, 2), np.int64)), "match"),
+    (dict(x=np.zeros((0, 3, 2), np.float32), y=np.zeros(0, int)), "empty"),
+])
+def test_bad_npz_is_a_clear_error(tmp_path, arrays, msg):
+    with pytest.raises(DataError, match=msg):
+        load_npz(write_npz(tmp_path / "bad.npz", **arrays))
+
+
+def test_not_an_npz(tmp_path):
+    p = tmp_path / "junk.npz"
+    p.write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match="junk.npz"):
+        load_dataset(p)
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(tmp_path / "missing.npz")
+
+
+def test_text_windows_are_shifted_targets():
+    tokens = np.arange(200, dtype=np.uint8)
+    data = TextData(tokens, seq_len=10)
+    x, y = data.batch(step=3, batch_size=4, seed=0)
+    assert x.shape == y.shape == (4, 10)
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
+    x2, _ = data.batch(step=3, batch_size=4, seed=0)
+    np.testing.assert_array_equal(x, x2)       # a pure function of (seed, step)
+    batches = list(data.eval_batches(batch_size=5))
+    assert sum(len(b[0]) for b in batches) == 199 // 10
+
+
+def test_text_split_and_too_short(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"abcdefghij" * 100)
+    train, val = load_dataset(p, seq_len=16)
+    assert len(train.tokens) == 900 and len(val.tokens) == 100
+    with pytest.raises(DataError, match="too short"):
+        load_dataset(p, seq_len=200)
