@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__, checkpoint
 from .config import PRESETS, Config, active_params, n_params, preset
 from .data import DataError, load_dataset
+from .memory import keep_freed_memory
 from .train import TrainConfig, TrainingDiverged, evaluate, load_training, save_training, train
 
 DEFAULT_TEXT = Path("data") / "kjv.txt.gz"
@@ -317,6 +318,7 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    keep_freed_memory()  # this process owns its allocator: no page faults every step
     try:
         return args.func(args)
     except (UserError, DataError, checkpoint.CheckpointError, ValueError, OSError) as e:

@@ -198,13 +198,16 @@ def swiglu_backward_ref(dm, ab, sig):
     return dab
 
 
-def _swiglu_product_loop(ab, sig):
-    n, f = sig.shape
-    m = np.empty_like(sig)
+def _swiglu_product_loop(ab, e):
+    # e = exp(-a) on entry; overwritten with sigmoid(a) = 1 / (1 + e), kept for the backward
+    n, f = e.shape
+    m = np.empty_like(e)
     for i in prange(n):
         for j in range(f):
-            m[i, j] = ab[i, j] * sig[i, j] * ab[i, f + j]
-    return m
+            s = 1.0 / (1.0 + e[i, j])
+            e[i, j] = s
+            m[i, j] = ab[i, j] * s * ab[i, f + j]
+    return m, e
 
 
 def _swiglu_backward_loop(dm, ab, sig):
@@ -223,10 +226,12 @@ swiglu_backward_jit = _jit(_swiglu_backward_loop)
 
 
 def swiglu_forward_jit(ab):
-    # NumPy's exp is SIMD-vectorised and numba's scalar exp is not, so the
-    # sigmoid stays in NumPy and the jitted loop fuses the products around it.
-    sig = sigmoid_ref(ab[:, : ab.shape[1] // 2])
-    return swiglu_product_jit(ab, sig), sig
+    # NumPy's exp is SIMD-vectorised and numba's scalar exp is not, so exp(-a)
+    # is computed by NumPy in place, and one jitted pass does the rest.
+    e = np.negative(ab[:, : ab.shape[1] // 2])
+    with np.errstate(over="ignore"):   # exp(-a) = inf for a << 0 gives the right sigmoid 0
+        np.exp(e, out=e)
+    return swiglu_product_jit(ab, e)
 
 
 def swiglu_forward(ab):
@@ -280,8 +285,8 @@ def attention_backward_ref(do, q, k, v, p, n_heads):
     return _merge(dq), _merge(dk), _merge(dv)
 
 
-def _softmax_scaled_loop(s, scale, causal):
-    # s: (M, T, T) raw scores, overwritten in place by softmax(s * scale [+ mask])
+def _shift_scaled_loop(s, scale, causal):
+    # s: (M, T, T) raw scores -> (s - rowmax) * scale in place; masked keys -> -inf
     M, T, _ = s.shape
     for mi in prange(M):
         for i in range(T):
@@ -290,17 +295,25 @@ def _softmax_scaled_loop(s, scale, causal):
             mx = row[0]
             for j in range(1, n):
                 mx = max(mx, row[j])
-            tot = 0.0
             for j in range(n):
-                e = np.exp((row[j] - mx) * scale)
-                row[j] = e
-                tot += e
-            inv = 1.0 / tot
-            for j in range(n):
-                row[j] *= inv
+                row[j] = (row[j] - mx) * scale
             for j in range(n, T):
-                row[j] = 0.0
+                row[j] = -np.inf               # exp(-inf) = 0: no weight on the future
     return s
+
+
+def _normalize_rows_loop(e):
+    # e: (M, T, T) exponentials -> each row divided by its sum, in place
+    M, T, _ = e.shape
+    for mi in prange(M):
+        for i in range(T):
+            tot = 0.0
+            for j in range(T):
+                tot += e[mi, i, j]
+            inv = 1.0 / tot
+            for j in range(T):
+                e[mi, i, j] *= inv
+    return e
 
 
 def _softmax_backward_scaled_loop(dp, p, scale):
@@ -316,18 +329,21 @@ def _softmax_backward_scaled_loop(dp, p, scale):
     return dp
 
 
-softmax_scaled_jit = _jit(_softmax_scaled_loop)
+shift_scaled_jit = _jit(_shift_scaled_loop)
+normalize_rows_jit = _jit(_normalize_rows_loop)
 softmax_backward_scaled_jit = _jit(_softmax_backward_scaled_loop)
 
 
 def attention_forward_jit(q, k, v, n_heads, causal):
     # The four T x T x D products are batched matmuls (BLAS beats a jitted loop
-    # at D = 16..64); the jitted part fuses scale, mask and softmax into one pass.
+    # at D = 16..64). The softmax runs in place on the scores: one jitted pass
+    # for max, scale and mask, NumPy's SIMD exp, one jitted pass to normalise.
     qh, kh, vh = _split(q, n_heads), _split(k, n_heads), _split(v, n_heads)
     B, H, T, D = qh.shape
-    s = qh @ kh.swapaxes(-1, -2)                                     # (B, H, T, T)
-    p = softmax_scaled_jit(s.reshape(B * H, T, T), q.dtype.type(1.0 / np.sqrt(D)), causal)
-    p = p.reshape(B, H, T, T)
+    s = (qh @ kh.swapaxes(-1, -2)).reshape(B * H, T, T)             # fresh (B*H, T, T)
+    shift_scaled_jit(s, q.dtype.type(1.0 / np.sqrt(D)), causal)
+    np.exp(s, out=s)
+    p = normalize_rows_jit(s).reshape(B, H, T, T)
     return _merge(p @ vh), p
 
 

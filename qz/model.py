@@ -99,9 +99,10 @@ def block_forward(x, params, i, cfg, k):
     p = f"blocks.{i}."
     B, T, d = x.shape
     a_in, c_n1 = ops.rmsnorm_forward(x, params[p + "attn_norm"])
-    q, c_q = ops.linear_forward(a_in, params[p + "wq"])           # (B, T, d)
-    kk, c_k = ops.linear_forward(a_in, params[p + "wk"])
-    v, c_v = ops.linear_forward(a_in, params[p + "wv"])
+    # q, k and v from one matmul with [wq | wk | wv] (d, 3d): one BLAS call, not three
+    wqkv = np.concatenate([params[p + "wq"], params[p + "wk"], params[p + "wv"]], axis=1)
+    qkv, c_qkv = ops.linear_forward(a_in, wqkv)                   # (B, T, 3d)
+    q, kk, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
     o, c_att = ops.attention_forward(q, kk, v, cfg.n_heads, cfg.causal)
     a_out, c_o = ops.linear_forward(o, params[p + "wo"])
     x = x + a_out
@@ -112,12 +113,12 @@ def block_forward(x, params, i, cfg, k):
     m, aux, stats, c_moe = moe_forward(h.reshape(B * T, d), params[p + "gate"], params[p + "w1"],
                                        params[p + "w3"], params[p + "w2"], k, shared)
     x = x + m.reshape(B, T, d)
-    return x, aux, stats, (c_n1, c_q, c_k, c_v, c_att, c_o, c_n2, c_moe)
+    return x, aux, stats, (c_n1, c_qkv, c_att, c_o, c_n2, c_moe)
 
 
 def block_backward(dx, daux, cache, i):
     # dx: (B, T, d) -> dx (B, T, d), grads of block i
-    c_n1, c_q, c_k, c_v, c_att, c_o, c_n2, c_moe = cache
+    c_n1, c_qkv, c_att, c_o, c_n2, c_moe = cache
     p = f"blocks.{i}."
     B, T, d = dx.shape
     grads = {}
@@ -128,10 +129,9 @@ def block_backward(dx, daux, cache, i):
     dx = dx + dx_n2                                               # residual: both paths
     do, grads[p + "wo"], _ = ops.linear_backward(dx, c_o)
     dq, dk, dv = ops.attention_backward(do, c_att)
-    da_in, grads[p + "wq"], _ = ops.linear_backward(dq, c_q)
-    da_k, grads[p + "wk"], _ = ops.linear_backward(dk, c_k)
-    da_v, grads[p + "wv"], _ = ops.linear_backward(dv, c_v)
-    dx_n1, grads[p + "attn_norm"] = ops.rmsnorm_backward(da_in + da_k + da_v, c_n1)
+    da_in, dwqkv, _ = ops.linear_backward(np.concatenate([dq, dk, dv], axis=-1), c_qkv)
+    grads[p + "wq"], grads[p + "wk"], grads[p + "wv"] = (dwqkv[:, j * d:(j + 1) * d].copy() for j in range(3))
+    dx_n1, grads[p + "attn_norm"] = ops.rmsnorm_backward(da_in, c_n1)
     return dx + dx_n1, grads
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from qz import kernels, model  # noqa: E402
 from qz.config import preset  # noqa: E402
+from qz.memory import keep_freed_memory  # noqa: E402
 
 CASES = {
     "kws": dict(preset="kws", overrides={}, batch=32, seq=49),
@@ -86,8 +87,12 @@ def main(argv=None):
     ap.add_argument("--cases", default="kws,char_lm", help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--rounds", type=int, default=11, help="interleaved rounds; the median is reported")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                    help="tuned: keep freed memory as `qz` does (qz.memory); default: glibc as it comes")
     args = ap.parse_args(argv)
-    results = {"machine": {"python": platform.python_version(), "numpy": np.__version__,
+    if args.allocator == "tuned":
+        keep_freed_memory()
+    results = {"allocator": args.allocator, "machine": {"python": platform.python_version(), "numpy": np.__version__,
                            "cpus": os.cpu_count(), "numba": kernels.NUMBA_AVAILABLE}, "cases": {}}
     for name in args.cases.split(","):
         reps = {"train_step": 3 if name == "kws" else 1, "forward_b1": 20}
