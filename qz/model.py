@@ -17,7 +17,7 @@ from . import ops
 from .config import Config, param_shapes
 from .moe import moe_backward, moe_forward
 
-__all__ = ["init_params", "forward", "loss_and_grads", "forward_stats", "validate_inputs"]
+__all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "validate_inputs"]
 
 
 # ----------------------------------------------------------------------------
@@ -211,6 +211,12 @@ def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=Non
 
     Returns (loss: float, grads: dict with the same keys, shapes and dtypes as params).
     """
+    loss, grads, _ = loss_grads_logits(params, cfg, inputs, targets, aux_coef, top_k, quant)
+    return loss, grads
+
+
+def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):
+    """loss_and_grads plus the logits of the same forward pass (the trainer's accuracy needs them)."""
     _check_quant(quant)
     inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
@@ -220,4 +226,4 @@ def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=Non
     loss = float(ce) + float(aux_coef) * float(aux)
     dlogits = ops.cross_entropy_backward(logits.dtype.type(1.0), ce_cache).reshape(logits.shape)
     grads = _backward(dlogits, logits.dtype.type(aux_coef), caches, cfg, inputs.shape[1])
-    return loss, grads
+    return loss, grads, logits

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint
-from .model import forward_stats, loss_and_grads
+from .model import forward_stats, loss_grads_logits
 from .ops import cross_entropy_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
 from .progress import Progress
@@ -154,7 +154,7 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         step = state.step
         x, y = train_data.batch(step, tcfg.batch_size, tcfg.seed)
         k = top_k_for_step(cfg, tcfg, step)
-        loss, grads = loss_and_grads(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k)
+        loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k)
         gnorm = clip_grad_norm(grads, tcfg.clip)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise TrainingDiverged(f"step {step}: loss {loss}, gradient norm {gnorm}; "
@@ -164,10 +164,10 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
                    tcfg.weight_decay)
         state.step += 1
         tokens += x.shape[0] * T
-        recent_loss.append(loss)
-        recent_loss = recent_loss[-20:]
+        recent_loss = (recent_loss + [loss])[-20:]          # smoothed over the last 20 steps
+        recent_acc = (recent_acc + [float(np.mean(np.argmax(logits, axis=-1) == y))])[-20:]
         now = time.perf_counter()
-        bar.update(state.step, loss=float(np.mean(recent_loss)), lr=lr, k=k,
+        bar.update(state.step, loss=float(np.mean(recent_loss)), acc=float(np.mean(recent_acc)), lr=lr, k=k,
                    **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
         if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 and state.step < end:
             _eval_and_log(state, cfg, tcfg, val_data, bar, log)
