@@ -18,9 +18,11 @@ import numpy as np
 
 from . import __version__, checkpoint
 from .config import PRESETS, Config, active_params, n_params, preset
-from .data import DataError, load_dataset
+from .data import DataError, apply_input_norm, feature_stats, load_dataset
 from .memory import keep_freed_memory
-from .train import TrainConfig, TrainingDiverged, evaluate, load_training, save_training, train
+from .optim import adamw_init
+from .train import (TrainConfig, TrainingDiverged, TrainState, evaluate, load_training, save_training,
+                    train)
 
 DEFAULT_TEXT = Path("data") / "kjv.txt.gz"
 
@@ -116,6 +118,16 @@ def _unigram_entropy(train_data):
 # ----------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------
+def load_data_for(path, cfg_mode, data_opts, seed, input_norm=None):
+    """(train, val) as a model saw them: same split options, same input scaling."""
+    train_data, val_data = load_dataset(path, seq_len=data_opts.get("seq_len", 64), seed=seed,
+                                        val_fraction=data_opts.get("val_fraction", 0.1),
+                                        frames=data_opts.get("frames", 1))
+    if cfg_mode is not None and train_data.kind != cfg_mode:
+        raise UserError(f"{path} is data for a {train_data.kind}, but the model is a {cfg_mode}")
+    return apply_input_norm(train_data, input_norm), apply_input_norm(val_data, input_norm)
+
+
 def cmd_train(args):
     out = Path(args.out) if args.out else None
     if args.resume:
@@ -124,21 +136,31 @@ def cmd_train(args):
         if tcfg.steps < state.step:
             raise UserError(f"--steps {tcfg.steps}: the checkpoint is already at step {state.step}")
         out = out or Path(args.resume)
-        data_path = args.data or (str(DEFAULT_TEXT) if cfg.mode == "lm" else None)
+        data_path = args.data or state.extra.get("data", {}).get("path")
         if data_path is None:
             raise UserError("--data: give the data set the checkpoint was trained on")
-        train_data, val_data = load_dataset(data_path, seq_len=cfg.max_len, seed=tcfg.seed)
+        train_data, val_data = load_data_for(data_path, cfg.mode, state.extra.get("data", {}), tcfg.seed,
+                                             state.extra.get("input_norm"))
         _check_data_fits(cfg, train_data)
-        params = None
     else:
         tcfg = _train_config(args)
         data_path = args.data or str(DEFAULT_TEXT)
-        train_data, val_data = load_dataset(data_path, seq_len=args.seq_len, seed=tcfg.seed)
+        data_opts = {"path": data_path, "seq_len": args.seq_len, "frames": args.frames,
+                     "val_fraction": args.val_fraction}
+        train_data, val_data = load_data_for(data_path, None, data_opts, tcfg.seed)
+        extra = {"data": data_opts}
+        if train_data.kind == "classifier" and not args.no_standardize:
+            mean, std = feature_stats(train_data)   # from the training split only
+            extra["input_norm"] = {"mean": mean.tolist(), "std": std.tolist()}
+            train_data = apply_input_norm(train_data, extra["input_norm"])
+            val_data = apply_input_norm(val_data, extra["input_norm"])
+        if getattr(train_data, "labels", None):
+            extra["labels"] = train_data.labels
         cfg = _model_config(args, train_data, val_data)
         _check_data_fits(cfg, train_data)
         from .model import init_params
         params = init_params(cfg, seed=tcfg.seed, dtype=np.dtype(args.dtype))
-        state = None
+        state = TrainState(params=params, opt=adamw_init(params), extra=extra)
         out = out or Path("runs") / f"{Path(data_path).name.split('.')[0]}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -154,7 +176,7 @@ def cmd_train(args):
               f"({len(train_data):,} train examples), {tcfg.steps} steps -> {out}", flush=True)
     t0 = time.perf_counter()
     try:
-        state = train(cfg, tcfg, train_data, val_data, state=state, params=params, ckpt_path=out,
+        state = train(cfg, tcfg, train_data, val_data, state=state, ckpt_path=out,
                       stop_at=args.stop_at, progress=not (args.quiet or args.json),
                       log=None if args.json else print, should_stop=lambda: stop["flag"])
     except TrainingDiverged as e:
@@ -192,12 +214,17 @@ def _check_data_fits(cfg, data):
 
 def cmd_eval(args):
     params, cfg, meta = checkpoint.load(args.checkpoint)
-    tcfg_seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
-    data_path = args.data or (str(DEFAULT_TEXT) if cfg.mode == "lm" else None)
+    seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
+    data_opts = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
+    data_path = args.data or data_opts.get("path")
     if data_path is None:
-        raise UserError("--data: give an .npz to evaluate on")
-    seq_len = cfg.max_len if cfg.mode == "lm" else 0
-    _, val_data = load_dataset(data_path, seq_len=seq_len, seed=tcfg_seed)
+        raise UserError("--data: give a data set to evaluate on")
+    if args.split != "val":
+        from .data import load_split
+        val_data = apply_input_norm(load_split(data_path, args.split), meta.get("input_norm"))
+    else:
+        _, val_data = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed,
+                                    meta.get("input_norm"))
     _check_data_fits(cfg, val_data)
     ks = [args.top_k] if args.top_k else sorted({1, cfg.top_k})
     results = []
@@ -208,13 +235,56 @@ def cmd_eval(args):
         res = evaluate(params, cfg, val_data, batch_size=args.batch_size, max_batches=args.max_batches, top_k=k)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         results.append(res)
-    lines = [f"{args.checkpoint} on {data_path} (held-out split, {results[0]['n']:,} predictions)"]
+    lines = [f"{args.checkpoint} on {data_path} ({args.split} split, {results[0]['n']:,} predictions)"]
     for r in results:
         lines.append(f"  top_k {r['top_k']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
                      f"aux {r['aux']:.3f}  gate entropy {', '.join(f'{e:.3f}' for e in r['gate_entropy'])}")
         for i, load in enumerate(r["expert_load"]):
             lines.append(f"    layer {i} expert load: " + " ".join(f"{x:.2f}" for x in load))
     _emit(args, {"checkpoint": args.checkpoint, "data": data_path, "results": results}, lines)
+    return 0
+
+
+def cmd_finetune(args):
+    from .data import load_labelled
+    from .finetune import FinetuneOptions, finetune
+    try:
+        opts = FinetuneOptions(plan=args.plan, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               val_fraction=args.val_fraction, patience=args.patience, seeds=args.seeds,
+                               seed=args.seed, eval_every=args.eval_every,
+                               top_k_choices=tuple(int(k) for k in args.top_k_choices.split(",") if k.strip()))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    checkpoint.load(args.base)                     # a bad base file fails before any data work
+    data = load_labelled(args.data, include=args.include, frames=args.frames)
+    test = load_labelled(args.test, include=args.test_include, frames=args.frames) if args.test else None
+    if test is not None and data.labels and test.labels and test.labels != data.labels:
+        raise UserError(f"--test labels {test.labels} differ from the training labels {data.labels}")
+    out = Path(args.out) if args.out else Path("runs") / f"finetuned_{Path(args.data).name.split('.')[0]}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.json:
+        n_labels = len(data.labels) if data.labels else int(data.y.max()) + 1
+        print(f"qz finetune: {args.base} -> {n_labels} labels, {len(data):,} samples "
+              f"(plan {opts.plan}, {opts.seeds} seed{'s' if opts.seeds > 1 else ''}) -> {out}", flush=True)
+    report = finetune(args.base, data, opts, test=test, out_path=out, log=None if args.json else print,
+                      progress=not (args.quiet or args.json))
+    report_path = Path(args.report) if args.report else out.with_suffix(".report.json")
+    report_path.write_text(json.dumps(report, indent=2))
+    k = max(int(x[len("val_accuracy_top"):]) for x in report if x.startswith("val_accuracy_top"))
+    lines = [f"saved {out} (seed {report['chosen_seed']}), report {report_path}",
+             f"validation accuracy (top_k {k}): {report[f'val_accuracy_top{k}']['mean']:.4f} "
+             f"+- {report[f'val_accuracy_top{k}']['std']:.4f} over {opts.seeds} seed(s)"]
+    if test is not None:
+        for key in sorted(x for x in report if x.startswith("test_accuracy")):
+            lines.append(f"test accuracy ({key[len('test_accuracy_'):]}): {report[key]['mean']:.4f} "
+                         f"+- {report[key]['std']:.4f}")
+    labels = report["labels"]
+    lines.append(f"confusion on {report['confusion_on']} (rows: true, columns: predicted):")
+    width = max(len(str(lab)) for lab in labels) + 1
+    lines.append(" " * width + "".join(f"{str(lab)[:5]:>6}" for lab in labels))
+    for lab, row in zip(labels, report["confusion"]):
+        lines.append(f"{str(lab):>{width}}" + "".join(f"{v:6d}" for v in row))
+    _emit(args, report, lines)
     return 0
 
 
@@ -249,10 +319,19 @@ def cmd_info(args):
 TRAIN_EPILOG = """examples:
   qz train                                   # character LM on data/kjv.txt.gz, preset tiny_lm
   qz train --data feats.npz --steps 2000     # any .npz with x (N,T,F) float + y (N,) labels
+  qz train --data data/digits.csv.gz --frames 8 --val-fraction 0.2 --preset digits
   qz train --preset char_lm --top-k-choices 1,2 --out runs/lm.safetensors
   qz train --resume runs/lm.safetensors --steps 4000   # continue (bit-exact) and extend
 
 Ctrl-C finishes the current step, saves a checkpoint and prints how to resume.
+"""
+
+
+FINETUNE_EPILOG = """examples:
+  qz finetune runs/commands.safetensors --data my_words/            # my_words/<label>/*.wav
+  qz finetune runs/commands.safetensors --data clips/ --include '*_george_*.wav' \\
+      --test clips/ --test-include '*_jackson_*.wav' --seeds 3   # train on one speaker, test on another
+  qz finetune runs/kws.safetensors --data feats.csv --plan head     # a linear probe on CSV features
 """
 
 
@@ -272,6 +351,13 @@ def build_parser():
     t.add_argument("--config", help="a JSON file with a full model config (instead of --preset)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. --set n_layers=4")
     t.add_argument("--seq-len", type=int, default=64, help="window length for text data (default 64)")
+    t.add_argument("--frames", type=int, default=1,
+                   help="CSV data: fold each row's features into this many frames (8 for 8x8 images)")
+    t.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of rows held out when the file has no x_val/y_val (default 0.1)")
+    t.add_argument("--no-standardize", action="store_true",
+                   help="feed classifier features as they are (default: per-feature mean 0, std 1 from "
+                   "the training split, stored in the checkpoint and reused by eval/finetune/run)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--steps", type=int, help="total optimizer steps (default 500)")
     t.add_argument("--batch-size", type=int, help="examples per step (default 32)")
@@ -298,10 +384,42 @@ def build_parser():
     e.add_argument("checkpoint")
     e.add_argument("--data", help=f"data set (default {DEFAULT_TEXT} for LMs)")
     e.add_argument("--top-k", type=int, help="evaluate at this top_k only")
+    e.add_argument("--split", choices=["val", "test"], default="val",
+                   help="val: the held-out split training used (default); test: an .npz's x_test/y_test")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--max-batches", type=int, default=None, help="limit the number of batches")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    f = sub.add_parser("finetune", help="adapt a trained classifier to new labels from ~1000 samples",
+                       description="Give a trained classifier a new head for a new label set and train it "
+                       "on your labelled data, with a seeded stratified validation split and early stopping. "
+                       "Writes the adapted checkpoint and a JSON report (accuracy, confusion, expert load, "
+                       "spread over seeds).", epilog=FINETUNE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("base", help="the trained classifier checkpoint to start from")
+    f.add_argument("--data", required=True, help="a folder of wav files (one sub-folder per label, or files "
+                   "named <label>_*.wav), a CSV of features with a label column, or an .npz with x and y")
+    f.add_argument("--include", default="*.wav", help="glob on wav file names, e.g. '*_george_*.wav'")
+    f.add_argument("--test", help="data only evaluated at the end (never used for any choice)")
+    f.add_argument("--test-include", default="*.wav", help="glob on the test folder's wav file names")
+    f.add_argument("--frames", type=int, default=1, help="CSV data: fold features into this many frames")
+    f.add_argument("--plan", choices=["head", "light", "all"], default="all",
+                   help="what trains: head only, head + gates + norms, or everything (default)")
+    f.add_argument("--steps", type=int, default=600, help="at most this many steps (default 600)")
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
+    f.add_argument("--eval-every", type=int, default=25, help="validate every N steps (default 25)")
+    f.add_argument("--patience", type=int, default=8, help="stop after N validations without improvement")
+    f.add_argument("--top-k-choices", default="1,2", help="elastic top-k during fine-tuning (default 1,2)")
+    f.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report the spread")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", help="adapted checkpoint (default runs/finetuned_<data>.safetensors)")
+    f.add_argument("--report", help="JSON report path (default: next to the checkpoint)")
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_finetune)
 
     i = sub.add_parser("info", help="describe a checkpoint",
                        description="Config, parameter count, active parameters per token at each top_k, "

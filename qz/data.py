@@ -3,6 +3,7 @@
 Two kinds, one interface (``batch(step, batch_size, seed)`` and ``eval_batches``):
 
 * ``ArrayData``: ``x`` (N, T, F) float features with ``y`` (N,) labels
+  (from an .npz, or a CSV of features with a label column)
   (classifier), or ``x`` (N, T) int token ids with ``y`` (N, T) next-token
   targets (LM). The training order is a fresh permutation per epoch.
 * ``TextData``: a byte stream (vocabulary 256) for a character LM; each batch
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "ArrayData", "TextData", "load_dataset", "load_npz", "load_text"]
+__all__ = ["DataError", "ArrayData", "TextData", "load_dataset", "load_npz", "load_split", "load_csv",
+           "load_text", "feature_stats", "apply_input_norm", "load_wav_folder", "load_labelled", "wav_label"]
 
 
 class DataError(ValueError):
@@ -36,6 +38,15 @@ class ArrayData:
     x: np.ndarray            # (N, T, F) float or (N, T) int
     y: np.ndarray            # (N,) or (N, T) int
     name: str = "arrays"
+    labels: list | None = None   # class names, when the file has them
+
+    def subset(self, idx):
+        return ArrayData(self.x[idx], self.y[idx], self.name, self.labels)
+
+    def standardized(self, mean, std):
+        """Features minus mean, over std (per feature): the classifier's input scaling."""
+        x = (self.x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        return ArrayData(x.astype(np.float32), self.y, self.name, self.labels)
 
     @property
     def kind(self) -> str:
@@ -98,6 +109,22 @@ class TextData:
             yield win[:, :-1], win[:, 1:]
 
 
+def feature_stats(data: ArrayData):
+    """Per-feature mean and std over all rows and frames; std floored so a constant feature stays finite."""
+    x = data.x.reshape(-1, data.x.shape[-1]).astype(np.float64)
+    return x.mean(axis=0).astype(np.float32), np.maximum(x.std(axis=0), 1e-6).astype(np.float32)
+
+
+def apply_input_norm(data, norm):
+    """Standardise a classifier data set with the stats stored in a checkpoint (meta['input_norm'])."""
+    if norm is None or data is None or data.kind != "classifier":
+        return data
+    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+    if mean.shape != (data.x.shape[-1],):
+        raise DataError(f"{data.name}: {data.x.shape[-1]} features, but the model was trained on {mean.shape[0]}")
+    return data.standardized(mean, std)
+
+
 def load_text(path) -> np.ndarray:
     """Bytes of a .txt or .txt.gz file as uint8 token ids (vocabulary 256)."""
     path = Path(path)
@@ -121,11 +148,133 @@ def load_npz(path):
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing array '{key}' (has: {', '.join(sorted(arrays)) or 'none'})")
+    labels = None
+    if "labels" in arrays:
+        if arrays["labels"].dtype.kind != "U" or arrays["labels"].ndim != 1:
+            raise DataError(f"{path}: 'labels' must be a 1-D array of strings")
+        labels = [str(v) for v in arrays["labels"]]
     train = _check_arrays(path, arrays["x"], arrays["y"], "x", "y")
+    train.labels = labels
     for xk, yk in (("x_val", "y_val"), ("x_test", "y_test")):
         if xk in arrays and yk in arrays:
-            return train, _check_arrays(path, arrays[xk], arrays[yk], xk, yk)
+            held = _check_arrays(path, arrays[xk], arrays[yk], xk, yk)
+            held.labels = labels
+            return train, held
     return train, None
+
+
+def load_split(path, split):
+    """One named split of an .npz: 'train' (x, y), 'val' (x_val, y_val) or 'test' (x_test, y_test)."""
+    path = Path(path)
+    keys = {"train": ("x", "y"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}[split]
+    train, _ = load_npz(path)
+    with np.load(path, allow_pickle=False) as z:
+        if keys[0] not in z.files or keys[1] not in z.files:
+            raise DataError(f"{path}: has no {split} split ({keys[0]}, {keys[1]})")
+        data = _check_arrays(path, z[keys[0]], z[keys[1]], *keys)
+    data.labels = train.labels
+    return data
+
+
+def load_csv(path, frames=1):
+    """Features from a CSV: one example per row, a label column, the rest numbers.
+
+    The label column is the one headed 'label' when the file has a header row,
+    else the last column. String labels become class ids in sorted order
+    (names kept in .labels). `frames` folds F features into (frames, F / frames),
+    e.g. an 8x8 image into 8 rows of 8 pixels.
+    """
+    import csv
+    import io
+    path = Path(path)
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        rows = [r for r in csv.reader(io.StringIO(raw.decode("utf-8"))) if r]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{path}: CSV file is empty")
+    header = None
+    if any(not _is_number(v) for v in rows[0]):
+        header, rows = [h.strip().lower() for h in rows[0]], rows[1:]
+    if not rows:
+        raise DataError(f"{path}: CSV has a header but no rows")
+    width = len(rows[0])
+    if width < 2 or any(len(r) != width for r in rows):
+        raise DataError(f"{path}: every CSV row needs the same number (>= 2) of columns")
+    col = header.index("label") if header and "label" in header else width - 1
+    labels_raw = [r[col].strip() for r in rows]
+    try:
+        feats = np.array([[float(v) for i, v in enumerate(r) if i != col] for r in rows], dtype=np.float32)
+    except ValueError as e:
+        raise DataError(f"{path}: non-numeric feature value ({e})") from None
+    if all(_is_number(v) and float(v).is_integer() for v in labels_raw):
+        y, names = np.array([int(float(v)) for v in labels_raw], dtype=np.int64), None
+    else:
+        names = sorted(set(labels_raw))
+        y = np.array([names.index(v) for v in labels_raw], dtype=np.int64)
+    F = feats.shape[1]
+    if frames < 1 or F % frames:
+        raise DataError(f"{path}: {F} features do not fold into {frames} frames")
+    data = _check_arrays(path, feats.reshape(len(rows), frames, F // frames), y, "features", "label")
+    data.labels = names
+    return data
+
+
+def wav_label(stem):
+    """Label of a file named '{label}_*.wav': the text before the first '_'
+    ('7_jackson_3' -> '7'); a label that itself starts with '_' runs to its
+    closing '_' ('_silence__0' -> '_silence_')."""
+    if stem.startswith("_"):
+        end = stem.find("_", 1)
+        return stem[:end + 1] if end > 0 else stem
+    return stem.split("_", 1)[0]
+
+
+def load_wav_folder(path, include="*.wav"):
+    """Features of every wav under a folder: one sub-folder per label, or files named '{label}_*.wav'.
+
+    Each file goes through the same front-end as the shipped data sets
+    (qz.audio.wav_features: 16 kHz, 1 s, 49 x 13 MFCC). `include` is a glob
+    on file names (e.g. '*_george_*.wav'). A file that cannot be read stops
+    the load with an error naming it.
+    """
+    from .audio import wav_features
+    path = Path(path)
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob(include)))
+    if subdirs:
+        items = [(f, d.name) for d in subdirs for f in sorted(d.glob(include))]
+    else:
+        items = [(f, wav_label(f.stem)) for f in sorted(path.glob(include))]
+    if not items:
+        raise DataError(f"{path}: no wav files matching {include!r} (expected sub-folders per label "
+                        "or files named <label>_*.wav)")
+    names = sorted({label for _, label in items})
+    x = np.stack([wav_features(f) for f, _ in items]).astype(np.float32)
+    y = np.array([names.index(label) for _, label in items], dtype=np.int64)
+    return ArrayData(x, y, name=str(path), labels=names)
+
+
+def load_labelled(path, include="*.wav", frames=1):
+    """A whole labelled set (no split) from a wav folder, a CSV of features or an .npz (x, y)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return load_wav_folder(path, include)
+    if path.name.endswith((".csv", ".csv.gz")):
+        return load_csv(path, frames)
+    if path.suffix == ".npz":
+        return load_npz(path)[0]
+    raise DataError(f"{path}: expected a folder of wav files, a .csv(.gz) or an .npz")
+
+
+def _is_number(v):
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 def _check_arrays(path, x, y, xk, yk):
@@ -155,21 +304,23 @@ def _check_arrays(path, x, y, xk, yk):
     return ArrayData(x, y.astype(np.int64), name=str(path))
 
 
-def load_dataset(path, seq_len=128, seed=0, val_fraction=0.1):
-    """-> (train, val) for an .npz or a text file (.txt, .txt.gz)."""
+def load_dataset(path, seq_len=128, seed=0, val_fraction=0.1, frames=1):
+    """-> (train, val) for an .npz, a .csv(.gz) of features, or a text file (.txt, .txt.gz)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    if path.suffix == ".npz":
-        train, val = load_npz(path)
+    if path.is_dir() or path.suffix == ".npz" or path.name.endswith((".csv", ".csv.gz")):
+        if path.suffix == ".npz":
+            train, val = load_npz(path)
+        else:
+            train, val = load_labelled(path, frames=frames), None
         if val is None:  # hold out a seeded fraction of rows
             n = len(train)
             if n < 2:
                 raise DataError(f"{path}: need at least 2 rows to hold some out, got {n}")
             perm = np.random.default_rng([seed, 7]).permutation(n)
             n_val = max(1, int(round(n * val_fraction)))
-            v, t = perm[:n_val], perm[n_val:]
-            train, val = ArrayData(train.x[t], train.y[t], train.name), ArrayData(train.x[v], train.y[v], train.name)
+            train, val = train.subset(perm[n_val:]), train.subset(perm[:n_val])
         return train, val
     tokens = load_text(path)
     cut = int(len(tokens) * (1 - val_fraction))  # the tail is the held-out text

@@ -43,13 +43,16 @@ class TrainConfig:
     eval_every: int = 0           # 0: evaluate only at the end
     eval_batches: int = 20
     ckpt_every: int = 0           # 0: checkpoint only at the end (and on a stop)
+    patience: int = 0             # early stopping: stop after this many evaluations without a better
+                                  # validation accuracy, and keep the best parameters (0: off)
+    trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
 
     def __post_init__(self):
         for key in ("steps", "batch_size"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key}: must be an integer >= 1, got {v!r}")
-        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed"):
+        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{key}: must be an integer >= 0, got {v!r}")
@@ -62,6 +65,13 @@ class TrainConfig:
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"{key}: must be in [0, 1], got {v!r}")
         object.__setattr__(self, "top_k_choices", tuple(int(k) for k in self.top_k_choices))
+        object.__setattr__(self, "trainable", tuple(str(n) for n in self.trainable))
+        if self.patience and not self.eval_every:
+            raise ValueError("patience: early stopping needs eval_every > 0")
+
+    def is_trainable(self, name):
+        return not self.trainable or any(name == t or (t.endswith(".") and name.startswith(t))
+                                         or name.endswith("." + t) for t in self.trainable)
 
     @classmethod
     def from_dict(cls, d):
@@ -74,6 +84,7 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["top_k_choices"] = list(self.top_k_choices)
+        d["trainable"] = list(self.trainable)
         return d
 
 
@@ -83,6 +94,9 @@ class TrainState:
     opt: dict                      # AdamW moments m.<name>, v.<name>
     step: int = 0                  # steps done
     history: list = field(default_factory=list)
+    best: dict | None = None       # early stopping: {"step", "accuracy", "params"} of the best evaluation
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)   # JSON metadata carried with the model (input_norm, labels)
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,8 +174,13 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
             raise TrainingDiverged(f"step {step}: loss {loss}, gradient norm {gnorm}; "
                                    "the parameters are those of the last good step")
         lr = lr_at(step, tcfg.lr, tcfg.warmup, tcfg.steps, tcfg.min_lr_ratio)
-        adamw_step(state.params, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps,
-                   tcfg.weight_decay)
+        if tcfg.trainable:   # frozen parameters keep their values (and zero moments)
+            live = [n for n in state.params if tcfg.is_trainable(n)]
+            adamw_step({n: state.params[n] for n in live}, grads, state.opt, step + 1, lr, tcfg.beta1,
+                       tcfg.beta2, tcfg.eps, tcfg.weight_decay)
+        else:
+            adamw_step(state.params, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps,
+                       tcfg.weight_decay)
         state.step += 1
         tokens += x.shape[0] * T
         recent_loss = (recent_loss + [loss])[-20:]          # smoothed over the last 20 steps
@@ -171,6 +190,9 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
                    **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
         if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 and state.step < end:
             _eval_and_log(state, cfg, tcfg, val_data, bar, log)
+            if tcfg.patience and _no_better_for(state, tcfg.patience):
+                state.stopped_early = True
+                break
         if ckpt_path and tcfg.ckpt_every and state.step % tcfg.ckpt_every == 0 and state.step < end:
             save_training(ckpt_path, cfg, tcfg, state)
         if should_stop is not None and should_stop():
@@ -178,7 +200,18 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
     bar.final()
     if val_data is not None and state.step == tcfg.steps:
         _eval_and_log(state, cfg, tcfg, val_data, bar, log)
+    if tcfg.patience and state.best is not None:
+        for name, value in state.best["params"].items():   # restore the best evaluation's weights
+            state.params[name][...] = value
     return state
+
+
+def _no_better_for(state, patience):
+    """True when the last `patience` evaluations did not beat the best one before them."""
+    if len(state.history) <= patience:
+        return False
+    best_before = max(h["accuracy"] for h in state.history[:-patience])
+    return all(h["accuracy"] <= best_before for h in state.history[-patience:])
 
 
 def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
@@ -186,6 +219,9 @@ def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
                    max_batches=tcfg.eval_batches)
     res["step"] = state.step
     state.history.append(res)
+    if tcfg.patience and (state.best is None or res["accuracy"] > state.best["accuracy"]):
+        state.best = {"step": state.step, "accuracy": res["accuracy"],
+                      "params": {n: p.copy() for n, p in state.params.items()}}
     if log:
         bar.final()
         log(f"step {state.step}: val loss {res['loss']:.4f}  accuracy {res['accuracy']:.4f}  "
@@ -197,7 +233,7 @@ def save_training(path, cfg, tcfg, state):
     checkpoint.save(path, state.params, cfg, state=state.opt, train=tcfg.to_dict(), step=state.step,
                     rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
                     data_position={"step": state.step, "batch_size": tcfg.batch_size},
-                    history=state.history)
+                    history=state.history, **state.extra)
 
 
 def load_training(path):
@@ -222,4 +258,7 @@ def load_training(path):
     step = meta["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= tcfg.steps:
         raise checkpoint.CheckpointError(f"{path}: step {step!r} is not in 0..{tcfg.steps}")
-    return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])))
+    known = {"train", "step", "rng", "data_position", "history", "state"}
+    extra = {k: v for k, v in meta.items() if k not in known}
+    return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])),
+                                 extra=extra)

@@ -1,0 +1,165 @@
+"""Adapt a trained model to a new labelled task from about a thousand samples.
+
+    base checkpoint + new labels  ->  new head, chosen weights trained, early stopping
+                                  ->  adapted checkpoint + JSON report
+
+* The new task's label set gets a fresh classification head; every other
+  weight starts from the base model.
+* A *plan* says what trains: ``head`` (the head only: a linear probe),
+  ``light`` (head, gates and norm gains) or ``all`` (everything).
+* A fixed, seeded, stratified train/validation split of the user's data;
+  early stopping on validation accuracy; the best validation checkpoint is kept.
+* ``seeds`` repeats the run with different seeds (split, init, order) and
+  reports mean and spread; the saved model is the seed with the best
+  validation accuracy (chosen without looking at any test data).
+* An optional test set (for example another speaker) is only evaluated,
+  never used for any choice.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import checkpoint
+from .config import Config
+from .data import ArrayData, apply_input_norm
+from .optim import adamw_init
+from .train import TrainConfig, TrainState, evaluate, save_training, train
+
+__all__ = ["PLANS", "FinetuneOptions", "stratified_split", "new_head", "finetune", "confusion_matrix"]
+
+PLANS = {
+    "head": ("head.",),
+    "light": ("head.", "gate", "attn_norm", "ffn_norm", "final_norm", "in_proj."),
+    "all": (),
+}
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    plan: str = "all"
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 20
+    weight_decay: float = 0.01
+    aux_coef: float = 0.01
+    top_k_choices: tuple = (1, 2)
+    val_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 8
+    seeds: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.plan not in PLANS:
+            raise ValueError(f"plan: {self.plan!r} is not one of {', '.join(PLANS)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"seeds: must be an integer >= 1, got {self.seeds!r}")
+
+
+def stratified_split(y, val_fraction, seed):
+    """-> (train_idx, val_idx): each class split in the same proportion, seeded."""
+    rng = np.random.default_rng([seed, 11])
+    tr, va = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)   # both sides see every class of 2+ samples
+        va.append(idx[:n_val])
+        tr.append(idx[n_val:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+
+
+def new_head(params, cfg: Config, n_classes: int, seed: int):
+    """A copy of params with a fresh head for n_classes (N(0, 1/d) weights, zero bias)."""
+    rng = np.random.default_rng([seed, 13])
+    dtype = params["head.weight"].dtype
+    out = {n: p.copy() for n, p in params.items()}
+    out["head.weight"] = (rng.standard_normal((cfg.d_model, n_classes)) / np.sqrt(cfg.d_model)).astype(dtype)
+    out["head.bias"] = np.zeros(n_classes, dtype=dtype)
+    return out, cfg.replace(n_classes=n_classes)
+
+
+def confusion_matrix(params, cfg, data, top_k=None, batch_size=128):
+    """(C, C) counts: row = true class, column = predicted class."""
+    from .model import forward
+    C = cfg.n_classes
+    cm = np.zeros((C, C), dtype=np.int64)
+    for s in range(0, len(data), batch_size):
+        logits, _ = forward(params, cfg, data.x[s:s + batch_size], top_k=top_k)
+        np.add.at(cm, (data.y[s:s + batch_size], np.argmax(logits, axis=1)), 1)
+    return cm
+
+
+def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData | None = None,
+             out_path=None, log=print, progress=True):
+    """Run the fine-tuning; returns the report dict (and writes out_path when given).
+
+    `data` and `test` are raw features; the base model's input scaling is applied here.
+    """
+    params0, cfg0, meta = checkpoint.load(base_path)
+    if cfg0.mode != "classifier":
+        raise ValueError(f"{base_path}: fine-tuning needs a classifier model, this one is a {cfg0.mode}")
+    if data.kind != "classifier" or data.x.shape[-1] != cfg0.input_dim:
+        raise ValueError(f"data: expected features (N, T, {cfg0.input_dim}), got {data.x.shape}")
+    if data.x.shape[1] > cfg0.max_len:
+        raise ValueError(f"data: {data.x.shape[1]} frames, the base model takes at most {cfg0.max_len}")
+    norm = meta.get("input_norm")
+    data = apply_input_norm(data, norm)
+    test = apply_input_norm(test, norm)
+    labels = data.labels or [str(c) for c in range(int(data.y.max()) + 1)]
+    n_classes = max(len(labels), 2)
+    runs, best = [], None
+    t_all = time.perf_counter()
+    for r in range(opts.seeds):
+        seed = opts.seed + r
+        tr_idx, va_idx = stratified_split(data.y, opts.val_fraction, seed)
+        tr, va = data.subset(tr_idx), data.subset(va_idx)
+        params, cfg = new_head(params0, cfg0, n_classes, seed)
+        tcfg = TrainConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup=opts.warmup,
+                           weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
+                           top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
+                           seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
+                           trainable=PLANS[opts.plan])
+        t0 = time.perf_counter()
+        state = train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)),
+                      progress=progress, log=None)
+        seconds = time.perf_counter() - t0
+        run = {"seed": seed, "seconds": round(seconds, 2), "steps_run": state.step,
+               "best_step": state.best["step"] if state.best else state.step, "n_train": len(tr), "n_val": len(va)}
+        for k in sorted({1, cfg.top_k}):
+            run[f"val_accuracy_top{k}"] = evaluate(state.params, cfg, va, batch_size=256, top_k=k)["accuracy"]
+            if test is not None:
+                run[f"test_accuracy_top{k}"] = evaluate(state.params, cfg, test, batch_size=256, top_k=k)["accuracy"]
+        runs.append(run)
+        if log:
+            log(f"seed {seed}: val accuracy {run[f'val_accuracy_top{cfg.top_k}']:.4f}"
+                + (f", test accuracy {run[f'test_accuracy_top{cfg.top_k}']:.4f}" if test is not None else "")
+                + f" (best step {run['best_step']}, {seconds:.1f} s)")
+        key = run[f"val_accuracy_top{cfg.top_k}"]
+        if best is None or key > best[0]:
+            best = (key, run, state, cfg, tcfg, va)
+    _, best_run, state, cfg, tcfg, va = best
+    report = {"base": str(base_path), "plan": opts.plan, "options": {**opts.__dict__},
+              "labels": labels, "runs": runs, "chosen_seed": best_run["seed"],
+              "seconds_total": round(time.perf_counter() - t_all, 2)}
+    for key in runs[0]:
+        if "accuracy" in key:
+            vals = np.array([r[key] for r in runs])
+            report[key] = {"mean": round(float(vals.mean()), 4), "std": round(float(vals.std()), 4)}
+    ev_data = test if test is not None else va
+    report["confusion_on"] = "test" if test is not None else "val"
+    report["confusion"] = confusion_matrix(state.params, cfg, ev_data).tolist()
+    report["expert_load"] = evaluate(state.params, cfg, ev_data, batch_size=256)["expert_load"]
+    if out_path is not None:
+        state.extra = {"input_norm": norm, "labels": labels, "finetuned_from": str(base_path),
+                       "finetune_plan": opts.plan}
+        save_training(out_path, cfg, tcfg, state)
+        report["checkpoint"] = str(out_path)
+    return report
