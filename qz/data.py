@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DataError", "ArrayData", "TextData", "load_dataset", "load_npz", "load_split", "load_csv",
-           "load_text", "feature_stats", "apply_input_norm", "load_wav_folder", "load_labelled", "wav_label"]
+           "load_text", "feature_stats", "augment_features", "apply_input_norm", "load_wav_folder", "load_labelled", "wav_label"]
 
 
 class DataError(ValueError):
@@ -107,6 +107,32 @@ class TextData:
         for s in stops:
             win = np.stack([self.tokens[t:t + T + 1] for t in starts[s:s + batch_size]]).astype(np.int64)
             yield win[:, :-1], win[:, 1:]
+
+
+def augment_features(x, rng, max_shift=6, max_time_mask=6, max_feature_mask=2, noise=0.05):
+    """Training-time augmentation of standardised feature clips (N, T, F), all seeded by rng.
+
+    * time shift by up to max_shift frames, the gap filled with 0 (the mean
+      after standardisation): the word may start anywhere;
+    * one time mask and one feature mask (SpecAugment, Park et al. 2019),
+      set to 0: the model cannot lean on one moment or one coefficient;
+    * a little Gaussian noise.
+    """
+    N, T, F = x.shape
+    out = np.zeros_like(x)
+    shifts = rng.integers(-max_shift, max_shift + 1, N)
+    for i, s in enumerate(shifts):
+        if s >= 0:
+            out[i, s:] = x[i, :T - s]
+        else:
+            out[i, :T + s] = x[i, -s:]
+    t0, tw = rng.integers(0, T, N), rng.integers(0, max_time_mask + 1, N)
+    f0, fw = rng.integers(0, F, N), rng.integers(0, max_feature_mask + 1, N)
+    for i in range(N):
+        out[i, t0[i]:t0[i] + tw[i]] = 0.0
+        out[i, :, f0[i]:f0[i] + fw[i]] = 0.0
+    out += noise * rng.standard_normal(out.shape).astype(out.dtype)
+    return out
 
 
 def feature_stats(data: ArrayData):

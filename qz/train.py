@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint
+from .data import augment_features
 from .model import forward_stats, loss_grads_logits
 from .ops import cross_entropy_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
@@ -46,6 +47,7 @@ class TrainConfig:
     patience: int = 0             # early stopping: stop after this many evaluations without a better
                                   # validation accuracy, and keep the best parameters (0: off)
     trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
+    augment: bool = False         # classifier features: shift, SpecAugment masks, noise (data.augment_features)
 
     def __post_init__(self):
         for key in ("steps", "batch_size"):
@@ -167,6 +169,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
     while state.step < end:
         step = state.step
         x, y = train_data.batch(step, tcfg.batch_size, tcfg.seed)
+        if tcfg.augment and train_data.kind == "classifier":
+            x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]))
         k = top_k_for_step(cfg, tcfg, step)
         loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k)
         gnorm = clip_grad_norm(grads, tcfg.clip)

@@ -63,3 +63,30 @@ def test_text_split_and_too_short(tmp_path):
     assert len(train.tokens) == 900 and len(val.tokens) == 100
     with pytest.raises(DataError, match="too short"):
         load_dataset(p, seq_len=200)
+
+
+def test_augment_is_seeded_and_shifts_and_masks():
+    from qz.data import augment_features
+    x = np.random.default_rng(0).standard_normal((16, 20, 5)).astype(np.float32)
+    a = augment_features(x, np.random.default_rng(3), noise=0.0)
+    b = augment_features(x, np.random.default_rng(3), noise=0.0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    zeros = np.mean(a == 0.0)
+    assert 0.0 < zeros < 0.6                     # masks and shift gaps, but most content kept
+    # without masks, a shifted row is the original row moved in time
+    c = augment_features(x, np.random.default_rng(4), max_time_mask=0, max_feature_mask=0, noise=0.0)
+    for i in range(16):
+        assert any(np.array_equal(c[i, max(s, 0):20 + min(s, 0)], x[i, max(-s, 0):20 - max(s, 0)])
+                   for s in range(-6, 7)), i
+
+
+def test_csv_with_header_and_string_labels(tmp_path):
+    from qz.data import load_csv
+    p = tmp_path / "f.csv"
+    p.write_text("a,b,label,c,d\n1,2,cat,3,4\n5,6,dog,7,8\n9,1,cat,2,3\n")
+    d = load_csv(p, frames=2)
+    assert d.labels == ["cat", "dog"] and d.y.tolist() == [0, 1, 0]
+    np.testing.assert_array_equal(d.x[1], [[5, 6], [7, 8]])
+    with pytest.raises(DataError, match="fold"):
+        load_csv(p, frames=3)
