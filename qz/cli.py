@@ -303,6 +303,33 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_generate(args):
+    from .generate import decode, encode, generate
+    params, cfg, meta = checkpoint.load(args.checkpoint)
+    if cfg.mode != "lm":
+        raise UserError(f"{args.checkpoint} is a classifier; generate needs a language model")
+    prompt = encode(args.prompt)
+    if prompt.size == 0:
+        raise UserError("--prompt: give at least one character")
+    if prompt.max() >= cfg.vocab_size:
+        raise UserError(f"--prompt: has bytes outside the model's vocabulary of {cfg.vocab_size}")
+    stream = not args.json and sys.stdout.isatty()
+    if stream:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    t0 = time.perf_counter()
+    ids = generate(params, cfg, prompt, args.max_new_tokens, temperature=args.temperature,
+                   top_k_tokens=args.top_k, seed=args.seed,
+                   on_token=(lambda i: (sys.stdout.write(decode([i])), sys.stdout.flush())) if stream else None)
+    seconds = time.perf_counter() - t0
+    text = decode(ids)
+    if stream:
+        print()
+        return 0
+    _emit(args, {"text": text, "new_tokens": args.max_new_tokens, "seconds": round(seconds, 3)}, [text])
+    return 0
+
+
 def cmd_info(args):
     params, cfg, meta = checkpoint.load(args.checkpoint)
     size = os.path.getsize(args.checkpoint)
@@ -449,6 +476,17 @@ def build_parser():
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    g = sub.add_parser("generate", help="sample text from a character language model",
+                       description="Continue a prompt with a trained character LM, one byte at a time.")
+    g.add_argument("checkpoint")
+    g.add_argument("--prompt", default="And God said", help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
+    g.add_argument("--top-k", type=int, help="sample only among the k most likely next bytes")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="describe a checkpoint",
                        description="Config, parameter count, active parameters per token at each top_k, "
