@@ -1,4 +1,6 @@
 """Data loading (qz/data.py): .npz checks, text windows, held-out splits."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,21 @@ def test_csv_with_header_and_string_labels(tmp_path):
     np.testing.assert_array_equal(d.x[1], [[5, 6], [7, 8]])
     with pytest.raises(DataError, match="fold"):
         load_csv(p, frames=3)
+
+
+FSDD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fsdd-dev"
+
+
+@pytest.mark.skipif(not FSDD.exists(), reason="../shared/data/fsdd-dev is absent")
+def test_real_recordings_load_as_labelled_features():
+    from qz.data import load_wav_folder
+    d = load_wav_folder(FSDD, include="*_jackson_[0-2].wav")     # 3 clips of each digit, 8 kHz
+    assert d.x.shape == (30, 49, 13) and d.labels == [str(i) for i in range(10)]
+    assert np.bincount(d.y).tolist() == [3] * 10
+    assert np.all(np.isfinite(d.x))
+
+
+def test_wav_labels_from_file_names():
+    from qz.data import wav_label
+    assert wav_label("7_jackson_3") == "7" and wav_label("yes_0") == "yes"
+    assert wav_label("_silence__2") == "_silence_" and wav_label("_unknown__0") == "_unknown_"

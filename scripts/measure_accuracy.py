@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Measure the accuracy bars of the real-task issue, each with a protocol that
+never looks at its test split to choose anything.
+
+    python scripts/measure_accuracy.py digits        # handwritten digits, held-out 20 %
+    python scripts/measure_accuracy.py lm            # char LM: bits per character + a sample
+    python scripts/measure_accuracy.py commands      # spoken commands, unseen voices (+ baseline)
+    python scripts/measure_accuracy.py finetune      # digits fine-tuned from the command model
+    python scripts/measure_accuracy.py fsdd          # real speech (../shared/data/fsdd-dev), per speaker
+    python scripts/measure_accuracy.py all
+
+Results go to runs/accuracy/<task>.json and are printed. `commands` saves
+the command model that `finetune` and `fsdd` start from.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import qz  # noqa: E402
+from qz import checkpoint  # noqa: E402
+from qz.data import apply_input_norm, feature_stats, load_dataset, load_split, load_wav_folder  # noqa: E402
+from qz.finetune import FinetuneOptions, confusion_matrix, finetune, stratified_split  # noqa: E402
+from qz.memory import keep_freed_memory  # noqa: E402
+from qz.optim import adamw_init  # noqa: E402
+from qz.train import TrainConfig, TrainState, evaluate, train  # noqa: E402
+
+OUT = ROOT / "runs" / "accuracy"
+FSDD = ROOT.parent / "shared" / "data" / "fsdd-dev"
+
+
+def write(task, result):
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{task}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict)) or k == "choice"},
+                     indent=2))
+
+
+def fit(cfg, tcfg, tr, va, seed=0):
+    params = qz.init_params(cfg, seed=seed)
+    return train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)), progress=False, log=None)
+
+
+# ----------------------------------------------------------------------------
+def task_digits(args):
+    """UCI digits: test = the held-out 20 % (`qz train --val-fraction 0.2` split). Learning rate and
+    steps are chosen on a validation fifth carved from the training 80 %, then the model is retrained
+    on the whole 80 % and scored once on the test 20 %."""
+    train_all, test = load_dataset(ROOT / "data" / "digits.csv.gz", frames=8, val_fraction=0.2, seed=0)
+    perm = np.random.default_rng(123).permutation(len(train_all))
+    n_val = len(train_all) // 5
+    tr, va = train_all.subset(perm[n_val:]), train_all.subset(perm[:n_val])
+    cfg = qz.preset("digits")
+    trials = []
+    for steps in (1000, 2000):
+        for lr in (3e-3, 1e-2):
+            m, s = feature_stats(tr)
+            norm = {"mean": m.tolist(), "std": s.tolist()}
+            st = fit(cfg, TrainConfig(steps=steps, lr=lr, eval_batches=10 ** 6), apply_input_norm(tr, norm),
+                     apply_input_norm(va, norm))
+            trials.append({"steps": steps, "lr": lr, "val_accuracy": st.history[-1]["accuracy"]})
+            print(trials[-1], flush=True)
+    choice = max(trials, key=lambda t: t["val_accuracy"])
+    m, s = feature_stats(train_all)
+    norm = {"mean": m.tolist(), "std": s.tolist()}
+    t0 = time.perf_counter()
+    st = fit(cfg, TrainConfig(steps=choice["steps"], lr=choice["lr"], eval_batches=10 ** 6),
+             apply_input_norm(train_all, norm), apply_input_norm(test, norm))
+    test_n = apply_input_norm(test, norm)
+    write("digits", {"task": "UCI optical digits, 8 rows of 8 pixels, preset digits", "trials": trials,
+                     "choice": choice, "n_train": len(train_all), "n_test": len(test),
+                     "test_accuracy": st.history[-1]["accuracy"], "seconds": round(time.perf_counter() - t0, 1),
+                     "confusion": confusion_matrix(st.params, cfg, test_n).tolist()})
+
+
+# ----------------------------------------------------------------------------
+def task_lm(args):
+    """Char LM on data/kjv.txt.gz: fixed schedule, bits per character on the whole held-out tail."""
+    from qz.generate import decode, encode, generate
+    T = 128
+    tr, va = load_dataset(ROOT / "data" / "kjv.txt.gz", seq_len=T, seed=0)
+    cfg = qz.preset("tiny_lm", d_model=128, d_ff=256, n_experts=8, max_len=T)
+    tcfg = TrainConfig(steps=args.lm_steps, batch_size=16, lr=3e-3, warmup=100, eval_batches=10 ** 6)
+    t0 = time.perf_counter()
+    st = fit(cfg, tcfg, tr, va)
+    seconds = time.perf_counter() - t0
+    res = st.history[-1]
+    qz.save(OUT / "char_lm.safetensors", st.params, cfg)
+    sample = decode(generate(st.params, cfg, encode("And God said"), 300, temperature=0.8, seed=0))
+    counts = np.bincount(tr.tokens, minlength=256).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    write("lm", {"task": "character LM on the KJV slice", "config": cfg.to_dict(), "steps": tcfg.steps,
+                 "seconds": round(seconds, 1), "val_loss_nats": res["loss"],
+                 "bits_per_char": res["loss"] / np.log(2), "unigram_bits_per_char": float(-(p * np.log2(p)).sum()),
+                 "val_chars": res["n"], "next_char_accuracy": res["accuracy"], "sample": sample})
+    print(sample)
+
+
+# ----------------------------------------------------------------------------
+def command_model_path():
+    return OUT / "commands.safetensors"
+
+
+def task_commands(args):
+    """Spoken commands: checkpoint chosen on validation voices, scored once on unseen test voices."""
+    from qz.baseline import fit_logreg, predict_logreg
+    from qz.demo import DemoOptions, train_commands
+    from qz.train import save_training
+    opts = DemoOptions(steps=args.steps, seed=args.seed)
+    t0 = time.perf_counter()
+    cfg, tcfg, state, norm, tr, test = train_commands(opts, log=print, progress=False)
+    seconds = time.perf_counter() - t0
+    save_training(command_model_path(), cfg, tcfg, state)
+    res = {"task": "spoken commands (12 classes), unseen voice variants", "steps": args.steps,
+           "seconds": round(seconds, 1), "best_val_step": state.best["step"], "best_val_accuracy": state.best["accuracy"],
+           "labels": tr.labels, "n_train": len(tr), "n_test": len(test)}
+    for k in (2, 1):
+        res[f"test_accuracy_top{k}"] = evaluate(state.params, cfg, test, 512, top_k=k)["accuracy"]
+    lr_model = fit_logreg(tr.x, tr.y, cfg.n_classes)
+    res["logreg_baseline_test_accuracy"] = float(np.mean(predict_logreg(lr_model, test.x) == test.y))
+    res["confusion_top2"] = confusion_matrix(state.params, cfg, test, top_k=2).tolist()
+    res["curve"] = [{"step": h["step"], "val_accuracy": h["accuracy"]} for h in state.history]
+    write("commands", res)
+
+
+def task_finetune(args):
+    """Spoken digits from the command model: <= 1000 clips, scored on unseen voices; also on real FSDD."""
+    base = command_model_path()
+    path = ROOT / "data" / "spoken_digits.npz"
+    dtrain, dtest = load_split(path, "train"), load_split(path, "test")
+    out = OUT / "digits_finetuned.safetensors"
+    rep = finetune(base, dtrain, FinetuneOptions(steps=600, seeds=3), test=dtest, out_path=out, log=print,
+                   progress=False)
+    res = {"task": "spoken digits fine-tuned from the command model", "n_train": len(dtrain), "n_test": len(dtest),
+           "test_accuracy_top2": rep["test_accuracy_top2"], "test_accuracy_top1": rep["test_accuracy_top1"],
+           "runs": rep["runs"], "confusion": rep["confusion"]}
+    if FSDD.exists():   # the same model on real recordings, no training on them
+        params, cfg, meta = checkpoint.load(out)
+        real = load_wav_folder(FSDD)
+        names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+        real.y = np.array([meta["labels"].index(names[int(real.labels[c])]) for c in real.y])
+        real = apply_input_norm(real, meta["input_norm"])
+        res["fsdd_zero_shot_accuracy"] = evaluate(params, cfg, real, 512)["accuracy"]
+    write("finetune", res)
+
+
+def task_fsdd(args):
+    """Real speech, two speakers: fine-tune on one (validation = its own held-out clips), test on the
+    other; the same against a model of the same size trained from scratch on the same clips."""
+    if not FSDD.exists():
+        print(f"skipped: {FSDD} is absent")
+        return
+    base = command_model_path()
+    speakers = ("george", "jackson")
+    data = {s: load_wav_folder(FSDD, include=f"*_{s}_*.wav") for s in speakers}
+    res = {"task": "FSDD dev: train on one speaker, test on the other", "directions": []}
+    for a, b in (speakers, speakers[::-1]):
+        rep = finetune(base, data[a], FinetuneOptions(steps=600, seeds=3), test=data[b], log=None, progress=False)
+        # from scratch: same size, same clips, same split and early stopping, its own input scaling
+        m, s = feature_stats(data[a])
+        norm = {"mean": m.tolist(), "std": s.tolist()}
+        accs = []
+        for seed in range(3):
+            tr_idx, va_idx = stratified_split(data[a].y, 0.2, seed)
+            cfg = qz.preset("kws", n_classes=10)
+            st = fit(cfg, TrainConfig(steps=600, lr=2e-3, eval_every=25, patience=8, eval_batches=10 ** 6,
+                                      top_k_choices=(1, 2), seed=seed, augment=True),
+                     apply_input_norm(data[a].subset(tr_idx), norm), apply_input_norm(data[a].subset(va_idx), norm),
+                     seed=seed)
+            accs.append(evaluate(st.params, cfg, apply_input_norm(data[b], norm), 512)["accuracy"])
+        row = {"train_speaker": a, "test_speaker": b,
+               "finetuned_test_accuracy": rep["test_accuracy_top2"], "finetuned_val_accuracy": rep["val_accuracy_top2"],
+               "scratch_test_accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}}
+        print(row, flush=True)
+        res["directions"].append(row)
+    write("fsdd", res)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task", choices=["digits", "lm", "commands", "finetune", "fsdd", "all"])
+    ap.add_argument("--steps", type=int, default=3000, help="command-model steps (as the demo)")
+    ap.add_argument("--lm-steps", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    keep_freed_memory()
+    tasks = ["digits", "lm", "commands", "finetune", "fsdd"] if args.task == "all" else [args.task]
+    for t in tasks:
+        print(f"== {t}", flush=True)
+        globals()[f"task_{t}"](args)
+
+
+if __name__ == "__main__":
+    main()
