@@ -16,8 +16,11 @@ import numpy as np
 from . import ops
 from .config import Config, param_shapes
 from .moe import moe_backward, moe_forward
+from .quant import (act_qparams, fake_quant_act_backward, fake_quant_act_forward, fake_quant_params,
+                    observer_names)
 
-__all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "validate_inputs"]
+__all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "observe_ranges",
+           "act_quant_params", "validate_inputs"]
 
 
 # ----------------------------------------------------------------------------
@@ -94,31 +97,54 @@ def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
 # ----------------------------------------------------------------------------
 # one transformer block: x + attention(norm(x)), then x + moe(norm(x))
 # ----------------------------------------------------------------------------
-def block_forward(x, params, i, cfg, k):
-    # x: (B, T, d) -> (B, T, d)
+def _fq(x, name, aq, observed):
+    """Fake-quantize activation x at observer `name` (SPEC §3.2); the float model passes x through.
+
+    observed (a dict, or None): records the (min, max) this observer saw, before quantization."""
+    if observed is not None:
+        observed[name] = (float(x.min()), float(x.max()))
+    if aq is None:
+        return x, None
+    return fake_quant_act_forward(x, *aq[name])
+
+
+def _fq_backward(dx, mask):
+    return dx if mask is None else fake_quant_act_backward(dx, mask)
+
+
+def block_forward(x, params, i, cfg, k, aq=None, observed=None):
+    # x: (B, T, d) -> (B, T, d); aq: observer name -> (scale, zp), or None for the float model
     p = f"blocks.{i}."
     B, T, d = x.shape
     a_in, c_n1 = ops.rmsnorm_forward(x, params[p + "attn_norm"])
+    a_in_q, m_ain = _fq(a_in, p + "attn_in", aq, observed)
     # q, k and v from one matmul with [wq | wk | wv] (d, 3d): one BLAS call, not three
     wqkv = np.concatenate([params[p + "wq"], params[p + "wk"], params[p + "wv"]], axis=1)
-    qkv, c_qkv = ops.linear_forward(a_in, wqkv)                   # (B, T, 3d)
+    qkv, c_qkv = ops.linear_forward(a_in_q, wqkv)                 # (B, T, 3d)
     q, kk, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
     o, c_att = ops.attention_forward(q, kk, v, cfg.n_heads, cfg.causal)
-    a_out, c_o = ops.linear_forward(o, params[p + "wo"])
+    o_q, m_aout = _fq(o, p + "attn_out", aq, observed)
+    a_out, c_o = ops.linear_forward(o_q, params[p + "wo"])
     x = x + a_out
     h, c_n2 = ops.rmsnorm_forward(x, params[p + "ffn_norm"])
     shared = None
     if cfg.n_shared_experts:
         shared = (params[p + "shared.w1"], params[p + "shared.w3"], params[p + "shared.w2"])
+    in_q = mid_q = None
+    if aq is not None:
+        in_q, mid_q = aq[p + "ffn_in"], aq[p + "ffn_mid"]
     m, aux, stats, c_moe = moe_forward(h.reshape(B * T, d), params[p + "gate"], params[p + "w1"],
-                                       params[p + "w3"], params[p + "w2"], k, shared)
+                                       params[p + "w3"], params[p + "w2"], k, shared, in_q, mid_q,
+                                       observe=observed is not None)
+    if observed is not None:
+        observed[p + "ffn_in"], observed[p + "ffn_mid"] = stats.pop("ffn_in"), stats.pop("ffn_mid")
     x = x + m.reshape(B, T, d)
-    return x, aux, stats, (c_n1, c_qkv, c_att, c_o, c_n2, c_moe)
+    return x, aux, stats, (c_n1, m_ain, c_qkv, c_att, m_aout, c_o, c_n2, c_moe)
 
 
 def block_backward(dx, daux, cache, i):
     # dx: (B, T, d) -> dx (B, T, d), grads of block i
-    c_n1, c_qkv, c_att, c_o, c_n2, c_moe = cache
+    c_n1, m_ain, c_qkv, c_att, m_aout, c_o, c_n2, c_moe = cache
     p = f"blocks.{i}."
     B, T, d = dx.shape
     grads = {}
@@ -128,8 +154,9 @@ def block_backward(dx, daux, cache, i):
     dx_n2, grads[p + "ffn_norm"] = ops.rmsnorm_backward(dh.reshape(B, T, d), c_n2)
     dx = dx + dx_n2                                               # residual: both paths
     do, grads[p + "wo"], _ = ops.linear_backward(dx, c_o)
-    dq, dk, dv = ops.attention_backward(do, c_att)
+    dq, dk, dv = ops.attention_backward(_fq_backward(do, m_aout), c_att)
     da_in, dwqkv, _ = ops.linear_backward(np.concatenate([dq, dk, dv], axis=-1), c_qkv)
+    da_in = _fq_backward(da_in, m_ain)
     grads[p + "wq"], grads[p + "wk"], grads[p + "wv"] = (dwqkv[:, j * d:(j + 1) * d].copy() for j in range(3))
     dx_n1, grads[p + "attn_norm"] = ops.rmsnorm_backward(da_in, c_n1)
     return dx + dx_n1, grads
@@ -138,32 +165,41 @@ def block_backward(dx, daux, cache, i):
 # ----------------------------------------------------------------------------
 # the whole model
 # ----------------------------------------------------------------------------
-def _forward(params, cfg, inputs, k):
+def _forward(params, cfg, inputs, k, aq=None, observe=False):
+    """aq: observer name -> (scale, zp) turns on fake-quant (weights and activations), else float.
+
+    Returns logits, aux, per-layer routing stats, caches, and (with observe)
+    the (min, max) each observer saw in this batch, else None.
+    """
     dtype = params["pos"].dtype
     B, T = inputs.shape[:2]
-    caches = {}
+    caches, observed = {}, ({} if observe else None)
+    if aq is not None:
+        params = fake_quant_params(params)    # weight STE is the identity: grads apply to the float weights
     if cfg.mode == "lm":
         x, caches["embed"] = ops.embedding_forward(inputs, params["embed"])     # (B, T, d)
     else:
-        x, caches["in_proj"] = ops.linear_forward(inputs.astype(dtype, copy=False),
-                                                  params["in_proj.weight"], params["in_proj.bias"])
+        x_in, caches["in_q"] = _fq(inputs.astype(dtype, copy=False), "in", aq, observed)
+        x, caches["in_proj"] = ops.linear_forward(x_in, params["in_proj.weight"], params["in_proj.bias"])
     x = x + params["pos"][:T]
     aux = dtype.type(0.0)
     stats = []
     for i in range(cfg.n_layers):
-        x, aux_i, st, caches[i] = block_forward(x, params, i, cfg, k)
+        x, aux_i, st, caches[i] = block_forward(x, params, i, cfg, k, aq, observed)
         aux = aux + aux_i
         stats.append(st)
     x, caches["final_norm"] = ops.rmsnorm_forward(x, params["final_norm"])
     if cfg.mode == "classifier":
         x, caches["pool"] = ops.mean_pool_forward(x)                         # (B, d)
+    x, caches["head_q"] = _fq(x, "head_in", aq, observed)
     logits, caches["head"] = ops.linear_forward(x, params["head.weight"], params["head.bias"])
-    return logits, aux, stats, caches
+    return logits, aux, stats, caches, observed
 
 
 def _backward(dlogits, daux, caches, cfg, T):
     grads = {}
     dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, caches["head"])
+    dx = _fq_backward(dx, caches["head_q"])
     if cfg.mode == "classifier":
         dx = ops.mean_pool_backward(dx, caches["pool"])                      # (B, T, d)
     dx, grads["final_norm"] = ops.rmsnorm_backward(dx, caches["final_norm"])
@@ -180,9 +216,22 @@ def _backward(dlogits, daux, caches, cfg, T):
     return grads
 
 
-def _check_quant(quant):
-    if quant is not None:
-        raise NotImplementedError("quant: fake-quant forward is not built yet (the QAT issue adds it); pass quant=None")
+def act_quant_params(cfg, quant):
+    """quant={"ranges": {observer: (lo, hi)}} -> {observer: (scale, zp)}; None stays None (float model)."""
+    if quant is None:
+        return None
+    if not isinstance(quant, dict) or not isinstance(quant.get("ranges"), dict):
+        raise ValueError('quant: expected {"ranges": {observer name: (lo, hi)}} or None')
+    ranges = quant["ranges"]
+    aq = {}
+    for name in observer_names(cfg):
+        if name not in ranges:
+            raise ValueError(f"quant: no range for observer {name!r}")
+        lo, hi = ranges[name]
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"quant: range of {name!r} is not finite: {(lo, hi)}")
+        aq[name] = act_qparams(lo, hi)
+    return aq
 
 
 def forward(params, cfg: Config, inputs, top_k=None, quant=None):
@@ -191,19 +240,30 @@ def forward(params, cfg: Config, inputs, top_k=None, quant=None):
     LM mode: int ids (B, T) -> logits (B, T, vocab_size).
     Classifier mode: features (B, T, input_dim) -> logits (B, n_classes).
     """
-    _check_quant(quant)
+    aq = act_quant_params(cfg, quant)
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, _, _ = _forward(params, cfg, inputs, k)
+    logits, aux, _, _, _ = _forward(params, cfg, inputs, k, aq)
     return logits, aux
 
 
-def forward_stats(params, cfg: Config, inputs, top_k=None):
+def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None):
     """Like forward, plus per-layer routing stats: {'load': (E,), 'entropy': float}."""
+    aq = act_quant_params(cfg, quant)
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, stats, _ = _forward(params, cfg, inputs, k)
+    logits, aux, stats, _, _ = _forward(params, cfg, inputs, k, aq)
     return logits, aux, stats
+
+
+def observe_ranges(params, cfg: Config, inputs, top_k=None, quant=None):
+    """(min, max) of every observed tensor (SPEC §3.2) in one forward pass.
+
+    With quant=None the float model is run with pass-through observers (the
+    first batch of QAT); with ranges, the fake-quant model (later batches)."""
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
+    k = cfg.top_k if top_k is None else int(top_k)
+    return _forward(params, cfg, inputs, k, act_quant_params(cfg, quant), observe=True)[4]
 
 
 def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):
@@ -217,10 +277,10 @@ def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=Non
 
 def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):
     """loss_and_grads plus the logits of the same forward pass (the trainer's accuracy needs them)."""
-    _check_quant(quant)
+    aq = act_quant_params(cfg, quant)
     inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, _, caches = _forward(params, cfg, inputs, k)
+    logits, aux, _, caches, _ = _forward(params, cfg, inputs, k, aq)
     V = logits.shape[-1]
     ce, ce_cache = ops.cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1))
     loss = float(ce) + float(aux_coef) * float(aux)

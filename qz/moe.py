@@ -22,6 +22,7 @@ import numpy as np
 
 from . import kernels
 from .ops import swiglu_backward, swiglu_forward
+from .quant import fake_quant_act_backward, fake_quant_act_forward
 
 
 # ----------------------------------------------------------------------------
@@ -72,8 +73,9 @@ def aux_loss_backward(daux, cache):
 # ----------------------------------------------------------------------------
 # experts: gather rows -> SwiGLU -> scatter, weighted by the gate
 # ----------------------------------------------------------------------------
-def experts_forward(h, w1, w3, w2, idx, w):
+def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     # h: (N, d), w1/w3: (E, d, f), w2: (E, f, d), idx/w: (N, K) -> out (N, d)
+    # mid_q: (scale, zp) to fake-quantize every expert's w2 input (observer ffn_mid), or None
     # (matmul(..., out=block) writes each expert's rows in place: no temporary)
     N, K = idx.shape
     E, d, f = w1.shape
@@ -92,6 +94,11 @@ def experts_forward(h, w1, w3, w2, idx, w):
         if lo < hi:                                               # skip experts with no tokens
             np.matmul(u[lo:hi], w13[e], out=ab[lo:hi])
     m, sw_cache = swiglu_forward(ab)                              # (R, f)
+    mid_mask = mid_range = None
+    if observe:
+        mid_range = (float(m.min()), float(m.max()))             # what the ffn_mid observer sees
+    if mid_q is not None:
+        m, mid_mask = fake_quant_act_forward(m, *mid_q)
     y = np.empty((N * K, d), dtype=h.dtype)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
@@ -99,12 +106,12 @@ def experts_forward(h, w1, w3, w2, idx, w):
             np.matmul(m[lo:hi], w2[e], out=y[lo:hi])
     out = kernels.combine(y, pos, w)                              # (N, d): sum_j w[n,j] y[pos[n,j]]
     ws = w.reshape(-1)[order]                                     # (R,) gate weight of each row
-    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2)
+    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, mid_range)
 
 
 def experts_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw (N, K), dw1, dw3 (E, d, f), dw2 (E, f, d)
-    u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2 = cache
+    u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, _ = cache
     E, d, f2 = w13.shape
     dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
     dw = dws[pos]                                                 # (N, K) d loss / d gate weight
@@ -115,6 +122,8 @@ def experts_backward(dout, cache):
         if lo < hi:
             np.matmul(dy[lo:hi], w2[e].T, out=dm[lo:hi])
             np.matmul(m[lo:hi].T, dy[lo:hi], out=dw2[e])
+    if mid_mask is not None:
+        dm = fake_quant_act_backward(dm, mid_mask)                # clipped STE
     dab = swiglu_backward(dm, sw_cache)                           # (R, 2f) = [da | db]
     du = np.empty_like(u)
     for e in range(E):
@@ -130,35 +139,46 @@ def experts_backward(dout, cache):
 # ----------------------------------------------------------------------------
 # the whole layer
 # ----------------------------------------------------------------------------
-def moe_forward(h, wg, w1, w3, w2, k, shared=None):
-    """h: (N, d) -> out (N, d), aux (scalar), stats; shared = (sw1, sw3, sw2) or None."""
+def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observe=False):
+    """h: (N, d) -> out (N, d), aux (scalar), stats; shared = (sw1, sw3, sw2) or None.
+
+    in_q / mid_q: (scale, zp) of the ffn_in / ffn_mid observers (SPEC §3.2), or None for
+    the float model. The gate always reads the unquantized h; the experts read fake-quant h.
+    observe: also report the (min, max) of the experts' input and of their w2 input in stats.
+    """
     N = h.shape[0]
     (w, idx, probs), gate_cache = gate_forward(h, wg, k)
-    out, exp_cache = experts_forward(h, w1, w3, w2, idx, w)
+    h_e, in_mask = (h, None) if in_q is None else fake_quant_act_forward(h, *in_q)
+    out, exp_cache = experts_forward(h_e, w1, w3, w2, idx, w, mid_q, observe)
     aux, aux_cache = aux_loss_forward(probs, idx)
     shared_cache = None
     if shared is not None:
         # shared experts: every token goes to all S of them with weight 1
         S = shared[0].shape[0]
         sidx = np.broadcast_to(np.arange(S), (N, S))
-        s_out, shared_cache = experts_forward(h, *shared, sidx, np.ones((N, S), h.dtype))
+        s_out, shared_cache = experts_forward(h_e, *shared, sidx, np.ones((N, S), h.dtype), mid_q, observe)
         out = out + s_out
     stats = {
         "load": np.bincount(idx.reshape(-1), minlength=w1.shape[0]),  # slots per expert
         "entropy": float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1))),
     }
-    return out, aux, stats, (gate_cache, exp_cache, aux_cache, shared_cache)
+    if observe:   # what the ffn_in / ffn_mid observers saw: the pre-quantization ranges
+        mids = [exp_cache[-1]] + ([shared_cache[-1]] if shared_cache is not None else [])
+        stats["ffn_in"] = (float(h.min()), float(h.max()))
+        stats["ffn_mid"] = (min(r[0] for r in mids), max(r[1] for r in mids))
+    return out, aux, stats, (gate_cache, exp_cache, aux_cache, shared_cache, in_mask)
 
 
 def moe_backward(dout, daux, cache):
     """-> dh (N, d) and a dict of parameter gradients keyed gate, w1, w3, w2, shared.*"""
-    gate_cache, exp_cache, aux_cache, shared_cache = cache
-    dh, dw, dw1, dw3, dw2 = experts_backward(dout, exp_cache)
-    dh_gate, dwg = gate_backward(dw, aux_loss_backward(daux, aux_cache), gate_cache)
-    dh = dh + dh_gate
-    grads = {"gate": dwg, "w1": dw1, "w3": dw3, "w2": dw2}
+    gate_cache, exp_cache, aux_cache, shared_cache, in_mask = cache
+    dh_e, dw, dw1, dw3, dw2 = experts_backward(dout, exp_cache)
+    grads = {"w1": dw1, "w3": dw3, "w2": dw2}
     if shared_cache is not None:
         dh_s, _, sdw1, sdw3, sdw2 = experts_backward(dout, shared_cache)
-        dh = dh + dh_s
+        dh_e = dh_e + dh_s
         grads.update({"shared.w1": sdw1, "shared.w3": sdw3, "shared.w2": sdw2})
-    return dh, grads
+    if in_mask is not None:
+        dh_e = fake_quant_act_backward(dh_e, in_mask)             # clipped STE on the experts' input
+    dh_gate, grads["gate"] = gate_backward(dw, aux_loss_backward(daux, aux_cache), gate_cache)
+    return dh_e + dh_gate, grads

@@ -1,0 +1,132 @@
+"""Fake quantization with straight-through gradients, and observers (SPEC §3.1-3.2).
+
+Conventions (each an explicit argument or constant, never a hidden default):
+
+* weights: symmetric, per output channel, int8 in [-127, 127] (narrow range,
+  so +-max is exactly representable and 0 is exactly 0);
+  s[c] = max_k |W[k, c]| / 127, and s = 1 for an all-zero channel (the one
+  place that guards 0/0: ``weight_scales``). For a stack of experts (E, in,
+  out) each expert has its own scales; ``embed`` and ``pos`` have one scale
+  per row. The scales are constants to the backward pass, so the weight STE
+  is the identity: dW = dW_hat.
+* activations: asymmetric, per tensor, uint8 in [0, 255] with a zero point,
+  from an observed range (lo, hi) that is first widened to contain 0.
+* rounding: ``np.rint`` (half to even) everywhere.
+
+The clipped STE at the boundary (PyTorch's rule): with r = rint(x / scale + zp),
+the gradient passes where 0 <= r <= 255 and is 0 where r < 0 or r > 255. So an
+input that rounds exactly onto 0 or 255 (the edges themselves) still passes
+its gradient; one that rounds to -1 or 256 does not.
+
+Shapes: N rows, C channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
+           "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
+           "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params"]
+
+QMIN_W, QMAX_W = -127, 127        # int8, narrow range
+QMAX_A = 255                      # uint8
+_round = np.rint                  # half to even; the one rounding function (tests swap in a surrogate)
+
+
+# ----------------------------------------------------------------------------
+# weights: symmetric, per output channel (or per row)
+# ----------------------------------------------------------------------------
+def weight_scales(w, axis):
+    """max |w| / 127 reduced over `axis` (kept as a broadcastable dim); 1 for an all-zero channel."""
+    amax = np.max(np.abs(w), axis=axis, keepdims=True)
+    return np.where(amax > 0, amax / QMAX_W, 1.0).astype(w.dtype)
+
+
+def quantize_weight(w, axis):
+    """-> (w_q int8, w_scale): w ~= w_q * w_scale. axis: the reduced (input) axis."""
+    s = weight_scales(w, axis)
+    return np.clip(_round(w / s), QMIN_W, QMAX_W).astype(np.int8), s
+
+
+def fake_quant_weight(w, axis):
+    """w_hat = rint(w / s) * s in w's dtype; its gradient is passed through unchanged (identity STE)."""
+    s = weight_scales(w, axis)
+    return (np.clip(_round(w / s), QMIN_W, QMAX_W) * s).astype(w.dtype)
+
+
+# Which axis each quantized parameter reduces over to get its scales:
+# linear weights (in, out) and expert stacks (E, in, out) reduce over `in`
+# (axis -2: one scale per output channel); embed and pos reduce over the
+# width (axis -1: one scale per row). Everything else stays float.
+WEIGHT_AXES = {"in_proj.weight": -2, "wq": -2, "wk": -2, "wv": -2, "wo": -2, "w1": -2, "w3": -2, "w2": -2,
+               "shared.w1": -2, "shared.w3": -2, "shared.w2": -2, "head.weight": -2, "embed": -1, "pos": -1}
+
+
+def weight_axis(name):
+    """The reduction axis for a parameter name, or None if it stays float."""
+    if name in WEIGHT_AXES:
+        return WEIGHT_AXES[name]
+    leaf = name.split(".", 2)[-1] if name.startswith("blocks.") else name
+    return WEIGHT_AXES.get(leaf)
+
+
+def fake_quant_params(params):
+    """Every quantized parameter replaced by its fake-quant value; the rest (norms, biases, gates) as is."""
+    out = {}
+    for name, p in params.items():
+        axis = weight_axis(name)
+        out[name] = p if axis is None else fake_quant_weight(p, axis)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# activations: asymmetric, per tensor, uint8 with a zero point
+# ----------------------------------------------------------------------------
+def act_qparams(lo, hi):
+    """(scale, zero_point) from an observed range, widened to contain 0 so that 0 is exact."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = (hi - lo) / QMAX_A
+    if scale == 0.0:
+        scale = 1.0
+    zp = float(np.clip(np.rint(-lo / scale), 0, QMAX_A))
+    return scale, zp
+
+
+def fake_quant_act_forward(x, scale, zp):
+    # x: any shape -> x_hat (same shape and dtype); cache the pass-through mask
+    r = _round(x / x.dtype.type(scale) + x.dtype.type(zp))
+    mask = (r >= 0) & (r <= QMAX_A)                    # edges 0 and 255 included: gradient passes
+    x_hat = ((np.clip(r, 0, QMAX_A) - zp) * scale).astype(x.dtype)
+    return x_hat, mask
+
+
+def fake_quant_act_backward(dx_hat, mask):
+    # clipped STE: identity inside the representable range, 0 outside
+    return dx_hat * mask
+
+
+# ----------------------------------------------------------------------------
+# observers: the first batch sets (lo, hi), later batches move them by an EMA
+# ----------------------------------------------------------------------------
+EMA = 0.01
+
+
+def observer_names(cfg):
+    """The observed tensors of SPEC §3.2, in forward order."""
+    names = ["in"] if cfg.mode == "classifier" else []
+    for i in range(cfg.n_layers):
+        names += [f"blocks.{i}.attn_in", f"blocks.{i}.attn_out", f"blocks.{i}.ffn_in", f"blocks.{i}.ffn_mid"]
+    return names + ["head_in"]
+
+
+def observe_update(ranges, batch_minmax, ema=EMA):
+    """New ranges dict: a name seen for the first time takes the batch's (min, max);
+    a known one moves toward it by `ema`."""
+    out = dict(ranges)
+    for name, (bmin, bmax) in batch_minmax.items():
+        if name not in out:
+            out[name] = (float(bmin), float(bmax))
+        else:
+            lo, hi = out[name]
+            out[name] = (lo + ema * (float(bmin) - lo), hi + ema * (float(bmax) - hi))
+    return out
