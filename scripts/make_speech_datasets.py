@@ -1,0 +1,389 @@
+#!/usr/bin/env python3
+"""Build data/speech_commands.npz and data/spoken_digits.npz: synthetic speech from espeak-ng.
+
+Every clip is one word spoken by espeak-ng, turned into the model's input by
+the same call that runs on a user's wav file, ``qz.audio.features``:
+
+    espeak-ng -v <accent>+<variant> -s <speed> -p <pitch> -a <amplitude> -w tmp.wav <word>
+    -> qz.audio.read_wav -> resample to 16 kHz -> trim the silence espeak adds
+    -> place at a random offset in a 1 s window (a word longer than 1 s is cropped, centred)
+    -> random gain (word peak -30 .. -3 dBFS) -> + synthetic noise at 5 .. 20 dB SNR
+    -> int16 quantisation (qz.audio.quantize16) -> qz.audio.features -> (49, 13) float16
+
+so a wav written from a stored clip gives exactly the stored features (up to
+float16 rounding). ``_silence_`` clips are noise alone.
+
+Voices. Accents are the non-MBROLA English voices (``espeak-ng --voices=en``;
+the ``mb/*`` voices need MBROLA and fail, so they are skipped), addressed by
+file (``gmw/en-US``): ``-v en-gb+<variant>`` silently ignores the variant,
+``-v gmw/en+<variant>`` does not. Variants are ``espeak-ng --voices=variant``
+plus ``default`` (the accent alone). Every accent x variant pair is
+synthesised for a few probe words at fixed speed/pitch/amplitude; pairs that
+fail or give no audio are dropped, and so is every pair whose audio is
+byte-identical to an earlier pair's (the order: ``default`` first, then
+variant names case-insensitively, then accents), so no voice can sit in two
+splits under two names. A variant with no pair left is dropped. The report
+lists what was dropped and why.
+
+Splits are BY VARIANT: the variants are split 70/15/15 into train / val /
+test (stratified by the gender espeak-ng lists), and every accent of a
+variant goes with it, so val and test voices have timbres never heard in
+training. The same variant split is used for both data sets.
+
+Everything is a pure function of --seed: voice lists are sorted, each clip
+draws from its own ``np.random.default_rng([seed, dataset, split, class,
+index])`` stream, and synthesis runs in worker threads whose results are
+consumed in order. Progress goes to stderr, the report to stdout.
+"""
+import argparse
+import concurrent.futures as cf
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
+
+from qz import audio  # noqa: E402
+
+COMMANDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+COMMAND_LABELS = COMMANDS + ["_unknown_", "_silence_"]
+# other English words: no digits, no command words, nothing that sounds like one
+# (no "know", "write", "of", "top", "goal", "light")
+UNKNOWN_WORDS = ["apple", "backward", "bed", "bird", "button", "cat", "chair", "dog", "follow", "forward",
+                 "garden", "green", "happy", "house", "learn", "marvin", "music", "orange", "paper",
+                 "pencil", "rabbit", "river", "sheila", "table", "tree", "visual", "water", "window", "wow",
+                 "yellow"]
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}      # of the variants; the rest is train
+PROBE_WORDS = ["yes", "seven", "forward"]         # the duplicate check, every accent x variant
+PROBE = dict(speed=160, pitch=50, amplitude=100)  # fixed settings for the duplicate check
+SPEED = (110, 210)          # words per minute, uniform integer
+PITCH = (20, 80)            # espeak-ng pitch 0..99
+AMPLITUDE = (60, 160)       # espeak-ng amplitude 0..200 (the gain step below sets the final level)
+PEAK_DBFS = (-30.0, -3.0)   # word peak level after the random gain
+SNR_DB = (5.0, 20.0)        # word power (over the trimmed word) / noise power (over the 1 s clip)
+SILENCE_DBFS = (-60.0, -16.0)   # noise RMS of _silence_ clips: the range the word clips' noise spans
+TRIM_DB = -50.0             # silence trim threshold relative to the word peak
+HUM_PROB = 0.25             # chance of a mains hum in the noise
+
+
+# ---------------------------------------------------------------- espeak-ng
+
+def espeak_version():
+    return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def list_voices(kind):
+    """-> sorted [(file id, gender)] from `espeak-ng --voices=<kind>`."""
+    out = subprocess.run(["espeak-ng", f"--voices={kind}"], capture_output=True, text=True, check=True).stdout
+    voices = set()
+    for line in out.splitlines()[1:]:
+        m = re.match(r"\s*\d+\s+\S+\s+\S+/(\S)\s+\S+\s+(.*)$", line)   # Pty Language Age/Gender Name File [(Other)]
+        if m:
+            file = re.sub(r"(\s*\([^)]*\))*\s*$", "", m.group(2))       # drop "(en-us 5)" etc.
+            voices.add((file, m.group(1)))
+    return sorted(voices)
+
+
+def voice_id(accent, variant):
+    return accent if variant == "default" else f"{accent}+{variant}"
+
+
+def synth(voice, word, speed, pitch, amplitude, wav_path):
+    """-> float32 samples at 16 kHz, or None when espeak-ng fails or gives no audio."""
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude), "-w", wav_path, word]
+    try:
+        subprocess.run(cmd, capture_output=True, check=True, timeout=60)
+        x, sr = audio.read_wav(wav_path)
+    except (subprocess.SubprocessError, audio.AudioError):
+        return None
+    finally:
+        if os.path.exists(wav_path):
+            os.remove(wav_path)
+    x = audio.resample(x, sr, audio.SAMPLE_RATE)
+    return x if np.max(np.abs(x), initial=0.0) > 0 else None
+
+
+# ---------------------------------------------------------------- voices: probe, dedupe, split
+
+def probe_voices(pool, tmp, log):
+    """Synthesise the probe words for every accent x variant -> kept lists and a report."""
+    accents_all = [f for f, _ in list_voices("en") if not f.startswith("!v/")]
+    variants_all = [("default", "M")] + [(f[3:], g) for f, g in list_voices("variant")]
+    gender = dict(variants_all)
+
+    def digest(voice, words):
+        out = []
+        for w in words:
+            x = synth(voice, w, PROBE["speed"], PROBE["pitch"], PROBE["amplitude"],
+                      os.path.join(tmp, f"probe-{hashlib.md5((voice + w).encode()).hexdigest()}.wav"))
+            if x is None:
+                return None
+            out.append(hashlib.sha1(x.tobytes()).hexdigest())
+        return tuple(out)
+
+    # accents alone, on every command and digit word (for the near-duplicate evidence)
+    accent_words = COMMANDS + DIGITS
+    accent_hash = dict(zip(accents_all, pool.map(lambda a: digest(a, accent_words), accents_all)))
+    failed_accents = [a for a, h in accent_hash.items() if h is None]
+    accents = [a for a in accents_all if accent_hash[a] is not None]
+    log(f"accents: {len(accents)} work, {len(failed_accents)} fail (MBROLA not installed?)")
+
+    pairs = [(a, v) for a in accents for v, _ in variants_all]
+    hashes = dict(zip(pairs, pool.map(lambda p: digest(voice_id(*p), PROBE_WORDS), pairs)))
+    failed_pairs = sorted(voice_id(*p) for p, h in hashes.items() if h is None)
+
+    # a pair duplicates another if its probe audio is byte-identical (any accent, any variant):
+    # the first in preference order ('default' first, then case-insensitive names) is kept
+    order = sorted((v for v, _ in variants_all), key=lambda v: (v != "default", v.lower(), v))
+    first, dup_pairs = {}, {}                                          # hash -> pair; pair -> pair it copies
+    for v in order:
+        for a in accents:
+            h = hashes[(a, v)]
+            if h is not None and h in first:
+                dup_pairs[(a, v)] = first[h]
+            elif h is not None:
+                first[h] = (a, v)
+    bad_pairs = {p for p, h in hashes.items() if h is None} | set(dup_pairs)
+    kept, dropped, partial = [], {}, {}
+    for v in order:
+        copies = sorted({voice_id(*dup_pairs[(a, v)]) for a in accents if (a, v) in dup_pairs})
+        n_bad = sum((a, v) in bad_pairs for a in accents)
+        if n_bad == len(accents):
+            dropped[v] = (f"identical to {', '.join(copies)} ({len(copies)} voices) for all {len(accents)} "
+                          "accents" if copies else "fails for every accent")
+            continue
+        kept.append(v)
+        if copies:
+            partial[v] = [f"{voice_id(a, v)} = {voice_id(*dup_pairs[(a, v)])}" for a in accents if (a, v) in dup_pairs]
+
+    # accents: one whose every pair is a duplicate is dropped; partial overlaps are reported
+    accent_dups, near = {}, []
+    for i, a in enumerate(accents):
+        for b in accents[:i]:
+            same_words = sum(x == y for x, y in zip(accent_hash[a], accent_hash[b]))
+            same_pairs = sum(hashes[(a, v)] == hashes[(b, v)] for v in kept)
+            if same_pairs == len(kept) and same_words == len(accent_words) and a not in accent_dups:
+                accent_dups[a] = b
+            elif same_words:
+                near.append(f"{a} vs {b}: {same_words}/{len(accent_words)} words byte-identical "
+                            f"(accent alone), {same_pairs}/{len(kept)} variants identical on the probe words")
+    accents = [a for a in accents if a not in accent_dups]
+    return dict(accents=accents, variants=kept, gender=gender, failed_accents=failed_accents,
+                failed_pairs=failed_pairs, dropped=dropped, partial=partial, accent_dups=accent_dups,
+                near=near, bad_pairs=bad_pairs)
+
+
+def split_variants(variants, gender, seed):
+    """-> {split: sorted variants}: 70/15/15 per gender, a seeded shuffle of the sorted names."""
+    rng = np.random.default_rng([seed, 1000])
+    out = {s: [] for s in SPLITS}
+    for g in sorted({gender[v] for v in variants}):
+        names = sorted(v for v in variants if gender[v] == g)
+        names = [names[i] for i in rng.permutation(len(names))]
+        n_val, n_test = (max(1, round(SPLIT_FRACTIONS[s] * len(names))) for s in ("val", "test"))
+        out["val"] += names[:n_val]
+        out["test"] += names[n_val:n_val + n_test]
+        out["train"] += names[n_val + n_test:]
+    return {s: sorted(v, key=str.lower) for s, v in out.items()}
+
+
+# ---------------------------------------------------------------- augmentation
+
+def colored_noise(rng, n, exponent):
+    """(n,) unit-RMS noise with power ~ 1/f**exponent above 20 Hz (0 white, 1 pink, 2 brown), nothing below."""
+    spec = np.fft.rfft(rng.standard_normal(n))                           # (n//2+1,)
+    f = np.fft.rfftfreq(n, 1 / audio.SAMPLE_RATE)
+    spec *= np.where(f >= 20, np.maximum(f, 20) ** (-exponent / 2), 0.0)
+    x = np.fft.irfft(spec, n)
+    return x / np.sqrt(np.mean(x**2))
+
+
+def background_noise(rng, n):
+    """(n,) unit-RMS mix of white, pink and brown noise, sometimes with a 50/60 Hz hum."""
+    w = rng.dirichlet([1.0, 1.0, 1.0])
+    x = sum(wi * colored_noise(rng, n, e) for wi, e in zip(w, (0, 1, 2)))
+    if rng.random() < HUM_PROB:
+        f0, t = rng.choice([50.0, 60.0]), np.arange(n) / audio.SAMPLE_RATE
+        hum = sum(rng.random() / h * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) for h in range(1, 6))
+        x = x / np.sqrt(np.mean(x**2)) + 10 ** (rng.uniform(-20, 0) / 20) * hum / np.sqrt(np.mean(hum**2))
+    return x / np.sqrt(np.mean(x**2))
+
+
+def trim(x):
+    """The word without espeak's leading/trailing silence (samples within TRIM_DB of the peak, +5 ms)."""
+    loud = np.flatnonzero(np.abs(x) >= np.max(np.abs(x)) * 10 ** (TRIM_DB / 20))
+    margin = audio.SAMPLE_RATE // 200
+    return x[max(0, loud[0] - margin):loud[-1] + 1 + margin]
+
+
+def make_clip(word, rng):
+    """word (N,) at 16 kHz, or None for silence -> (16000,) quantised clip."""
+    n = audio.CLIP_SAMPLES
+    noise = background_noise(rng, n)
+    if word is None:
+        return audio.quantize16(noise * 10 ** (rng.uniform(*SILENCE_DBFS) / 20))
+    w = trim(word).astype(np.float64)
+    if len(w) >= n:
+        w, start = audio.fit_length(w, n), 0                          # centred crop
+    else:
+        start = rng.integers(0, n - len(w) + 1)
+    w *= 10 ** (rng.uniform(*PEAK_DBFS) / 20) / np.max(np.abs(w))
+    clip = np.zeros(n)
+    clip[start:start + len(w)] = w
+    word_rms = np.sqrt(np.mean(w**2))
+    clip += noise * word_rms * 10 ** (-rng.uniform(*SNR_DB) / 20)
+    return audio.quantize16(clip)
+
+
+# ---------------------------------------------------------------- data sets
+
+def clip_jobs(name, ds_id, labels, counts, seed):
+    """-> [(data set, split, class, index, rng key)], one per clip, in a fixed order."""
+    jobs = []
+    for s_id, split in enumerate(SPLITS):
+        for c, label in enumerate(labels):
+            for i in range(counts[split]):
+                jobs.append((name, split, c, i, (seed, ds_id, s_id, c, i)))
+    return jobs
+
+
+def synth_job(job, words_of, pools, tmp):
+    """Draw the voice and word for one clip and synthesise it (runs in a worker thread)."""
+    name, split, c, i, key = job
+    words = words_of[c]
+    if not words:
+        return None                                                   # _silence_
+    rng = np.random.default_rng(key)
+    for attempt in range(10):                                         # a pair may fail: draw again
+        voice = pools[split][rng.integers(len(pools[split]))]
+        word = words[rng.integers(len(words))]
+        speed, pitch = rng.integers(SPEED[0], SPEED[1] + 1), rng.integers(PITCH[0], PITCH[1] + 1)
+        amp = rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1)
+        x = synth(voice, word, speed, pitch, amp, os.path.join(tmp, f"{name}-{split}-{c}-{i}-{attempt}.wav"))
+        if x is not None:
+            return x
+    raise RuntimeError(f"espeak-ng failed 10 times for {job}")
+
+
+def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress):
+    jobs = clip_jobs(name, ds_id, labels, counts, seed)
+    x = {s: [] for s in SPLITS}
+    y = {s: [] for s in SPLITS}
+    clips = {s: [] for s in SPLITS}
+    n_cropped = n_words = 0
+    for job, word in zip(jobs, pool.map(lambda j: synth_job(j, words_of, pools, tmp), jobs)):
+        _, split, c, i, key = job
+        if word is not None:
+            n_words += 1
+            n_cropped += len(trim(word)) > audio.CLIP_SAMPLES
+        clip = make_clip(word, np.random.default_rng(key + (1,)))     # (16000,) quantised
+        x[split].append(audio.features(clip, audio.SAMPLE_RATE))      # (49, 13) float32
+        y[split].append(c)
+        clips[split].append(clip)
+        progress()
+    out, first_clips = {}, {}
+    for s_id, split in enumerate(SPLITS):
+        order = np.random.default_rng([seed, ds_id, s_id, 2000]).permutation(len(y[split]))
+        xs, ys = np.stack(x[split])[order], np.array(y[split], np.int64)[order]   # (N, 49, 13), (N,)
+        suffix = "" if split == "train" else f"_{split}"
+        out["x" + suffix], out["y" + suffix] = xs.astype(np.float16), ys
+        if split == "test":                                           # data/wav/<label>_0.wav: first test row
+            for c, label in enumerate(labels):
+                row = int(np.flatnonzero(ys == c)[0])
+                first_clips[label] = (clips[split][order[row]], xs[row])
+    out["labels"] = np.array(labels)
+    return out, first_clips, f"{n_cropped} of {n_words} words longer than 1 s (centre-cropped)"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + "\n\nThe clip counts are per class; see the module docstring "
+        "and data/README.md for the recipe.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python scripts/make_speech_datasets.py                 # -> data/*.npz, data/wav/\n"
+               "  python scripts/make_speech_datasets.py --seed 1 --out-dir /tmp/speech --commands 50 10 10\n"
+               "requires espeak-ng (apt-get install espeak-ng); about 3 minutes on 2 cores.")
+    ap.add_argument("--seed", type=int, default=0, help="every random choice derives from it (default 0)")
+    ap.add_argument("--out-dir", default=os.path.join(REPO, "data"),
+                    help="where the .npz files and wav/ go (default: the repository's data/)")
+    ap.add_argument("--commands", type=int, nargs=3, default=[700, 100, 100], metavar=("TRAIN", "VAL", "TEST"),
+                    help="speech_commands clips per class in each split (default 700 100 100)")
+    ap.add_argument("--digits", type=int, nargs=3, default=[100, 40, 40], metavar=("TRAIN", "VAL", "TEST"),
+                    help="spoken_digits clips per class in each split (default 100 40 40)")
+    ap.add_argument("--jobs", type=int, default=2, help="espeak-ng processes at once (default 2; output is the same)")
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)        # noqa: E731
+    version = espeak_version()
+    log(version)
+    os.makedirs(os.path.join(args.out_dir, "wav"), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, cf.ThreadPoolExecutor(args.jobs) as pool:
+        v = probe_voices(pool, tmp, log)
+        split = split_variants(v["variants"], v["gender"], args.seed)
+        pools = {s: [voice_id(a, var) for var in split[s] for a in v["accents"] if (a, var) not in v["bad_pairs"]]
+                 for s in SPLITS}
+        log(f"probed voices in {time.time() - t0:.0f} s: variants train/val/test "
+            f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])}")
+
+        specs = [("speech_commands", 0, COMMAND_LABELS, [[w] for w in COMMANDS] + [UNKNOWN_WORDS, []],
+                  dict(zip(SPLITS, args.commands))),
+                 ("spoken_digits", 1, DIGITS, [[w] for w in DIGITS], dict(zip(SPLITS, args.digits)))]
+        total = sum(len(labels) * sum(counts.values()) for _, _, labels, _, counts in specs)
+        done, t1 = [0], time.time()
+
+        def progress():
+            done[0] += 1
+            if done[0] % 250 == 0 or done[0] == total:
+                rate = done[0] / (time.time() - t1)
+                log(f"clips {done[0]}/{total}  {rate:.0f}/s  ETA {(total - done[0]) / rate:.0f} s")
+
+        report = []
+        for name, ds_id, labels, words_of, counts in specs:
+            arrays, first, cropped = build(pool, tmp, name, ds_id, labels, words_of, counts, pools, args.seed, progress)
+            for s in SPLITS:
+                arrays[f"voice_{s}"] = np.array(sorted(pools[s]))
+            path = os.path.join(args.out_dir, f"{name}.npz")
+            np.savez_compressed(path, **arrays)
+            for label, (clip, row) in first.items():                 # wav files + the round-trip check
+                wav = os.path.join(args.out_dir, "wav", f"{label}_0.wav")
+                audio.write_wav(wav, clip, audio.SAMPLE_RATE)
+                got = audio.wav_features(wav)
+                assert np.array_equal(got, row), f"{wav}: features differ from the stored row before rounding"
+            with np.load(path, allow_pickle=False) as z:
+                counts_txt = ", ".join(f"{s} {len(z['y' + ('' if s == 'train' else '_' + s)])}" for s in SPLITS)
+                bal = {s: np.bincount(z["y" + ("" if s == "train" else "_" + s)], minlength=len(labels)).tolist()
+                       for s in SPLITS}
+            report.append(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB; {counts_txt}; per class {bal}; {cropped}")
+
+    print(version)
+    print(f"accents ({len(v['accents'])}): {' '.join(v['accents'])}")
+    print(f"accents that fail: {' '.join(v['failed_accents'])}")
+    print(f"exact duplicate accents dropped: {v['accent_dups'] or 'none'}")
+    for line in v["near"]:
+        print(f"partial accent duplicates (kept): {line}")
+    print(f"variants kept ({len(v['variants'])}); dropped:")
+    for k, why in sorted(v["dropped"].items(), key=lambda kv: kv[0].lower()):
+        print(f"  {k}: {why}")
+    print("duplicate accent+variant pairs dropped (the variant is kept for the other accents):")
+    for k, pairs in v["partial"].items():
+        print(f"  {k}: {'; '.join(pairs)}")
+    print(f"accent+variant pairs that fail: {v['failed_pairs'] or 'none'}")
+    for s in SPLITS:
+        print(f"{s} variants ({len(split[s])}, {len(pools[s])} voices): {' '.join(split[s])}")
+    print("\n".join(report))
+    print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
