@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__, checkpoint
 from .config import PRESETS, Config, active_params, n_params, preset
-from .data import DataError, apply_input_norm, feature_stats, load_dataset
+from .data import DataError, apply_input_norm, fit_input_norm, load_dataset
 from .memory import keep_freed_memory
 from .optim import adamw_init
 from .train import (TrainConfig, TrainingDiverged, TrainState, evaluate, load_training, save_training,
@@ -150,8 +150,7 @@ def cmd_train(args):
         train_data, val_data = load_data_for(data_path, None, data_opts, tcfg.seed)
         extra = {"data": data_opts}
         if train_data.kind == "classifier" and not args.no_standardize:
-            mean, std = feature_stats(train_data)   # from the training split only
-            extra["input_norm"] = {"mean": mean.tolist(), "std": std.tolist()}
+            extra["input_norm"] = fit_input_norm(train_data, args.utterance_norm)   # training split only
             train_data = apply_input_norm(train_data, extra["input_norm"])
             val_data = apply_input_norm(val_data, extra["input_norm"])
         if getattr(train_data, "labels", None):
@@ -258,6 +257,7 @@ def cmd_finetune(args):
     checkpoint.load(args.base)                     # a bad base file fails before any data work
     data = load_labelled(args.data, include=args.include, frames=args.frames)
     test = load_labelled(args.test, include=args.test_include, frames=args.frames) if args.test else None
+    val = load_labelled(args.val, include=args.val_include, frames=args.frames) if args.val else None
     if test is not None and data.labels and test.labels and test.labels != data.labels:
         raise UserError(f"--test labels {test.labels} differ from the training labels {data.labels}")
     out = Path(args.out) if args.out else Path("runs") / f"finetuned_{Path(args.data).name.split('.')[0]}.safetensors"
@@ -266,7 +266,7 @@ def cmd_finetune(args):
         n_labels = len(data.labels) if data.labels else int(data.y.max()) + 1
         print(f"qz finetune: {args.base} -> {n_labels} labels, {len(data):,} samples "
               f"(plan {opts.plan}, {opts.seeds} seed{'s' if opts.seeds > 1 else ''}) -> {out}", flush=True)
-    report = finetune(args.base, data, opts, test=test, out_path=out, log=None if args.json else print,
+    report = finetune(args.base, data, opts, test=test, val=val, out_path=out, log=None if args.json else print,
                       progress=not (args.quiet or args.json))
     report_path = Path(args.report) if args.report else out.with_suffix(".report.json")
     report_path.write_text(json.dumps(report, indent=2))
@@ -397,6 +397,9 @@ def build_parser():
                    help="CSV data: fold each row's features into this many frames (8 for 8x8 images)")
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of rows held out when the file has no x_val/y_val (default 0.1)")
+    t.add_argument("--utterance-norm", choices=["none", "cmn", "cmvn"], default="none",
+                   help="per-clip normalisation over time before the global scaling: cmn subtracts each "
+                   "clip's mean, cmvn also divides by its std (helps speech from unseen voices/mics)")
     t.add_argument("--no-standardize", action="store_true",
                    help="feed classifier features as they are (default: per-feature mean 0, std 1 from "
                    "the training split, stored in the checkpoint and reused by eval/finetune/run)")
@@ -443,6 +446,9 @@ def build_parser():
     f.add_argument("--data", required=True, help="a folder of wav files (one sub-folder per label, or files "
                    "named <label>_*.wav), a CSV of features with a label column, or an .npz with x and y")
     f.add_argument("--include", default="*.wav", help="glob on wav file names, e.g. '*_george_*.wav'")
+    f.add_argument("--val", help="validation data for early stopping and the seed choice (default: a "
+                   "stratified --val-fraction of --data)")
+    f.add_argument("--val-include", default="*.wav", help="glob on the validation folder's wav file names")
     f.add_argument("--test", help="data only evaluated at the end (never used for any choice)")
     f.add_argument("--test-include", default="*.wav", help="glob on the test folder's wav file names")
     f.add_argument("--frames", type=int, default=1, help="CSV data: fold features into this many frames")
@@ -471,7 +477,8 @@ def build_parser():
     d.add_argument("--data-dir", default="data", help="where the shipped data sets are (default data)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--steps", type=int, default=3000, help="command-model training steps (default 3000)")
-    d.add_argument("--finetune-steps", type=int, default=600, help="at most this many fine-tuning steps")
+    d.add_argument("--finetune-steps", type=int, default=1500,
+                   help="at most this many fine-tuning steps (early stopping usually ends it sooner)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--json", action="store_true")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DataError", "ArrayData", "TextData", "load_dataset", "load_npz", "load_split", "load_csv",
-           "load_text", "feature_stats", "augment_features", "apply_input_norm", "load_wav_folder", "load_labelled", "wav_label"]
+           "load_text", "feature_stats", "augment_features", "fit_input_norm", "utterance_normalized", "apply_input_norm", "load_wav_folder", "load_labelled", "wav_label"]
 
 
 class DataError(ValueError):
@@ -141,14 +141,37 @@ def feature_stats(data: ArrayData):
     return x.mean(axis=0).astype(np.float32), np.maximum(x.std(axis=0), 1e-6).astype(np.float32)
 
 
+def utterance_normalized(x, mode):
+    """Per-clip normalisation over time, before the global scaling:
+    'cmn' subtracts each clip's mean of every feature (cepstral mean normalisation:
+    removes a fixed channel or voice colouring), 'cmvn' also divides by its std."""
+    if mode in (None, "none"):
+        return x
+    if mode not in ("cmn", "cmvn"):
+        raise DataError(f"utterance normalisation {mode!r}: expected none, cmn or cmvn")
+    x = x - x.mean(axis=1, keepdims=True)
+    if mode == "cmvn":
+        x = x / np.maximum(x.std(axis=1, keepdims=True), 1e-3)
+    return x.astype(np.float32)
+
+
+def fit_input_norm(data, utterance=None):
+    """The input scaling a model is trained with: optional per-clip normalisation, then per-feature
+    mean/std of the training split. Stored in checkpoints as meta['input_norm']."""
+    x = utterance_normalized(data.x, utterance)
+    mean, std = feature_stats(ArrayData(x, data.y))
+    return {"mean": mean.tolist(), "std": std.tolist(), "utterance": utterance or "none"}
+
+
 def apply_input_norm(data, norm):
-    """Standardise a classifier data set with the stats stored in a checkpoint (meta['input_norm'])."""
+    """Scale a classifier data set with the stats stored in a checkpoint (meta['input_norm'])."""
     if norm is None or data is None or data.kind != "classifier":
         return data
     mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
     if mean.shape != (data.x.shape[-1],):
         raise DataError(f"{data.name}: {data.x.shape[-1]} features, but the model was trained on {mean.shape[0]}")
-    return data.standardized(mean, std)
+    x = utterance_normalized(data.x, norm.get("utterance"))
+    return ArrayData(x, data.y, data.name, data.labels).standardized(mean, std)
 
 
 def load_text(path) -> np.ndarray:

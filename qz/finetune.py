@@ -47,6 +47,7 @@ class FinetuneOptions:
     weight_decay: float = 0.01
     aux_coef: float = 0.01
     top_k_choices: tuple = (1, 2)
+    augment: bool = True          # feature augmentation (data.augment_features) while fine-tuning
     val_fraction: float = 0.2
     eval_every: int = 25
     patience: int = 8
@@ -98,10 +99,12 @@ def confusion_matrix(params, cfg, data, top_k=None, batch_size=128):
 
 
 def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData | None = None,
-             out_path=None, log=print, progress=True):
+             out_path=None, log=print, progress=True, val: ArrayData | None = None):
     """Run the fine-tuning; returns the report dict (and writes out_path when given).
 
-    `data` and `test` are raw features; the base model's input scaling is applied here.
+    `data`, `val` and `test` are raw features; the base model's input scaling is applied here.
+    With `val` (e.g. clips of other voices), all of `data` trains and `val` drives early
+    stopping and the choice of seed; without it a stratified share of `data` is held out.
     """
     params0, cfg0, meta = checkpoint.load(base_path)
     if cfg0.mode != "classifier":
@@ -113,20 +116,24 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     norm = meta.get("input_norm")
     data = apply_input_norm(data, norm)
     test = apply_input_norm(test, norm)
+    val = apply_input_norm(val, norm)
     labels = data.labels or [str(c) for c in range(int(data.y.max()) + 1)]
     n_classes = max(len(labels), 2)
     runs, best = [], None
     t_all = time.perf_counter()
     for r in range(opts.seeds):
         seed = opts.seed + r
-        tr_idx, va_idx = stratified_split(data.y, opts.val_fraction, seed)
-        tr, va = data.subset(tr_idx), data.subset(va_idx)
+        if val is None:
+            tr_idx, va_idx = stratified_split(data.y, opts.val_fraction, seed)
+            tr, va = data.subset(tr_idx), data.subset(va_idx)
+        else:
+            tr, va = data, val
         params, cfg = new_head(params0, cfg0, n_classes, seed)
         tcfg = TrainConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup=opts.warmup,
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
                            seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
-                           trainable=PLANS[opts.plan])
+                           trainable=PLANS[opts.plan], augment=opts.augment)
         t0 = time.perf_counter()
         state = train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)),
                       progress=progress, log=None)

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import qz  # noqa: E402
 from qz import checkpoint  # noqa: E402
-from qz.data import apply_input_norm, feature_stats, load_dataset, load_split, load_wav_folder  # noqa: E402
+from qz.data import (apply_input_norm, feature_stats, fit_input_norm, load_dataset, load_split,  # noqa: E402
+                     load_wav_folder)
 from qz.finetune import FinetuneOptions, confusion_matrix, finetune, stratified_split  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.optim import adamw_init  # noqa: E402
@@ -109,8 +110,7 @@ def command_model_path():
 
 def task_commands(args):
     """Spoken commands: checkpoint chosen on validation voices, scored once on unseen test voices."""
-    from qz.baseline import fit_logreg, predict_logreg
-    from qz.demo import DemoOptions, train_commands
+    from qz.demo import DemoOptions, logreg_baseline, train_commands
     from qz.train import save_training
     opts = DemoOptions(steps=args.steps, seed=args.seed)
     t0 = time.perf_counter()
@@ -122,8 +122,7 @@ def task_commands(args):
            "labels": tr.labels, "n_train": len(tr), "n_test": len(test)}
     for k in (2, 1):
         res[f"test_accuracy_top{k}"] = evaluate(state.params, cfg, test, 512, top_k=k)["accuracy"]
-    lr_model = fit_logreg(tr.x, tr.y, cfg.n_classes)
-    res["logreg_baseline_test_accuracy"] = float(np.mean(predict_logreg(lr_model, test.x) == test.y))
+    res["logreg_baseline_test_accuracy"] = logreg_baseline(ROOT / "data" / "speech_commands.npz")
     res["confusion_top2"] = confusion_matrix(state.params, cfg, test, top_k=2).tolist()
     res["curve"] = [{"step": h["step"], "val_accuracy": h["accuracy"]} for h in state.history]
     write("commands", res)
@@ -133,10 +132,11 @@ def task_finetune(args):
     """Spoken digits from the command model: <= 1000 clips, scored on unseen voices; also on real FSDD."""
     base = command_model_path()
     path = ROOT / "data" / "spoken_digits.npz"
-    dtrain, dtest = load_split(path, "train"), load_split(path, "test")
+    dtrain, dval, dtest = load_split(path, "train"), load_split(path, "val"), load_split(path, "test")
     out = OUT / "digits_finetuned.safetensors"
-    rep = finetune(base, dtrain, FinetuneOptions(steps=600, seeds=3), test=dtest, out_path=out, log=print,
-                   progress=False)
+    rep = finetune(base, dtrain, FinetuneOptions(steps=1500, patience=20, seeds=3, lr=1e-3, batch_size=64),
+                   val=dval, test=dtest,
+                   out_path=out, log=print, progress=False)
     res = {"task": "spoken digits fine-tuned from the command model", "n_train": len(dtrain), "n_test": len(dtest),
            "test_accuracy_top2": rep["test_accuracy_top2"], "test_accuracy_top1": rep["test_accuracy_top1"],
            "runs": rep["runs"], "confusion": rep["confusion"]}
@@ -163,8 +163,7 @@ def task_fsdd(args):
     for a, b in (speakers, speakers[::-1]):
         rep = finetune(base, data[a], FinetuneOptions(steps=600, seeds=3), test=data[b], log=None, progress=False)
         # from scratch: same size, same clips, same split and early stopping, its own input scaling
-        m, s = feature_stats(data[a])
-        norm = {"mean": m.tolist(), "std": s.tolist()}
+        norm = fit_input_norm(data[a], "cmvn")          # the same front-end scaling as the base model
         accs = []
         for seed in range(3):
             tr_idx, va_idx = stratified_split(data[a].y, 0.2, seed)
