@@ -87,7 +87,7 @@ def _model_config(args, train_data, val_data):
 def _train_config(args, resumed=None):
     d = resumed.to_dict() if resumed is not None else {}
     for key in ("steps", "batch_size", "lr", "warmup", "weight_decay", "clip", "aux_coef", "seed",
-                "eval_every", "eval_batches", "ckpt_every"):
+                "eval_every", "eval_batches", "ckpt_every", "qat_start", "qat_freeze"):
         value = getattr(args, key, None)
         if value is not None:
             d[key] = value
@@ -226,17 +226,21 @@ def cmd_eval(args):
                                     meta.get("input_norm"))
     _check_data_fits(cfg, val_data)
     ks = [args.top_k] if args.top_k else sorted({1, cfg.top_k})
+    quants = [None] + ([meta["quant"]] if isinstance(meta.get("quant"), dict) else [])
     results = []
-    for k in ks:
-        if not 1 <= k <= cfg.n_experts:
-            raise UserError(f"--top-k {k}: must be in 1..{cfg.n_experts}")
-        t0 = time.perf_counter()
-        res = evaluate(params, cfg, val_data, batch_size=args.batch_size, max_batches=args.max_batches, top_k=k)
-        res["seconds"] = round(time.perf_counter() - t0, 3)
-        results.append(res)
+    for quant in quants:
+        for k in ks:
+            if not 1 <= k <= cfg.n_experts:
+                raise UserError(f"--top-k {k}: must be in 1..{cfg.n_experts}")
+            t0 = time.perf_counter()
+            res = evaluate(params, cfg, val_data, batch_size=args.batch_size, max_batches=args.max_batches,
+                           top_k=k, quant=quant)
+            res["seconds"] = round(time.perf_counter() - t0, 3)
+            res["precision"] = "fp32" if quant is None else "fake-int8"
+            results.append(res)
     lines = [f"{args.checkpoint} on {data_path} ({args.split} split, {results[0]['n']:,} predictions)"]
     for r in results:
-        lines.append(f"  top_k {r['top_k']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
+        lines.append(f"  {r['precision']} top_k {r['top_k']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
                      f"aux {r['aux']:.3f}  gate entropy {', '.join(f'{e:.3f}' for e in r['gate_entropy'])}")
         for i, load in enumerate(r["expert_load"]):
             lines.append(f"    layer {i} expert load: " + " ".join(f"{x:.2f}" for x in load))
@@ -413,6 +417,9 @@ def build_parser():
     t.add_argument("--aux-coef", type=float, help="load-balancing loss weight (default 0.01)")
     t.add_argument("--top-k-choices", help="elastic top-k: each step draws k from this list, e.g. 1,2")
     t.add_argument("--seed", type=int, help="seed for init, data order and top-k draws (default 0)")
+    t.add_argument("--qat-start", type=int, help="quantization-aware training: fake-quant int8 from this step on, "
+                   "observers updating (default: off)")
+    t.add_argument("--qat-freeze", type=int, help="QAT: freeze the observers' ranges from this step on")
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: at the end only)")
     t.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (default 20)")
     t.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (default: at the end)")

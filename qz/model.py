@@ -275,12 +275,18 @@ def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=Non
     return loss, grads
 
 
-def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):
-    """loss_and_grads plus the logits of the same forward pass (the trainer's accuracy needs them)."""
+def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None,
+                      observed=None):
+    """loss_and_grads plus the logits of the same forward pass (the trainer's accuracy needs them).
+
+    observed: a dict to fill with each observer's (min, max) in this batch (QAT), or None.
+    """
     aq = act_quant_params(cfg, quant)
     inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, _, caches, _ = _forward(params, cfg, inputs, k, aq)
+    logits, aux, _, caches, seen = _forward(params, cfg, inputs, k, aq, observe=observed is not None)
+    if observed is not None:
+        observed.update(seen)
     V = logits.shape[-1]
     ce, ce_cache = ops.cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1))
     loss = float(ce) + float(aux_coef) * float(aux)

@@ -17,10 +17,11 @@ import numpy as np
 
 from . import checkpoint
 from .data import augment_features
-from .model import forward_stats, loss_grads_logits
+from .model import forward_stats, loss_grads_logits, observe_ranges
 from .ops import cross_entropy_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
 from .progress import Progress
+from .quant import observe_update
 
 __all__ = ["TrainConfig", "TrainState", "TrainingDiverged", "train", "evaluate",
            "save_training", "load_training", "top_k_for_step"]
@@ -48,6 +49,8 @@ class TrainConfig:
                                   # validation accuracy, and keep the best parameters (0: off)
     trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
     augment: bool = False         # classifier features: shift, SpecAugment masks, noise (data.augment_features)
+    qat_start: int = -1           # QAT (SPEC §5): fake-quant from this step on (-1: never) ...
+    qat_freeze: int = -1          # ... with observers updating until this step, frozen after (-1: never frozen)
 
     def __post_init__(self):
         for key in ("steps", "batch_size"):
@@ -70,6 +73,12 @@ class TrainConfig:
         object.__setattr__(self, "trainable", tuple(str(n) for n in self.trainable))
         if self.patience and not self.eval_every:
             raise ValueError("patience: early stopping needs eval_every > 0")
+        for key in ("qat_start", "qat_freeze"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+                raise ValueError(f"{key}: must be an integer >= -1, got {v!r}")
+        if self.qat_freeze >= 0 and (self.qat_start < 0 or self.qat_freeze < self.qat_start):
+            raise ValueError("qat_freeze: must come at or after qat_start")
 
     def is_trainable(self, name):
         return not self.trainable or any(name == t or (t.endswith(".") and name.startswith(t))
@@ -98,6 +107,7 @@ class TrainState:
     history: list = field(default_factory=list)
     best: dict | None = None       # early stopping: {"step", "accuracy", "params"} of the best evaluation
     stopped_early: bool = False
+    ranges: dict = field(default_factory=dict)   # QAT observers: name -> (lo, hi)
     extra: dict = field(default_factory=dict)   # JSON metadata carried with the model (input_norm, labels)
 
 
@@ -113,7 +123,7 @@ def top_k_for_step(cfg, tcfg, step):
     return tcfg.top_k_choices[int(rng.integers(len(tcfg.top_k_choices)))]
 
 
-def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None):
+def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None, quant=None):
     """Loss, accuracy, aux and routing statistics on a held-out set.
 
     load[i][e] is the share of layer i's routed slots that went to expert e
@@ -125,7 +135,7 @@ def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None):
     load = np.zeros((cfg.n_layers, E))
     entropy = np.zeros(cfg.n_layers)
     for x, y in data.eval_batches(batch_size, max_batches):
-        logits, aux, stats = forward_stats(params, cfg, x, top_k=top_k)
+        logits, aux, stats = forward_stats(params, cfg, x, top_k=top_k, quant=quant)
         V = logits.shape[-1]
         z, t = logits.reshape(-1, V), y.reshape(-1)
         ce, _ = cross_entropy_forward(z, t)
@@ -172,7 +182,9 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         if tcfg.augment and train_data.kind == "classifier":
             x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]))
         k = top_k_for_step(cfg, tcfg, step)
-        loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k)
+        quant, observed = qat_phase(cfg, tcfg, state, x, k)
+        loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k,
+                                                quant=quant, observed=observed)
         gnorm = clip_grad_norm(grads, tcfg.clip)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise TrainingDiverged(f"step {step}: loss {loss}, gradient norm {gnorm}; "
@@ -185,6 +197,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         else:
             adamw_step(state.params, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps,
                        tcfg.weight_decay)
+        if observed:   # observers move toward this batch (they quantize from the next step on)
+            state.ranges = observe_update(state.ranges, observed)
         state.step += 1
         tokens += x.shape[0] * T
         recent_loss = (recent_loss + [loss])[-20:]          # smoothed over the last 20 steps
@@ -210,6 +224,27 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
     return state
 
 
+def qat_phase(cfg, tcfg, state, x, k):
+    """-> (quant for this step or None, dict to collect observations or None).
+
+    Phases (SPEC §5): float before qat_start; from qat_start, fake-quant with
+    observers updating (each batch moves the ranges by an EMA after its step,
+    the first QAT batch sets them by a float observation pass); from
+    qat_freeze on, the ranges stay as they are.
+    """
+    if tcfg.qat_start < 0 or state.step < tcfg.qat_start:
+        return None, None
+    if not state.ranges:
+        state.ranges = observe_update({}, observe_ranges(state.params, cfg, x, top_k=k))
+    frozen = tcfg.qat_freeze >= 0 and state.step >= tcfg.qat_freeze
+    return {"ranges": state.ranges}, (None if frozen else {})
+
+
+def quant_of(state):
+    """The quant argument matching a training state: fake-quant once QAT has begun, else None."""
+    return {"ranges": state.ranges} if state.ranges else None
+
+
 def _no_better_for(state, patience):
     """True when the last `patience` evaluations did not beat the best one before them."""
     if len(state.history) <= patience:
@@ -220,7 +255,7 @@ def _no_better_for(state, patience):
 
 def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
     res = evaluate(state.params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
-                   max_batches=tcfg.eval_batches)
+                   max_batches=tcfg.eval_batches, quant=quant_of(state))
     res["step"] = state.step
     state.history.append(res)
     if tcfg.patience and (state.best is None or res["accuracy"] > state.best["accuracy"]):
@@ -237,7 +272,8 @@ def save_training(path, cfg, tcfg, state):
     checkpoint.save(path, state.params, cfg, state=state.opt, train=tcfg.to_dict(), step=state.step,
                     rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
                     data_position={"step": state.step, "batch_size": tcfg.batch_size},
-                    history=state.history, **state.extra)
+                    history=state.history, **({"quant": {"ranges": state.ranges}} if state.ranges else {}),
+                    **state.extra)
 
 
 def load_training(path):
@@ -262,7 +298,13 @@ def load_training(path):
     step = meta["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= tcfg.steps:
         raise checkpoint.CheckpointError(f"{path}: step {step!r} is not in 0..{tcfg.steps}")
-    known = {"train", "step", "rng", "data_position", "history", "state"}
+    known = {"train", "step", "rng", "data_position", "history", "state", "quant"}
     extra = {k: v for k, v in meta.items() if k not in known}
+    ranges = {}
+    if "quant" in meta:
+        try:
+            ranges = {str(n): (float(lo), float(hi)) for n, (lo, hi) in meta["quant"]["ranges"].items()}
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise checkpoint.CheckpointError(f"{path}: quant ranges are not a map of name -> [lo, hi]") from None
     return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])),
-                                 extra=extra)
+                                 extra=extra, ranges=ranges)

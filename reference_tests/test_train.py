@@ -112,3 +112,36 @@ def test_char_lm_learns_well_below_unigram_baseline():
     final = state.history[-1]
     assert final["loss"] < 0.75 * unigram, (final["loss"], unigram)
     assert final["accuracy"] > 0.3
+
+
+def test_qat_phases_and_exact_resume_through_them(tmp_path):
+    """float warm-up -> fake-quant with observers updating -> observers frozen; resume mid-QAT is bit-exact."""
+    cfg, _, data = small_setup()
+    tcfg = tr.TrainConfig(steps=12, batch_size=4, warmup=3, lr=1e-2, top_k_choices=(1, 2), qat_start=4, qat_freeze=8)
+    seen = {}
+
+    def run(stop_at=None, state=None):
+        return tr.train(cfg, tcfg, data, params=None if state else qz.init_params(cfg, seed=1), state=state,
+                        stop_at=stop_at, progress=False, log=None)
+    for stop in (4, 6, 8, 10):                          # ranges as each phase leaves them
+        seen[stop] = run(stop_at=stop).ranges
+    assert seen[4] == {}                                # still float
+    assert set(seen[6]) == set(qz.quant.observer_names(cfg)) and seen[6] != seen[8]   # observers moving
+    assert seen[8] == seen[10]                          # frozen from step 8 on
+    full = run()
+    half = run(stop_at=6)
+    path = tmp_path / "qat.safetensors"
+    tr.save_training(path, cfg, tcfg, half)
+    cfg2, tcfg2, state = tr.load_training(path)
+    assert state.ranges == half.ranges
+    resumed = run(state=state)
+    assert resumed.ranges == full.ranges
+    for name in full.params:
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+
+
+def test_qat_config_validation():
+    with pytest.raises(ValueError, match="qat_freeze"):
+        tr.TrainConfig(qat_start=-1, qat_freeze=5)
+    with pytest.raises(ValueError, match="qat_freeze"):
+        tr.TrainConfig(qat_start=10, qat_freeze=5)
