@@ -525,3 +525,36 @@ def combine_backward(dout, rows, tok, ws):
     if USE_NUMBA:
         return combine_backward_jit(np.ascontiguousarray(dout), rows, tok, ws)
     return combine_backward_ref(dout, rows, tok, ws)
+
+
+# ----------------------------------------------------------------------------
+# int8 linear (SPEC §3.3): acc[n, c] = sum_k q[n, k] * Wq[k, c] - zp * colsum(Wq)[c]
+# q: uint8 activations (N, K); w_t: int8 weights transposed (C, K), so the inner
+# loop walks two contiguous rows; accumulators are int32.
+# ----------------------------------------------------------------------------
+def int8_matmul_ref(q, w_t, colsum, zp):
+    # (N, K) u8, (C, K) s8 -> (N, C) int32; exact integer arithmetic
+    acc = q.astype(np.int32) @ w_t.astype(np.int32).T
+    return acc - np.int32(zp) * colsum.astype(np.int32)[None, :]
+
+
+def _int8_matmul_loop(q, w_t, colsum, zp):
+    n, k = q.shape
+    c = w_t.shape[0]
+    out = np.empty((n, c), dtype=np.int32)
+    for i in prange(n):
+        for j in range(c):
+            acc = np.int32(0)
+            for t in range(k):   # u8 x s8 products summed in int32: vpmaddubsw/vpdpbusd territory
+                acc += np.int32(q[i, t]) * np.int32(w_t[j, t])
+            out[i, j] = acc - np.int32(zp) * colsum[j]
+    return out
+
+
+int8_matmul_jit = _jit(_int8_matmul_loop)
+
+
+def int8_matmul(q, w_t, colsum, zp):
+    if USE_NUMBA:
+        return int8_matmul_jit(np.ascontiguousarray(q), w_t, colsum, np.int32(zp))
+    return int8_matmul_ref(q, w_t, colsum, zp)

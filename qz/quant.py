@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
-           "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params"]
+           "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
+           "pack_linear", "quantize_act", "int8_linear"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -103,6 +106,40 @@ def fake_quant_act_forward(x, scale, zp):
 def fake_quant_act_backward(dx_hat, mask):
     # clipped STE: identity inside the representable range, 0 outside
     return dx_hat * mask
+
+
+# ----------------------------------------------------------------------------
+# the real int8 linear layer (SPEC §3.3)
+# ----------------------------------------------------------------------------
+def pack_linear(w):
+    """W (in, out) float -> (w_t int8 (out, in), w_scale float32 (out,), colsum int32 (out,)).
+
+    The transpose puts each output channel's weights in one contiguous row for
+    the integer kernel; colsum folds the activation zero point in once."""
+    w_q, s = quantize_weight(np.asarray(w, np.float64), axis=-2)
+    w_t = np.ascontiguousarray(w_q.T)
+    return w_t, s.reshape(-1).astype(np.float32), w_t.astype(np.int32).sum(axis=1).astype(np.int32)
+
+
+def quantize_act(x, scale, zp):
+    """x float -> uint8 codes: clip(rint(x / scale + zp), 0, 255)."""
+    return np.clip(np.rint(x / x.dtype.type(scale) + x.dtype.type(zp)), 0, QMAX_A).astype(np.uint8)
+
+
+def int8_linear(x, packed, scale, zp, bias=None):
+    """y = x_hat @ W_hat (+ b), computed as integers (SPEC §3.3):
+    acc[c] = sum_k q[k] Wq[k, c] - zp colsum[c] (int32), y = acc * scale * s[c] (+ b).
+
+    x: (..., in) float32; returns (..., out) float32. Equals the fake-quant float
+    forward up to float rounding (reference_tests/test_quant.py)."""
+    w_t, s, colsum = packed
+    lead = x.shape[:-1]
+    q = quantize_act(x.reshape(-1, x.shape[-1]).astype(np.float32), scale, zp)     # (N, in) u8
+    acc = kernels.int8_matmul(q, w_t, colsum, int(zp))                             # (N, out) i32
+    y = acc.astype(np.float32) * (np.float32(scale) * s)
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return y.reshape(*lead, -1)
 
 
 # ----------------------------------------------------------------------------

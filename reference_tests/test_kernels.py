@@ -111,3 +111,20 @@ def test_combine(N, K, c, dtype):
     for x, y, name in zip(kernels.combine_backward_jit(dout, rows, tok, ws),
                           kernels.combine_backward_ref(dout, rows, tok, ws), ("drows", "dws")):
         close(x, y, dtype, f"combine backward {name}")
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 33])
+@pytest.mark.parametrize("k", [1, 7, 64, 129])
+@pytest.mark.parametrize("c", [1, 5, 16])
+def test_int8_matmul_bit_exact(n, k, c):
+    rng = np.random.default_rng(n * 1000 + k * 10 + c)
+    q = rng.integers(0, 256, (n, k)).astype(np.uint8)
+    q[0, 0], q[-1, -1] = 0, 255                                      # the uint8 edges
+    w_t = rng.integers(-127, 128, (c, k)).astype(np.int8)
+    w_t[0, 0] = -127
+    colsum = w_t.astype(np.int32).sum(axis=1).astype(np.int32)
+    zp = int(rng.integers(0, 256))
+    a = kernels.int8_matmul_jit(q, w_t, colsum, np.int32(zp))
+    b = kernels.int8_matmul_ref(q, w_t, colsum, zp)
+    assert a.dtype == b.dtype == np.int32
+    assert np.array_equal(a, b), f"int8 accumulators differ at n={n} k={k} c={c}"

@@ -155,3 +155,21 @@ def test_clipping_blocks_gradients(seed):
     ranges = {n: (-1e-9, 1e-9) for n in quant.observer_names(cfg)}
     _, g = qz.loss_and_grads(params, cfg, x, y, quant={"ranges": ranges})
     assert np.abs(g["in_proj.weight"]).max() < 1e-6 and np.abs(g["blocks.0.w1"]).max() < 1e-6
+
+
+@given(seeds, st.integers(1, 9), st.integers(1, 70), st.integers(1, 20))
+def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
+    """SPEC §3.3: the integer layer's output equals the fake-quant float forward to float rounding."""
+    rng = np.random.default_rng(seed)
+    x = (3 * rng.standard_normal((n, k))).astype(np.float32)
+    w = rng.standard_normal((k, c)).astype(np.float32)
+    w[:, 0] = 0.0                                                  # an all-zero channel too
+    b = rng.standard_normal(c).astype(np.float32)
+    scale, zp = quant.act_qparams(0.8 * x.min(), 0.8 * x.max())    # some inputs clip
+    packed = quant.pack_linear(w)
+    assert np.array_equal(packed[2], packed[0].astype(np.int32).sum(axis=1))
+    y = quant.int8_linear(x, packed, scale, zp, b)
+    x_hat, _ = quant.fake_quant_act_forward(x, scale, zp)          # float32, as the runtime rounds
+    want = x_hat.astype(np.float64) @ quant.fake_quant_weight(w.astype(np.float64), -2) + b
+    err = np.abs(y - want).max() / max(np.abs(want).max(), 1e-6)
+    assert err < 1e-5, err
