@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, checkpoint
-from .config import PRESETS, Config, active_params, n_params, preset
+from .config import PRESETS, Config, active_params, n_params
 from .data import DataError, apply_input_norm, fit_input_norm, load_dataset
 from .memory import keep_freed_memory
 from .optim import adamw_init

@@ -89,15 +89,16 @@ def test_top_k_equal_E_is_the_dense_mixture(case):
 
 
 def test_aux_is_one_under_uniform_routing():
-    N, E, k = 12, 4, 2
+    N, E = 12, 4
     probs = np.full((N, E), 1.0 / E)
-    idx = np.array([[(2 * n) % E, (2 * n + 1) % E] for n in range(N)])   # every expert N*k/E slots
+    idx = np.array([[(2 * n) % E, (2 * n + 1) % E] for n in range(N)])   # k = 2: every expert N*k/E slots
+    assert np.bincount(idx.ravel()).tolist() == [6, 6, 6, 6]
     aux, _ = moe.aux_loss_forward(probs, idx)
     assert abs(aux - 1.0) < 1e-12
 
 
 def test_aux_grows_when_routing_collapses():
-    N, E = 8, 4
+    N = 8
     probs = np.tile([0.97, 0.01, 0.01, 0.01], (N, 1))
     aux, _ = moe.aux_loss_forward(probs, np.zeros((N, 1), dtype=np.int64))
     assert aux > 3.5   # E * 1 * 0.97
