@@ -1,4 +1,4 @@
-"""The `qz` command line: demo, train, eval, finetune, info.
+"""The `qz` command line: demo, train, eval, finetune, quantize, generate, info.
 
 Every user error (bad file, bad option, bad data) ends with a one-line
 `qz: error: ...` on stderr and exit code 1, never a traceback. `--json`
@@ -334,6 +334,34 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_quantize(args):
+    """Post-training quantization: calibrate the observers on training batches, store the ranges."""
+    from .model import observe_ranges
+    from .quant import minmax_update
+    params, cfg, meta = checkpoint.load(args.checkpoint)
+    data_opts = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
+    data_path = args.data or data_opts.get("path")
+    if data_path is None:
+        raise UserError("--data: give data to calibrate on (the training split is used)")
+    seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
+    train_data, _ = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed,
+                                  meta.get("input_norm"))
+    if args.calibrate < 1:
+        raise UserError(f"--calibrate {args.calibrate}: need at least one batch")
+    ranges = {}
+    for step in range(args.calibrate):   # min/max observer over the calibration batches, float model
+        x, _ = train_data.batch(step, args.batch_size, seed + 1)
+        ranges = minmax_update(ranges, observe_ranges(params, cfg, x))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_ptq.safetensors")
+    keep = {k: v for k, v in meta.items() if k not in ("state", "quant")}
+    checkpoint.save(out, params, cfg, quant={"ranges": ranges, "method": "ptq-minmax",
+                                             "calibration_batches": args.calibrate}, **keep)
+    _emit(args, {"checkpoint": str(out), "ranges": ranges},
+          [f"saved {out}: {len(ranges)} observers calibrated on {args.calibrate} batches of {args.batch_size} "
+           f"(min/max); qz eval {out} shows fp32 and fake-int8 accuracy"])
+    return 0
+
+
 def cmd_info(args):
     params, cfg, meta = checkpoint.load(args.checkpoint)
     size = os.path.getsize(args.checkpoint)
@@ -501,6 +529,18 @@ def build_parser():
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
+
+    qp = sub.add_parser("quantize", help="post-training quantization: calibrate int8 activation ranges",
+                        description="Run a trained model on N training batches, record each observer's "
+                        "min/max (SPEC §3.2) and save a checkpoint whose fake-int8 model qz eval can score: "
+                        "the baseline that quantization-aware training (qz train --qat-start) is compared with.")
+    qp.add_argument("checkpoint")
+    qp.add_argument("--calibrate", type=int, default=16, metavar="N", help="calibration batches (default 16)")
+    qp.add_argument("--batch-size", type=int, default=32)
+    qp.add_argument("--data", help="data to calibrate on (default: the checkpoint's training data)")
+    qp.add_argument("--out", help="output checkpoint (default <name>_ptq.safetensors)")
+    qp.add_argument("--json", action="store_true")
+    qp.set_defaults(func=cmd_quantize)
 
     i = sub.add_parser("info", help="describe a checkpoint",
                        description="Config, parameter count, active parameters per token at each top_k, "

@@ -29,7 +29,7 @@ from . import kernels
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
-           "pack_linear", "quantize_act", "int8_linear"]
+           "pack_linear", "quantize_act", "int8_linear", "minmax_update"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -154,6 +154,15 @@ def observer_names(cfg):
     for i in range(cfg.n_layers):
         names += [f"blocks.{i}.attn_in", f"blocks.{i}.attn_out", f"blocks.{i}.ffn_in", f"blocks.{i}.ffn_mid"]
     return names + ["head_in"]
+
+
+def minmax_update(ranges, batch_minmax):
+    """The min/max observer of post-training calibration: the widest range seen so far."""
+    out = dict(ranges)
+    for name, (bmin, bmax) in batch_minmax.items():
+        lo, hi = out.get(name, (float(bmin), float(bmax)))
+        out[name] = (min(lo, float(bmin)), max(hi, float(bmax)))
+    return out
 
 
 def observe_update(ranges, batch_minmax, ema=EMA):

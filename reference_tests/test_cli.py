@@ -134,3 +134,20 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert "interrupted at step" in out and "--resume" in out
     params, cfg, meta = qz.load(ckpt)
     assert 0 < meta["step"] < 100000
+
+
+def test_quantize_calibrates_and_eval_reports_both_precisions(tmp_path, feats, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(feats), "--steps", "20", "--out", str(ckpt), "--quiet", *SMALL]) == 0
+    capsys.readouterr()
+    res = run_json(capsys, ["quantize", str(ckpt), "--calibrate", "3", "--json"])
+    out = Path(res["checkpoint"])
+    assert out.name == "m_ptq.safetensors" and set(res["ranges"]) == set(
+        qz.quant.observer_names(qz.load(ckpt)[1]))
+    ev = run_json(capsys, ["eval", str(out), "--json"])
+    precisions = [r["precision"] for r in ev["results"]]
+    assert precisions.count("fp32") == 2 and precisions.count("fake-int8") == 2
+    fp = {r["top_k"]: r["accuracy"] for r in ev["results"] if r["precision"] == "fp32"}
+    q8 = {r["top_k"]: r["accuracy"] for r in ev["results"] if r["precision"] == "fake-int8"}
+    assert all(abs(fp[k] - q8[k]) <= 0.2 for k in fp)       # int8 stays close on an easy task
+    assert main(["quantize", str(ckpt), "--calibrate", "0"]) == 1

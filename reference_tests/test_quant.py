@@ -173,3 +173,9 @@ def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
     want = x_hat.astype(np.float64) @ quant.fake_quant_weight(w.astype(np.float64), -2) + b
     err = np.abs(y - want).max() / max(np.abs(want).max(), 1e-6)
     assert err < 1e-5, err
+
+
+def test_minmax_observer_keeps_the_widest_range():
+    r = quant.minmax_update({}, {"a": (-1.0, 2.0)})
+    r = quant.minmax_update(r, {"a": (-0.5, 3.0), "b": (0.0, 1.0)})
+    assert r == {"a": (-1.0, 3.0), "b": (0.0, 1.0)}
