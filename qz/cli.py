@@ -20,6 +20,7 @@ from . import __version__, checkpoint
 from .config import PRESETS, Config, active_params, n_params
 from .data import DataError, apply_input_norm, fit_input_norm, load_dataset
 from .memory import keep_freed_memory
+from .quant import precision_sizes
 from .optim import adamw_init
 from .train import (TrainConfig, TrainingDiverged, TrainState, evaluate, load_training, save_training,
                     train)
@@ -372,11 +373,14 @@ def cmd_info(args):
               "parameters": n_params(cfg), "active_parameters_per_token": active, "dtypes": dtypes,
               "file_bytes": size, "parameter_bytes": sum(p.nbytes for p in params.values()),
               "training_state_bytes": state_bytes, "step": meta.get("step"),
-              "last_eval": (meta.get("history") or [None])[-1]}
+              "last_eval": (meta.get("history") or [None])[-1], "sizes": precision_sizes(params)}
     lines = [f"{args.checkpoint}: {cfg.mode} model, {size:,} bytes on disk "
              f"({result['parameter_bytes']:,} parameters + {state_bytes:,} training state), {', '.join(dtypes)}",
              "config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None),
              f"parameters: {n_params(cfg):,}",
+             "size by precision: fp32 {fp32_bytes:,} B, fp16 {fp16_bytes:,} B, int8 {int8_bytes:,} B "
+             "({int8_vs_fp32:.3f}x fp32; {int8_bits_per_quantized_weight} bits per quantized weight "
+             "with scales)".format(**result["sizes"]),
              "active per token: " + ", ".join(f"top_k {k}: {v:,}" for k, v in active.items())]
     if result["step"] is not None:
         lines.append(f"trained steps: {result['step']}")

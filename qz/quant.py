@@ -29,7 +29,7 @@ from . import kernels
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
-           "pack_linear", "quantize_act", "int8_linear", "minmax_update"]
+           "pack_linear", "quantize_act", "int8_linear", "minmax_update", "precision_sizes"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -80,6 +80,29 @@ def fake_quant_params(params):
         axis = weight_axis(name)
         out[name] = p if axis is None else fake_quant_weight(p, axis)
     return out
+
+
+def precision_sizes(params):
+    """Bytes of the model at each precision, and bits per quantized weight including scales.
+
+    fp32: every parameter as float32. fp16: every parameter as float16.
+    int8 (SPEC §3.3): quantized weights 1 byte each plus one float32 scale per
+    output channel (per row for embed and pos, per expert per channel for expert
+    stacks); norms, biases and the gate stay float32.
+    """
+    total = sum(p.size for p in params.values())
+    q_weights = q_scales = kept = 0
+    for name, p in params.items():
+        axis = weight_axis(name)
+        if axis is None:
+            kept += p.size
+        else:
+            q_weights += p.size
+            q_scales += p.size // p.shape[axis]
+    int8 = q_weights + 4 * q_scales + 4 * kept
+    return {"fp32_bytes": 4 * total, "fp16_bytes": 2 * total, "int8_bytes": int8,
+            "int8_bits_per_quantized_weight": round(8 * (q_weights + 4 * q_scales) / max(q_weights, 1), 3),
+            "int8_vs_fp32": round(int8 / (4 * total), 4), "fp16_vs_fp32": 0.5}
 
 
 # ----------------------------------------------------------------------------

@@ -179,3 +179,16 @@ def test_minmax_observer_keeps_the_widest_range():
     r = quant.minmax_update({}, {"a": (-1.0, 2.0)})
     r = quant.minmax_update(r, {"a": (-0.5, 3.0), "b": (0.0, 1.0)})
     assert r == {"a": (-1.0, 3.0), "b": (0.0, 1.0)}
+
+
+def test_precision_sizes_by_hand():
+    cfg = qz.Config(d_model=4, n_heads=2, n_layers=1, n_experts=2, top_k=1, d_ff=3, max_len=5,
+                    input_dim=2, n_classes=3)
+    sizes = quant.precision_sizes(qz.init_params(cfg))
+    # quantized (weights, scales): in_proj 2x4 (8, 4); wq/wk/wv/wo 4x4 each (16, 4);
+    # w1, w3 2x4x3 (24, 6) each; w2 2x3x4 (24, 8); pos 5x4 per row (20, 5); head 4x3 (12, 3)
+    qw = 8 + 4 * 16 + 3 * 24 + 20 + 12
+    qs = 4 + 4 * 4 + 6 + 6 + 8 + 5 + 3
+    kept = 4 + 4 + 4 + 4 * 2 + 4 + 3          # in_proj.bias, attn_norm, ffn_norm, gate, final_norm, head.bias
+    assert sizes["fp32_bytes"] == 4 * (qw + kept) and sizes["fp16_bytes"] == 2 * (qw + kept)
+    assert sizes["int8_bytes"] == qw + 4 * qs + 4 * kept
