@@ -545,7 +545,12 @@ def _int8_matmul_loop(q, w_t, colsum, zp):
     for i in prange(n):
         for j in range(c):
             acc = np.int32(0)
-            for t in range(k):   # u8 x s8 products summed in int32: vpmaddubsw/vpdpbusd territory
+            # u8 x s8 products summed in int32. On this AVX-512 VNNI machine LLVM
+            # vectorises it as widen-to-32-bit (vpmovzxbd / vpmovsxbd) + vpmulld;
+            # written with int16 products it emits vpdpwssd, with the same speed.
+            # Measured: batch 1, 256 -> 512: 6.5 us against sgemm's 6.6 us; batch 32
+            # it is 3x slower than sgemm (no register blocking here).
+            for t in range(k):
                 acc += np.int32(q[i, t]) * np.int32(w_t[j, t])
             out[i, j] = acc - np.int32(zp) * colsum[j]
     return out
