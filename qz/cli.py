@@ -212,13 +212,19 @@ def _check_data_fits(cfg, data):
         raise UserError(f"the data has {data.x.shape[2]} features per frame, the model expects {cfg.input_dim}")
 
 
+def _data_context(meta, data_arg, what):
+    """(data path, data options, seed) a checkpoint was trained with; --data overrides the path."""
+    data_opts = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
+    seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
+    data_path = data_arg or data_opts.get("path")
+    if data_path is None:
+        raise UserError(f"--data: give {what}")
+    return data_path, data_opts, seed
+
+
 def cmd_eval(args):
     params, cfg, meta = checkpoint.load(args.checkpoint)
-    seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
-    data_opts = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
-    data_path = args.data or data_opts.get("path")
-    if data_path is None:
-        raise UserError("--data: give a data set to evaluate on")
+    data_path, data_opts, seed = _data_context(meta, args.data, "a data set to evaluate on")
     if args.split != "val":
         from .data import load_split
         val_data = apply_input_norm(load_split(data_path, args.split), meta.get("input_norm"))
@@ -340,11 +346,7 @@ def cmd_quantize(args):
     from .model import observe_ranges
     from .quant import minmax_update
     params, cfg, meta = checkpoint.load(args.checkpoint)
-    data_opts = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
-    data_path = args.data or data_opts.get("path")
-    if data_path is None:
-        raise UserError("--data: give data to calibrate on (the training split is used)")
-    seed = meta.get("train", {}).get("seed", 0) if isinstance(meta.get("train"), dict) else 0
+    data_path, data_opts, seed = _data_context(meta, args.data, "data to calibrate on (the training split is used)")
     train_data, _ = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed,
                                   meta.get("input_norm"))
     if args.calibrate < 1:

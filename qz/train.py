@@ -190,13 +190,9 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
             raise TrainingDiverged(f"step {step}: loss {loss}, gradient norm {gnorm}; "
                                    "the parameters are those of the last good step")
         lr = lr_at(step, tcfg.lr, tcfg.warmup, tcfg.steps, tcfg.min_lr_ratio)
-        if tcfg.trainable:   # frozen parameters keep their values (and zero moments)
-            live = [n for n in state.params if tcfg.is_trainable(n)]
-            adamw_step({n: state.params[n] for n in live}, grads, state.opt, step + 1, lr, tcfg.beta1,
-                       tcfg.beta2, tcfg.eps, tcfg.weight_decay)
-        else:
-            adamw_step(state.params, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps,
-                       tcfg.weight_decay)
+        # frozen parameters (a fine-tuning plan) keep their values and zero moments
+        live = {n: p for n, p in state.params.items() if tcfg.is_trainable(n)}
+        adamw_step(live, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.weight_decay)
         if observed:   # observers move toward this batch (they quantize from the next step on)
             state.ranges = observe_update(state.ranges, observed)
         state.step += 1
