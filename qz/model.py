@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
+from . import ops, quant
 from .config import Config, param_shapes
 from .moe import moe_backward, moe_forward
-from .quant import (act_qparams, fake_quant_act_backward, fake_quant_act_forward, fake_quant_params,
-                    observer_names)
+from .quant import act_qparams, observer_names
 
 __all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "observe_ranges",
            "act_quant_params", "validate_inputs"]
@@ -97,34 +96,47 @@ def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
 # ----------------------------------------------------------------------------
 # one transformer block: x + attention(norm(x)), then x + moe(norm(x))
 # ----------------------------------------------------------------------------
-def _fq(x, name, aq, observed):
-    """Fake-quantize activation x at observer `name` (SPEC §3.2); the float model passes x through.
+def _qin(x, name, aq, observed):
+    """The activation entering a quantized layer at observer `name` (SPEC §3.2).
 
+    Float model (aq None): x itself. Fake-quant model: (x_c, scale), the integer codes
+    and their scale (quant.act_codes), plus the clipped-STE mask for the backward.
     observed (a dict, or None): records the (min, max) this observer saw, before quantization."""
     if observed is not None:
         observed[name] = (float(x.min()), float(x.max()))
     if aq is None:
         return x, None
-    return fake_quant_act_forward(x, *aq[name])
+    scale, zp = aq[name]
+    x_c, mask = quant.act_codes(x, scale, zp)
+    return (x_c, scale), mask
 
 
 def _fq_backward(dx, mask):
-    return dx if mask is None else fake_quant_act_backward(dx, mask)
+    return dx if mask is None else quant.fake_quant_act_backward(dx, mask)
+
+
+def _linear(x_in, w, b=None):
+    """x @ W + b: float (ops.linear_forward), or fake-quant when w is a QWeight and x_in the
+    (codes, scale) of _qin (quant.qlinear_forward). Both caches suit ops.linear_backward."""
+    if isinstance(w, quant.QWeight):
+        return quant.qlinear_forward(*x_in, w, b)
+    return ops.linear_forward(x_in, w, b)
 
 
 def block_forward(x, params, i, cfg, k, aq=None, observed=None):
     # x: (B, T, d) -> (B, T, d); aq: observer name -> (scale, zp), or None for the float model
+    # (with aq, the quantized weights in params are QWeights: quant.quant_weights)
     p = f"blocks.{i}."
     B, T, d = x.shape
     a_in, c_n1 = ops.rmsnorm_forward(x, params[p + "attn_norm"])
-    a_in_q, m_ain = _fq(a_in, p + "attn_in", aq, observed)
+    a_in_q, m_ain = _qin(a_in, p + "attn_in", aq, observed)
     # q, k and v from one matmul with [wq | wk | wv] (d, 3d): one BLAS call, not three
-    wqkv = np.concatenate([params[p + "wq"], params[p + "wk"], params[p + "wv"]], axis=1)
-    qkv, c_qkv = ops.linear_forward(a_in_q, wqkv)                 # (B, T, 3d)
+    wqkv = quant.cat_out(params[p + "wq"], params[p + "wk"], params[p + "wv"])
+    qkv, c_qkv = _linear(a_in_q, wqkv)                            # (B, T, 3d)
     q, kk, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
     o, c_att = ops.attention_forward(q, kk, v, cfg.n_heads, cfg.causal)
-    o_q, m_aout = _fq(o, p + "attn_out", aq, observed)
-    a_out, c_o = ops.linear_forward(o_q, params[p + "wo"])
+    o_q, m_aout = _qin(o, p + "attn_out", aq, observed)
+    a_out, c_o = _linear(o_q, params[p + "wo"])
     x = x + a_out
     h, c_n2 = ops.rmsnorm_forward(x, params[p + "ffn_norm"])
     shared = None
@@ -175,12 +187,12 @@ def _forward(params, cfg, inputs, k, aq=None, observe=False):
     B, T = inputs.shape[:2]
     caches, observed = {}, ({} if observe else None)
     if aq is not None:
-        params = fake_quant_params(params)    # weight STE is the identity: grads apply to the float weights
+        params = quant.quant_weights(params)  # weight STE is the identity: grads apply to the float weights
     if cfg.mode == "lm":
         x, caches["embed"] = ops.embedding_forward(inputs, params["embed"])     # (B, T, d)
     else:
-        x_in, caches["in_q"] = _fq(inputs.astype(dtype, copy=False), "in", aq, observed)
-        x, caches["in_proj"] = ops.linear_forward(x_in, params["in_proj.weight"], params["in_proj.bias"])
+        x_in, caches["in_q"] = _qin(inputs.astype(dtype, copy=False), "in", aq, observed)
+        x, caches["in_proj"] = _linear(x_in, params["in_proj.weight"], params["in_proj.bias"])
     x = x + params["pos"][:T]
     aux = dtype.type(0.0)
     stats = []
@@ -191,8 +203,8 @@ def _forward(params, cfg, inputs, k, aq=None, observe=False):
     x, caches["final_norm"] = ops.rmsnorm_forward(x, params["final_norm"])
     if cfg.mode == "classifier":
         x, caches["pool"] = ops.mean_pool_forward(x)                         # (B, d)
-    x, caches["head_q"] = _fq(x, "head_in", aq, observed)
-    logits, caches["head"] = ops.linear_forward(x, params["head.weight"], params["head.bias"])
+    x, caches["head_q"] = _qin(x, "head_in", aq, observed)
+    logits, caches["head"] = _linear(x, params["head.weight"], params["head.bias"])
     return logits, aux, stats, caches, observed
 
 

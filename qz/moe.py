@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels
 from .ops import swiglu_backward, swiglu_forward
-from .quant import fake_quant_act_backward, fake_quant_act_forward
+from .quant import QWeight, act_codes, cat_out, fake_quant_act_backward
 
 
 # ----------------------------------------------------------------------------
@@ -73,39 +73,65 @@ def aux_loss_backward(daux, cache):
 # ----------------------------------------------------------------------------
 # experts: gather rows -> SwiGLU -> scatter, weighted by the gate
 # ----------------------------------------------------------------------------
-def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
-    # h: (N, d), w1/w3: (E, d, f), w2: (E, f, d), idx/w: (N, K) -> out (N, d)
-    # mid_q: (scale, zp) to fake-quantize every expert's w2 input (observer ffn_mid), or None
-    # (matmul(..., out=block) writes each expert's rows in place: no temporary)
+def dispatch(idx, E):
+    """Group the N*K (token, slot) pairs by expert (the plan shared by training and the runtime).
+
+    idx: (N, K) -> order (R,) slot of each row, bounds (E+1,) expert e owns rows
+    bounds[e]:bounds[e+1], tok (R,) token of each row, pos (N, K) row of each slot."""
     N, K = idx.shape
-    E, d, f = w1.shape
     slots = idx.reshape(-1)                                       # slot n*K + j -> expert
     order = np.argsort(slots, kind="stable")                      # (R,) rows grouped by expert
     bounds = np.concatenate([[0], np.cumsum(np.bincount(slots, minlength=E))])
     tok = order // K                                              # (R,) token of each row
     pos = np.empty_like(order)
     pos[order] = np.arange(N * K)                                 # row of each (token, slot)
-    pos = pos.reshape(N, K)
-    w13 = np.concatenate([w1, w3], axis=2)                        # (E, d, 2f): a and b in one matmul
+    return order, bounds, tok, pos.reshape(N, K)
+
+
+def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
+    # h: (N, d), w1/w3: (E, d, f), w2: (E, f, d), idx/w: (N, K) -> out (N, d)
+    # Fake-quant model: h is (h_c, scale), the ffn_in codes (quant.act_codes) and their
+    # scale; w1/w3/w2 are QWeights; mid_q is the ffn_mid (scale, zp). Each matmul then
+    # runs on integer-valued floats and is rescaled per output channel, exactly as the
+    # int8 runtime does (quant.qlinear_forward explains why).
+    # (matmul(..., out=block) writes each expert's rows in place: no temporary)
+    quantized = isinstance(w1, QWeight)
+    if quantized:
+        h, in_scale = h
+    dt = h.dtype.type
+    N, K = idx.shape
+    E, d, f = w1.w_q.shape if quantized else w1.shape
+    order, bounds, tok, pos = dispatch(idx, E)
+    w13 = cat_out(w1, w3)                                         # (E, d, 2f): a and b in one matmul
+    w13_m, w2_m = (w13.w_q, w2.w_q) if quantized else (w13, w2)  # what the matmuls read
     u = h[tok]                                                    # (R, d) gathered
     ab = np.empty((N * K, 2 * f), dtype=h.dtype)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:                                               # skip experts with no tokens
-            np.matmul(u[lo:hi], w13[e], out=ab[lo:hi])
+            np.matmul(u[lo:hi], w13_m[e], out=ab[lo:hi])
+            if quantized:
+                ab[lo:hi] *= dt(in_scale) * w13.scale[e].reshape(-1)
     m, sw_cache = swiglu_forward(ab)                              # (R, f)
     mid_mask = mid_range = None
     if observe:
         mid_range = (float(m.min()), float(m.max()))             # what the ffn_mid observer sees
     if mid_q is not None:
-        m, mid_mask = fake_quant_act_forward(m, *mid_q)
+        m_c, mid_mask = act_codes(m, *mid_q)
     y = np.empty((N * K, d), dtype=h.dtype)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
-            np.matmul(m[lo:hi], w2[e], out=y[lo:hi])
+            if quantized:
+                np.matmul(m_c[lo:hi], w2_m[e], out=y[lo:hi])
+                y[lo:hi] *= dt(mid_q[0]) * w2.scale[e].reshape(-1)
+            else:
+                np.matmul(m[lo:hi], w2_m[e], out=y[lo:hi])
     out = kernels.combine(y, pos, w)                              # (N, d): sum_j w[n,j] y[pos[n,j]]
     ws = w.reshape(-1)[order]                                     # (R,) gate weight of each row
+    if quantized:
+        # the backward is the float one on x_hat = x_c * scale and W_hat = w_q * s
+        u, m, w13, w2 = u * dt(in_scale), m_c * dt(mid_q[0]), w13.hat, w2.hat
     return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, mid_range)
 
 
@@ -143,23 +169,27 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
     """h: (N, d) -> out (N, d), aux (scalar), stats; shared = (sw1, sw3, sw2) or None.
 
     in_q / mid_q: (scale, zp) of the ffn_in / ffn_mid observers (SPEC §3.2), or None for
-    the float model. The gate always reads the unquantized h; the experts read fake-quant h.
+    the float model; with them the expert weights are QWeights. The gate always reads the
+    unquantized h; the experts read fake-quant h.
     observe: also report the (min, max) of the experts' input and of their w2 input in stats.
     """
     N = h.shape[0]
     (w, idx, probs), gate_cache = gate_forward(h, wg, k)
-    h_e, in_mask = (h, None) if in_q is None else fake_quant_act_forward(h, *in_q)
+    h_e, in_mask = h, None
+    if in_q is not None:
+        h_c, in_mask = act_codes(h, *in_q)
+        h_e = (h_c, in_q[0])
     out, exp_cache = experts_forward(h_e, w1, w3, w2, idx, w, mid_q, observe)
     aux, aux_cache = aux_loss_forward(probs, idx)
     shared_cache = None
     if shared is not None:
         # shared experts: every token goes to all S of them with weight 1
-        S = shared[0].shape[0]
+        S = (shared[0].w_q if isinstance(shared[0], QWeight) else shared[0]).shape[0]
         sidx = np.broadcast_to(np.arange(S), (N, S))
         s_out, shared_cache = experts_forward(h_e, *shared, sidx, np.ones((N, S), h.dtype), mid_q, observe)
         out = out + s_out
     stats = {
-        "load": np.bincount(idx.reshape(-1), minlength=w1.shape[0]),  # slots per expert
+        "load": np.bincount(idx.reshape(-1), minlength=wg.shape[1]),  # slots per expert
         "entropy": float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1))),
     }
     if observe:   # what the ffn_in / ffn_mid observers saw: the pre-quantization ranges

@@ -22,6 +22,8 @@ Shapes: N rows, C channels.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import kernels
@@ -29,7 +31,8 @@ from . import kernels
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
-           "pack_linear", "quantize_act", "int8_linear", "minmax_update", "precision_sizes"]
+           "pack_linear", "pack_qweight", "quantize_act", "int8_linear", "minmax_update", "precision_sizes",
+           "QWeight", "split_weight", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -53,8 +56,28 @@ def quantize_weight(w, axis):
 
 def fake_quant_weight(w, axis):
     """w_hat = rint(w / s) * s in w's dtype; its gradient is passed through unchanged (identity STE)."""
+    return split_weight(w, axis).hat
+
+
+class QWeight(NamedTuple):
+    """A fake-quant weight kept in two parts, W_hat = w_q * scale.
+
+    w_q holds the int8 values as floats of the model's dtype (integers up to 127
+    are exact in float32); scale is broadcastable against it (a kept input axis).
+    Keeping the parts apart lets the fake-quant forward do the integer kernel's
+    arithmetic exactly (see qlinear_forward)."""
+    w_q: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def hat(self):
+        return (self.w_q * self.scale).astype(self.w_q.dtype)
+
+
+def split_weight(w, axis):
+    """w -> QWeight(clip(rint(w / s), -127, 127), s), both in w's dtype."""
     s = weight_scales(w, axis)
-    return (np.clip(_round(w / s), QMIN_W, QMAX_W) * s).astype(w.dtype)
+    return QWeight(np.clip(_round(w / s), QMIN_W, QMAX_W).astype(w.dtype), s)
 
 
 # Which axis each quantized parameter reduces over to get its scales:
@@ -71,6 +94,30 @@ def weight_axis(name):
         return WEIGHT_AXES[name]
     leaf = name.split(".", 2)[-1] if name.startswith("blocks.") else name
     return WEIGHT_AXES.get(leaf)
+
+
+def quant_weights(params):
+    """The weights of the fake-quant model: a QWeight for every quantized matrix, W_hat for
+    the row-quantized lookup tables (embed, pos: they are added, not multiplied), and
+    the float parameters (norms, biases, gates) unchanged."""
+    out = {}
+    for name, p in params.items():
+        axis = weight_axis(name)
+        if axis is None:
+            out[name] = p
+        elif axis == -1:
+            out[name] = fake_quant_weight(p, axis)
+        else:
+            out[name] = split_weight(p, axis)
+    return out
+
+
+def cat_out(*ws):
+    """Concatenate weights along the output axis (fused q|k|v, w1|w3): floats or QWeights.
+    Per-output-channel scales concatenate too, so fusing does not change the quantization."""
+    if isinstance(ws[0], QWeight):
+        return QWeight(np.concatenate([w.w_q for w in ws], axis=-1), np.concatenate([w.scale for w in ws], axis=-1))
+    return np.concatenate(ws, axis=-1)
 
 
 def fake_quant_params(params):
@@ -118,12 +165,18 @@ def act_qparams(lo, hi):
     return scale, zp
 
 
-def fake_quant_act_forward(x, scale, zp):
-    # x: any shape -> x_hat (same shape and dtype); cache the pass-through mask
+def act_codes(x, scale, zp):
+    """x -> (x_c, mask): x_c = clip(rint(x / scale + zp), 0, 255) - zp, the centred integer
+    codes as floats of x's dtype (so x_hat = x_c * scale), and the clipped-STE mask."""
     r = _round(x / x.dtype.type(scale) + x.dtype.type(zp))
     mask = (r >= 0) & (r <= QMAX_A)                    # edges 0 and 255 included: gradient passes
-    x_hat = ((np.clip(r, 0, QMAX_A) - zp) * scale).astype(x.dtype)
-    return x_hat, mask
+    return (np.clip(r, 0, QMAX_A) - x.dtype.type(zp)).astype(x.dtype), mask
+
+
+def fake_quant_act_forward(x, scale, zp):
+    # x: any shape -> x_hat (same shape and dtype); cache the pass-through mask
+    x_c, mask = act_codes(x, scale, zp)
+    return (x_c * x.dtype.type(scale)).astype(x.dtype), mask
 
 
 def fake_quant_act_backward(dx_hat, mask):
@@ -131,17 +184,47 @@ def fake_quant_act_backward(dx_hat, mask):
     return dx_hat * mask
 
 
+def qlinear_forward(x_c, a_scale, qw, b=None):
+    """The fake-quant linear layer x_hat @ W_hat (+ b), in the integer kernel's order:
+
+        y = (x_c @ w_q) * (a_scale * w_scale) (+ b)
+
+    x_c and w_q are integer-valued floats, so the matmul is exact while every
+    partial sum stays below 2**24 (always true for in <= 516: 516 * 255 * 127 <
+    2**24), and the rescale is the same float multiply the int8 runtime does on
+    its int32 accumulators. That makes the fake-quant model and the int8
+    runtime agree bit for bit, not just to rounding: with rounding differences a
+    value near a .5 tie can land on different sides in the two models, and that
+    one-step flip then propagates to the logits (pytorch/pytorch #88800).
+
+    In real arithmetic y == x_hat @ W_hat, so the cache is ops.linear's
+    (x_hat, W_hat, has_bias) and ops.linear_backward is the backward pass.
+    x_c: (..., in), qw: QWeight with w_q (in, out), scale (1, out) -> y (..., out)
+    """
+    dt = x_c.dtype.type
+    y = x_c @ qw.w_q
+    y *= dt(a_scale) * qw.scale.reshape(-1)
+    if b is not None:
+        y += b
+    return y, ((x_c * dt(a_scale)).astype(x_c.dtype), qw.hat, b is not None)
+
+
 # ----------------------------------------------------------------------------
 # the real int8 linear layer (SPEC §3.3)
 # ----------------------------------------------------------------------------
 def pack_linear(w):
-    """W (in, out) float -> (w_t int8 (out, in), w_scale float32 (out,), colsum int32 (out,)).
+    """W (in, out) float32 -> (w_t int8 (out, in), w_scale float32 (out,), colsum int32 (out,))."""
+    return pack_qweight(split_weight(np.asarray(w, np.float32), axis=-2))
+
+
+def pack_qweight(qw):
+    """QWeight (in, out) -> the integer kernel's layout: (w_t int8 (out, in), w_scale (out,), colsum (out,)).
 
     The transpose puts each output channel's weights in one contiguous row for
-    the integer kernel; colsum folds the activation zero point in once."""
-    w_q, s = quantize_weight(np.asarray(w, np.float64), axis=-2)
-    w_t = np.ascontiguousarray(w_q.T)
-    return w_t, s.reshape(-1).astype(np.float32), w_t.astype(np.int32).sum(axis=1).astype(np.int32)
+    the integer kernel; colsum folds the activation zero point in once. The
+    scales are the fake-quant model's own float32 values, bit for bit."""
+    w_t = np.ascontiguousarray(qw.w_q.T).astype(np.int8)
+    return w_t, qw.scale.reshape(-1).astype(np.float32), w_t.astype(np.int32).sum(axis=1).astype(np.int32)
 
 
 def quantize_act(x, scale, zp):
