@@ -1,0 +1,216 @@
+"""The inference runtime: a model loaded at fp32, fp16 or int8, and its forward pass (SPEC §3.3).
+
+``infer(model, inputs, top_k)`` is the forward of SPEC §2.3 without caches or
+gradients. In an int8 model every quantized linear layer runs as integers: the
+activation is quantized to uint8 codes once per observer, multiplied with the
+int8 weights into int32 accumulators (``kernels.int8_matmul``, the zero point
+folded in through the weights' column sums) and rescaled once per output
+channel. Everything else (norms, attention scores and softmax, the gate,
+SwiGLU, the combine) runs in float32 through the same functions the training
+model uses, in the same order, so the int8 model's logits equal the fake-quant
+float forward bit for bit (``quant.qlinear_forward`` explains why that is
+possible), and the fp32 model's equal ``model.forward``.
+
+fp16 is a storage precision: the weights are read as float16 and widened to
+float32 once, at load; compute is float32.
+
+Shape letters: B batch, T time, d width, E experts, K experts per token,
+f expert hidden width, R = N * K routed rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint, kernels, ops
+from .config import Config
+from .export import PRECISIONS, export_tensors, load_export
+from .model import validate_inputs
+from .moe import dispatch
+from .quant import QWeight, act_qparams, cat_out, int8_linear, pack_qweight, quantize_act, weight_axis
+
+__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer"]
+
+
+@dataclass
+class Model:
+    """A model ready to serve: config, precision, prepared weights, activation (scale, zp)."""
+    cfg: Config
+    precision: str
+    w: dict                      # prepared weights (see prepare_tensors)
+    act: dict | None = None      # int8: observer -> (scale, zp)
+    meta: dict = field(default_factory=dict)   # labels, input_norm, source path, ...
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights held in memory."""
+        total = 0
+        for v in self.w.values():
+            for a in (v if isinstance(v, list) else [v]):
+                total += sum(x.nbytes for x in a) if isinstance(a, tuple) else a.nbytes
+        return total
+
+
+def prepare(params, cfg: Config, precision: str = "fp32", ranges=None, meta=None) -> Model:
+    """A Model straight from float parameters, as if exported at `precision` and loaded."""
+    tensors, m = export_tensors(params, cfg, precision, ranges)
+    act = None if precision != "int8" else {n: act_qparams(*r) for n, r in m["ranges"].items()}
+    return prepare_tensors(tensors, cfg, precision, act, meta)
+
+
+def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -> Model:
+    """Export tensors -> the layout `infer` reads.
+
+    fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1|w3 into (E, d, 2f).
+    int8: quantized matrices packed for the integer kernel (quant.pack_qweight: int8 (out, in),
+    scales, column sums), expert stacks as one packed triple per expert; embed and pos
+    dequantized once (they are looked up, not multiplied); float parameters as float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    int8 = precision == "int8"
+
+    def get(name):
+        if not int8 or weight_axis(name) is None:
+            return np.asarray(tensors[name], np.float32)
+        axis = weight_axis(name)
+        return QWeight(tensors[name].astype(np.float32),
+                       np.expand_dims(tensors[name + ".scale"].astype(np.float32), axis))
+
+    def pack(w):               # one linear layer (in, out), or a stack of experts (E, in, out)
+        if not int8:
+            return w
+        if w.w_q.ndim == 3:
+            return [pack_qweight(QWeight(w.w_q[e], w.scale[e])) for e in range(w.w_q.shape[0])]
+        return pack_qweight(w)
+
+    w = {}
+    if cfg.mode == "lm":
+        w["embed"] = get("embed").hat if int8 else get("embed")
+    else:
+        w["in_proj.weight"], w["in_proj.bias"] = pack(get("in_proj.weight")), get("in_proj.bias")
+    w["pos"] = get("pos").hat if int8 else get("pos")
+    for i in range(cfg.n_layers):
+        p = f"blocks.{i}."
+        for name in ("attn_norm", "ffn_norm", "gate"):
+            w[p + name] = get(p + name)
+        w[p + "wqkv"] = pack(cat_out(get(p + "wq"), get(p + "wk"), get(p + "wv")))
+        w[p + "wo"] = pack(get(p + "wo"))
+        groups = [""] + (["shared."] if cfg.n_shared_experts else [])
+        for g in groups:
+            w[p + g + "w13"] = pack(cat_out(get(p + g + "w1"), get(p + g + "w3")))
+            w[p + g + "w2"] = pack(get(p + g + "w2"))
+    w["final_norm"] = get("final_norm")
+    w["head.weight"], w["head.bias"] = pack(get("head.weight")), get("head.bias")
+    return Model(cfg, precision, w, dict(act) if act is not None else None, dict(meta or {}))
+
+
+def load_model(path) -> Model:
+    """Load an export (`qz export`) or, as fp32, a training checkpoint."""
+    tensors, metadata = checkpoint.read_safetensors(path)
+    if metadata.get("format") == "qz":
+        params, cfg, meta = checkpoint.load(path)
+        meta.pop("state", None)
+        return prepare(params, cfg, "fp32", meta=_carried(meta, path))
+    tensors, cfg, meta = load_export(path)
+    return prepare_tensors(tensors, cfg, meta["precision"], meta.get("act_qparams"), _carried(meta, path))
+
+
+def _carried(meta, path):
+    out = {k: meta[k] for k in ("labels", "input_norm") if k in meta}
+    out["path"] = str(path)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the forward pass
+# ----------------------------------------------------------------------------
+def _linear(model, x, observer, key, bias=None):
+    # x: (..., in) -> (..., out); int8: quantize at `observer`, integer kernel, rescale
+    if model.precision == "int8":
+        scale, zp = model.act[observer]
+        return int8_linear(x, model.w[key], scale, zp, bias)
+    y = x @ model.w[key]
+    return y if bias is None else y + bias
+
+
+def _experts(model, h, idx, gw, p, observer_in, observer_mid):
+    # h: (N, d) float32, idx / gw: (N, K) expert ids and gate weights -> (N, d)
+    # p: "blocks.{i}." or "blocks.{i}.shared."; the same steps as moe.experts_forward
+    w13, w2 = model.w[p + "w13"], model.w[p + "w2"]
+    int8 = model.precision == "int8"
+    E = len(w13) if int8 else w13.shape[0]
+    f2 = w13[0][0].shape[0] if int8 else w13.shape[2]
+    d = h.shape[1]
+    order, bounds, tok, pos = dispatch(idx, E)
+    if int8:
+        s_in, zp_in = model.act[observer_in]
+        s_mid, zp_mid = model.act[observer_mid]
+        u = quantize_act(h, s_in, zp_in)[tok]                     # (R, d) uint8, quantized once per token
+    else:
+        u = h[tok]                                                # (R, d)
+    ab = np.empty((len(tok), f2), np.float32)                     # (R, 2f)
+    for e in range(E):
+        lo, hi = bounds[e], bounds[e + 1]
+        if lo == hi:
+            continue                                              # no tokens for this expert
+        if int8:
+            w_t, s, colsum = w13[e]
+            acc = kernels.int8_matmul(u[lo:hi], w_t, colsum, int(zp_in))
+            ab[lo:hi] = acc.astype(np.float32) * (np.float32(s_in) * s)
+        else:
+            np.matmul(u[lo:hi], w13[e], out=ab[lo:hi])
+    m, _ = ops.swiglu_forward(ab)                                 # (R, f)
+    if int8:
+        m = quantize_act(m, s_mid, zp_mid)
+    y = np.empty((len(tok), d), np.float32)                       # (R, d)
+    for e in range(E):
+        lo, hi = bounds[e], bounds[e + 1]
+        if lo == hi:
+            continue
+        if int8:
+            w_t, s, colsum = w2[e]
+            acc = kernels.int8_matmul(m[lo:hi], w_t, colsum, int(zp_mid))
+            y[lo:hi] = acc.astype(np.float32) * (np.float32(s_mid) * s)
+        else:
+            np.matmul(m[lo:hi], w2[e], out=y[lo:hi])
+    return kernels.combine(y, pos, gw)                            # (N, d)
+
+
+def _block(model, x, i, k):
+    # x: (B, T, d) -> (B, T, d)
+    cfg, w, p = model.cfg, model.w, f"blocks.{i}."
+    B, T, d = x.shape
+    a_in, _ = ops.rmsnorm_forward(x, w[p + "attn_norm"])
+    qkv = _linear(model, a_in, p + "attn_in", p + "wqkv")         # (B, T, 3d)
+    o, _ = ops.attention_forward(qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:], cfg.n_heads, cfg.causal)
+    x = x + _linear(model, o, p + "attn_out", p + "wo")
+    h, _ = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
+    h = h.reshape(B * T, d)                                       # (N, d)
+    _, idx, gw = kernels.route(h @ w[p + "gate"], k)              # the gate stays float
+    m = _experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
+    if cfg.n_shared_experts:
+        S, N = cfg.n_shared_experts, B * T
+        sidx = np.broadcast_to(np.arange(S), (N, S))
+        m = m + _experts(model, h, sidx, np.ones((N, S), np.float32), p + "shared.", p + "ffn_in", p + "ffn_mid")
+    return x + m.reshape(B, T, d)
+
+
+def infer(model: Model, inputs, top_k=None):
+    """Logits of SPEC §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C)."""
+    cfg = model.cfg
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
+    k = cfg.top_k if top_k is None else int(top_k)
+    T = inputs.shape[1]
+    if cfg.mode == "lm":
+        x = model.w["embed"][inputs]                              # (B, T, d)
+    else:
+        x = _linear(model, inputs.astype(np.float32, copy=False), "in", "in_proj.weight", model.w["in_proj.bias"])
+    x = x + model.w["pos"][:T]
+    for i in range(cfg.n_layers):
+        x = _block(model, x, i, k)
+    x, _ = ops.rmsnorm_forward(x, model.w["final_norm"])
+    if cfg.mode == "classifier":
+        x, _ = ops.mean_pool_forward(x)                           # (B, d)
+    return _linear(model, x, "head_in", "head.weight", model.w["head.bias"])
