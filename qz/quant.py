@@ -213,18 +213,19 @@ def qlinear_forward(x_c, a_scale, qw, b=None):
 # the real int8 linear layer (SPEC §3.3)
 # ----------------------------------------------------------------------------
 def pack_linear(w):
-    """W (in, out) float32 -> (w_t int8 (out, in), w_scale float32 (out,), colsum int32 (out,))."""
+    """W (in, out) float32 -> the integer kernel's operands (see pack_qweight)."""
     return pack_qweight(split_weight(np.asarray(w, np.float32), axis=-2))
 
 
 def pack_qweight(qw):
-    """QWeight (in, out) -> the integer kernel's layout: (w_t int8 (out, in), w_scale (out,), colsum (out,)).
+    """QWeight (..., in, out) -> (w int8 (..., in, out), w_scale float32 (..., out), colsum int32 (..., out)).
 
-    The transpose puts each output channel's weights in one contiguous row for
-    the integer kernel; colsum folds the activation zero point in once. The
-    scales are the fake-quant model's own float32 values, bit for bit."""
-    w_t = np.ascontiguousarray(qw.w_q.T).astype(np.int8)
-    return w_t, qw.scale.reshape(-1).astype(np.float32), w_t.astype(np.int32).sum(axis=1).astype(np.int32)
+    colsum folds the activation zero point in once: sum_k (q_k - zp) w_kc =
+    sum_k q_k w_kc - zp colsum_c. The scales are the fake-quant model's own
+    float32 values, bit for bit. Leading axes: one triple per expert."""
+    w = np.ascontiguousarray(qw.w_q).astype(np.int8)
+    colsum = w.astype(np.int32).sum(axis=-2).astype(np.int32)
+    return w, np.ascontiguousarray(np.squeeze(qw.scale, axis=-2)).astype(np.float32), colsum
 
 
 def quantize_act(x, scale, zp):
@@ -236,15 +237,12 @@ def int8_linear(x, packed, scale, zp, bias=None):
     """y = x_hat @ W_hat (+ b), computed as integers (SPEC §3.3):
     acc[c] = sum_k q[k] Wq[k, c] - zp colsum[c] (int32), y = acc * scale * s[c] (+ b).
 
-    x: (..., in) float32; returns (..., out) float32. Equals the fake-quant float
-    forward up to float rounding (reference_tests/test_quant.py)."""
-    w_t, s, colsum = packed
+    x: (..., in) float32; returns (..., out) float32, equal bit for bit to
+    qlinear_forward (the fake-quant layer) on the same input (kernels.int8_linear)."""
+    w, s, colsum = packed
     lead = x.shape[:-1]
-    q = quantize_act(x.reshape(-1, x.shape[-1]).astype(np.float32), scale, zp)     # (N, in) u8
-    acc = kernels.int8_matmul(q, w_t, colsum, int(zp))                             # (N, out) i32
-    y = acc.astype(np.float32) * (np.float32(scale) * s)
-    if bias is not None:
-        y = y + bias.astype(np.float32)
+    y = kernels.int8_linear(x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False), w, colsum, s,
+                            scale, zp, None if bias is None else bias.astype(np.float32, copy=False))
     return y.reshape(*lead, -1)
 
 

@@ -28,7 +28,7 @@ from .config import Config
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
 from .moe import dispatch
-from .quant import QWeight, act_qparams, cat_out, int8_linear, pack_qweight, quantize_act, weight_axis
+from .quant import QWeight, act_qparams, cat_out, int8_linear, pack_qweight, weight_axis
 
 __all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer"]
 
@@ -79,11 +79,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
                        np.expand_dims(tensors[name + ".scale"].astype(np.float32), axis))
 
     def pack(w):               # one linear layer (in, out), or a stack of experts (E, in, out)
-        if not int8:
-            return w
-        if w.w_q.ndim == 3:
-            return [pack_qweight(QWeight(w.w_q[e], w.scale[e])) for e in range(w.w_q.shape[0])]
-        return pack_qweight(w)
+        return pack_qweight(w) if int8 else w
 
     w = {}
     if cfg.mode == "lm":
@@ -140,40 +136,26 @@ def _experts(model, h, idx, gw, p, observer_in, observer_mid):
     # p: "blocks.{i}." or "blocks.{i}.shared."; the same steps as moe.experts_forward
     w13, w2 = model.w[p + "w13"], model.w[p + "w2"]
     int8 = model.precision == "int8"
-    E = len(w13) if int8 else w13.shape[0]
-    f2 = w13[0][0].shape[0] if int8 else w13.shape[2]
-    d = h.shape[1]
+    E = w13[0].shape[0] if int8 else w13.shape[0]
     order, bounds, tok, pos = dispatch(idx, E)
-    if int8:
-        s_in, zp_in = model.act[observer_in]
-        s_mid, zp_mid = model.act[observer_mid]
-        u = quantize_act(h, s_in, zp_in)[tok]                     # (R, d) uint8, quantized once per token
-    else:
-        u = h[tok]                                                # (R, d)
-    ab = np.empty((len(tok), f2), np.float32)                     # (R, 2f)
+    if int8:   # one kernel call per matrix for all experts; tokens quantized once
+        (w, s, colsum), (w_2, s_2, colsum_2) = w13, w2
+        ab = kernels.int8_experts(h, tok, bounds, w, colsum, s, *model.act[observer_in])  # (R, 2f)
+        m, _ = ops.swiglu_forward(ab)                                                     # (R, f)
+        rows = np.arange(len(tok))                                # m's rows are already grouped
+        y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid])  # (R, d)
+        return kernels.combine(y, pos, gw)
+    u = h[tok]                                                    # (R, d) gathered
+    ab = np.empty((len(tok), w13.shape[2]), np.float32)           # (R, 2f)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
-        if lo == hi:
-            continue                                              # no tokens for this expert
-        if int8:
-            w_t, s, colsum = w13[e]
-            acc = kernels.int8_matmul(u[lo:hi], w_t, colsum, int(zp_in))
-            ab[lo:hi] = acc.astype(np.float32) * (np.float32(s_in) * s)
-        else:
+        if lo < hi:                                               # skip experts with no tokens
             np.matmul(u[lo:hi], w13[e], out=ab[lo:hi])
     m, _ = ops.swiglu_forward(ab)                                 # (R, f)
-    if int8:
-        m = quantize_act(m, s_mid, zp_mid)
-    y = np.empty((len(tok), d), np.float32)                       # (R, d)
+    y = np.empty((len(tok), h.shape[1]), np.float32)              # (R, d)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
-        if lo == hi:
-            continue
-        if int8:
-            w_t, s, colsum = w2[e]
-            acc = kernels.int8_matmul(m[lo:hi], w_t, colsum, int(zp_mid))
-            y[lo:hi] = acc.astype(np.float32) * (np.float32(s_mid) * s)
-        else:
+        if lo < hi:
             np.matmul(m[lo:hi], w2[e], out=y[lo:hi])
     return kernels.combine(y, pos, gw)                            # (N, d)
 

@@ -6,7 +6,7 @@ NumPy twins alone, which is itself the check that NumPy is enough.
 import numpy as np
 import pytest
 
-from qz import kernels
+from qz import kernels, quant
 from helpers import TOL
 
 pytestmark = pytest.mark.skipif(not kernels.NUMBA_AVAILABLE, reason="numba not installed")
@@ -113,18 +113,51 @@ def test_combine(N, K, c, dtype):
         close(x, y, dtype, f"combine backward {name}")
 
 
-@pytest.mark.parametrize("n", [1, 3, 7, 33])
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 33])
 @pytest.mark.parametrize("k", [1, 7, 64, 129])
 @pytest.mark.parametrize("c", [1, 5, 16])
 def test_int8_matmul_bit_exact(n, k, c):
     rng = np.random.default_rng(n * 1000 + k * 10 + c)
     q = rng.integers(0, 256, (n, k)).astype(np.uint8)
     q[0, 0], q[-1, -1] = 0, 255                                      # the uint8 edges
-    w_t = rng.integers(-127, 128, (c, k)).astype(np.int8)
-    w_t[0, 0] = -127
-    colsum = w_t.astype(np.int32).sum(axis=1).astype(np.int32)
+    w = rng.integers(-127, 128, (k, c)).astype(np.int8)
+    w[0, 0] = -127
+    colsum = w.astype(np.int32).sum(axis=0).astype(np.int32)
     zp = int(rng.integers(0, 256))
-    a = kernels.int8_matmul_jit(q, w_t, colsum, np.int32(zp))
-    b = kernels.int8_matmul_ref(q, w_t, colsum, zp)
+    a = kernels.int8_matmul_jit(q, w, colsum, np.int32(zp))
+    b = kernels.int8_matmul_ref(q, w, colsum, zp)
     assert a.dtype == b.dtype == np.int32
     assert np.array_equal(a, b), f"int8 accumulators differ at n={n} k={k} c={c}"
+    exact = q.astype(np.int64) @ (w.astype(np.int64)) - zp * colsum.astype(np.int64)
+    assert np.array_equal(b, exact)
+
+
+def _int8_case(rng, n, k, c):
+    x = (3 * rng.standard_normal((n, k))).astype(np.float32)
+    scale, zp = quant.act_qparams(0.7 * x.min(), 0.9 * x.max())       # some values clip at both ends
+    x[0, 0] = np.float32((7.5 - zp) * scale)                          # a value on a .5 tie
+    return x, scale, zp
+
+
+@pytest.mark.parametrize("n,k,c", [(1, 1, 1), (3, 7, 5), (4, 64, 16), (9, 129, 33)])
+def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
+    rng = np.random.default_rng(n + k + c)
+    x, scale, zp = _int8_case(rng, n, k, c)
+    w, s, colsum = quant.pack_linear(rng.standard_normal((k, c)).astype(np.float32))
+    b = rng.standard_normal(c).astype(np.float32)
+    for bias in (None, b):
+        ref = kernels.int8_linear_ref(x, w, colsum, s, scale, zp, bias)
+        jit = kernels.int8_linear_jit(x, w, colsum, s, np.float32(scale), np.float32(zp),
+                                      b if bias is None else bias, bias is not None)
+        np.testing.assert_array_equal(jit, ref, err_msg=f"int8 linear n={n} k={k} c={c}")
+    E = 3
+    ws, ss, cs = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
+    idx = rng.integers(0, E, (n, 2))
+    from qz.moe import dispatch
+    _, bounds, tok, _ = dispatch(idx, E)
+    ref = kernels.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp)
+    jit = kernels.int8_experts_jit(x, tok, bounds, ws, cs, ss, np.float32(scale), np.float32(zp))
+    np.testing.assert_array_equal(jit, ref, err_msg=f"int8 experts n={n} k={k} c={c}")
+    for e in range(E):       # each expert's rows equal the single-layer kernel on the gathered tokens
+        lo, hi = bounds[e], bounds[e + 1]
+        np.testing.assert_array_equal(ref[lo:hi], kernels.int8_linear_ref(x[tok[lo:hi]], ws[e], cs[e], ss[e], scale, zp))

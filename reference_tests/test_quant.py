@@ -159,7 +159,9 @@ def test_clipping_blocks_gradients(seed):
 
 @given(seeds, st.integers(1, 9), st.integers(1, 70), st.integers(1, 20))
 def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
-    """SPEC §3.3: the integer layer's output equals the fake-quant float forward to float rounding."""
+    """SPEC §3.3: the integer layer's output equals the fake-quant float forward; computed in the
+    same order (qlinear_forward), the two agree bit for bit, and both are within float rounding of
+    x_hat @ W_hat computed in float64."""
     rng = np.random.default_rng(seed)
     x = (3 * rng.standard_normal((n, k))).astype(np.float32)
     w = rng.standard_normal((k, c)).astype(np.float32)
@@ -167,9 +169,13 @@ def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
     b = rng.standard_normal(c).astype(np.float32)
     scale, zp = quant.act_qparams(0.8 * x.min(), 0.8 * x.max())    # some inputs clip
     packed = quant.pack_linear(w)
-    assert np.array_equal(packed[2], packed[0].astype(np.int32).sum(axis=1))
+    assert packed[0].dtype == np.int8 and packed[0].shape == (k, c)
+    assert np.array_equal(packed[2], packed[0].astype(np.int32).sum(axis=0))
     y = quant.int8_linear(x, packed, scale, zp, b)
-    x_hat, _ = quant.fake_quant_act_forward(x, scale, zp)          # float32, as the runtime rounds
+    x_c, _ = quant.act_codes(x, scale, zp)
+    y_fq, _ = quant.qlinear_forward(x_c, scale, quant.split_weight(w, -2), b)
+    np.testing.assert_array_equal(y, y_fq)
+    x_hat, _ = quant.fake_quant_act_forward(x, scale, zp)
     want = x_hat.astype(np.float64) @ quant.fake_quant_weight(w.astype(np.float64), -2) + b
     err = np.abs(y - want).max() / max(np.abs(want).max(), 1e-6)
     assert err < 1e-5, err
