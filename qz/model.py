@@ -103,7 +103,7 @@ def _qin(x, name, aq, observed):
     and their scale (quant.act_codes), plus the clipped-STE mask for the backward.
     observed (a dict, or None): records the (min, max) this observer saw, before quantization."""
     if observed is not None:
-        observed[name] = (float(x.min()), float(x.max()))
+        observed[name] = observed.stat(x)
     if aq is None:
         return x, None
     scale, zp = aq[name]
@@ -147,7 +147,7 @@ def block_forward(x, params, i, cfg, k, aq=None, observed=None):
         in_q, mid_q = aq[p + "ffn_in"], aq[p + "ffn_mid"]
     m, aux, stats, c_moe = moe_forward(h.reshape(B * T, d), params[p + "gate"], params[p + "w1"],
                                        params[p + "w3"], params[p + "w2"], k, shared, in_q, mid_q,
-                                       observe=observed is not None)
+                                       observe=observed.stat if observed is not None else False)
     if observed is not None:
         observed[p + "ffn_in"], observed[p + "ffn_mid"] = stats.pop("ffn_in"), stats.pop("ffn_mid")
     x = x + m.reshape(B, T, d)
@@ -177,6 +177,13 @@ def block_backward(dx, daux, cache, i):
 # ----------------------------------------------------------------------------
 # the whole model
 # ----------------------------------------------------------------------------
+class _Observed(dict):
+    """observer name -> statistic of this batch; .stat is the statistic (quant.minmax by default)."""
+    def __init__(self, observe):
+        super().__init__()
+        self.stat = observe if callable(observe) else quant.minmax
+
+
 def _forward(params, cfg, inputs, k, aq=None, observe=False):
     """aq: observer name -> (scale, zp) turns on fake-quant (weights and activations), else float.
 
@@ -185,7 +192,7 @@ def _forward(params, cfg, inputs, k, aq=None, observe=False):
     """
     dtype = params["pos"].dtype
     B, T = inputs.shape[:2]
-    caches, observed = {}, ({} if observe else None)
+    caches, observed = {}, (_Observed(observe) if observe else None)
     if aq is not None:
         params = quant.quant_weights(params)  # weight STE is the identity: grads apply to the float weights
     if cfg.mode == "lm":
@@ -268,14 +275,15 @@ def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None):
     return logits, aux, stats
 
 
-def observe_ranges(params, cfg: Config, inputs, top_k=None, quant=None):
+def observe_ranges(params, cfg: Config, inputs, top_k=None, quant=None, stat=None):
     """(min, max) of every observed tensor (SPEC §3.2) in one forward pass.
 
     With quant=None the float model is run with pass-through observers (the
-    first batch of QAT); with ranges, the fake-quant model (later batches)."""
+    first batch of QAT); with ranges, the fake-quant model (later batches).
+    stat: another statistic to record instead, e.g. quant.percentile_stat(99.99)."""
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    return _forward(params, cfg, inputs, k, act_quant_params(cfg, quant), observe=True)[4]
+    return _forward(params, cfg, inputs, k, act_quant_params(cfg, quant), observe=stat or True)[4]
 
 
 def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):

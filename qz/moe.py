@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels
 from .ops import swiglu_backward, swiglu_forward
-from .quant import QWeight, act_codes, cat_out, fake_quant_act_backward
+from .quant import QWeight, act_codes, cat_out, fake_quant_act_backward, minmax
 
 
 # ----------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     m, sw_cache = swiglu_forward(ab)                              # (R, f)
     mid_mask = mid_range = None
     if observe:
-        mid_range = (float(m.min()), float(m.max()))             # what the ffn_mid observer sees
+        mid_range = _stat(observe)(m)                             # what the ffn_mid observer sees
     if mid_q is not None:
         m_c, mid_mask = act_codes(m, *mid_q)
     y = np.empty((N * K, d), dtype=h.dtype)
@@ -165,13 +165,20 @@ def experts_backward(dout, cache):
 # ----------------------------------------------------------------------------
 # the whole layer
 # ----------------------------------------------------------------------------
+def _stat(observe):
+    # observe: True (min, max) or an observer statistic (quant.minmax, quant.percentile_stat(p))
+    return observe if callable(observe) else minmax
+
+
 def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observe=False):
     """h: (N, d) -> out (N, d), aux (scalar), stats; shared = (sw1, sw3, sw2) or None.
 
     in_q / mid_q: (scale, zp) of the ffn_in / ffn_mid observers (SPEC §3.2), or None for
     the float model; with them the expert weights are QWeights. The gate always reads the
     unquantized h; the experts read fake-quant h.
-    observe: also report the (min, max) of the experts' input and of their w2 input in stats.
+    observe: also report the (min, max) of the experts' input and of their w2 input in stats
+    (or, when observe is a function, its statistic; routed and shared experts' w2 inputs are
+    combined as the widest of the two).
     """
     N = h.shape[0]
     (w, idx, probs), gate_cache = gate_forward(h, wg, k)
@@ -194,7 +201,7 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
     }
     if observe:   # what the ffn_in / ffn_mid observers saw: the pre-quantization ranges
         mids = [exp_cache[-1]] + ([shared_cache[-1]] if shared_cache is not None else [])
-        stats["ffn_in"] = (float(h.min()), float(h.max()))
+        stats["ffn_in"] = _stat(observe)(h)
         stats["ffn_mid"] = (min(r[0] for r in mids), max(r[1] for r in mids))
     return out, aux, stats, (gate_cache, exp_cache, aux_cache, shared_cache, in_mask)
 

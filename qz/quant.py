@@ -32,7 +32,7 @@ __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fa
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
            "pack_linear", "pack_qweight", "quantize_act", "int8_linear", "minmax_update", "precision_sizes",
-           "QWeight", "split_weight", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
+           "QWeight", "split_weight", "minmax", "percentile_stat", "mean_update", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -258,6 +258,33 @@ def observer_names(cfg):
     for i in range(cfg.n_layers):
         names += [f"blocks.{i}.attn_in", f"blocks.{i}.attn_out", f"blocks.{i}.ffn_in", f"blocks.{i}.ffn_mid"]
     return names + ["head_in"]
+
+
+def minmax(x):
+    """The statistic the EMA and min/max observers see in a batch: (min, max)."""
+    return float(x.min()), float(x.max())
+
+
+def percentile_stat(p):
+    """A percentile observer's statistic: the (100 - p)th and pth percentiles of the batch,
+    so the few most extreme values (outliers that would stretch the grid) clip."""
+    if not 50.0 < float(p) <= 100.0:
+        raise ValueError(f"percentile: expected a value in (50, 100], got {p}")
+
+    def stat(x):
+        lo, hi = np.percentile(x, [100.0 - float(p), float(p)])
+        return float(lo), float(hi)
+    return stat
+
+
+def mean_update(ranges, batch_ranges, n_seen):
+    """The percentile observer's calibration: the running mean of per-batch ranges
+    (n_seen batches already averaged into `ranges`)."""
+    out = dict(ranges)
+    for name, (blo, bhi) in batch_ranges.items():
+        lo, hi = out.get(name, (0.0, 0.0))
+        out[name] = ((lo * n_seen + float(blo)) / (n_seen + 1), (hi * n_seen + float(bhi)) / (n_seen + 1))
+    return out
 
 
 def minmax_update(ranges, batch_minmax):
