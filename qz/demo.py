@@ -6,8 +6,10 @@
    logistic-regression baseline on time-pooled MFCCs;
 3. fine-tune it to the spoken digits zero..nine from about 1000 clips and
    evaluate on unseen voices;
-4. measure the latency of one 1 s wav clip, front-end included, at batch 1;
-5. write report.json (and training curves as PNG when matplotlib is present).
+4. quantize it to int8 (PTQ baseline and QAT), export fp32/fp16/int8 files and
+   score and time the int8 model on the integer runtime (qz/demo_quant.py);
+5. measure the latency of one 1 s wav clip, front-end included, at batch 1;
+6. write report.json (and training curves as PNG when matplotlib is present).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from . import checkpoint
 from .baseline import fit_logreg, predict_logreg
 from .config import n_params, preset
 from .data import DataError, apply_input_norm, fit_input_norm, load_dataset, load_split
+from .demo_quant import quantize_commands
 from .finetune import FinetuneOptions, confusion_matrix, finetune
 from .model import forward, init_params
 from .optim import adamw_init
@@ -34,8 +37,9 @@ DIGITS = "spoken_digits.npz"
 
 class DemoOptions:
     def __init__(self, data_dir="data", out_dir="runs/demo", steps=3000, finetune_steps=1500, seed=0,
-                 batch_size=32, lr=3e-3):
+                 batch_size=32, lr=3e-3, qat_steps=400):
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
+        self.qat_steps = qat_steps
         self.steps, self.finetune_steps, self.seed = steps, finetune_steps, seed
         self.batch_size, self.lr = batch_size, lr
 
@@ -68,7 +72,7 @@ def train_commands(opts: DemoOptions, log=print, progress=True):
     if log:
         log(f"trained the command model: {opts.steps} steps in {time.perf_counter() - t0:.0f} s, "
             f"best validation accuracy {state.best['accuracy']:.4f} at step {state.best['step']}")
-    return cfg, tcfg, state, norm, train_data, test_data
+    return cfg, tcfg, state, norm, train_data, val_data, test_data
 
 
 def logreg_baseline(path):
@@ -122,7 +126,7 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
     report = {"seed": opts.seed}
 
     # 1-2. spoken commands
-    cfg, tcfg, state, norm, train_data, test_data = train_commands(opts, log, progress)
+    cfg, tcfg, state, norm, train_data, val_data, test_data = train_commands(opts, log, progress)
     base = opts.out_dir / "commands.safetensors"
     save_training(base, cfg, tcfg, state)
     deploy = opts.out_dir / "commands_fp32.safetensors"          # parameters only: what a device ships
@@ -155,7 +159,11 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
         log(f"fine-tuned to spoken digits from {len(dtrain)} clips in {ft['seconds_total']:.0f} s: "
             f"unseen voices {report['digits']['test_accuracy_top2']:.4f}")
 
-    # 4. latency and size
+    # 4. int8: PTQ and QAT, exported, run on the integer runtime
+    report["int8"] = quantize_commands(cfg, tcfg, state, train_data, val_data, test_data, opts.out_dir,
+                                       qat_steps=opts.qat_steps, progress=progress, log=log)
+
+    # 5. latency and size
     report["latency_per_clip"] = clip_latency(state.params, cfg, norm, opts.data_dir / "wav")
     report["model"] = {"parameters": n_params(cfg), "fp32_file_bytes": deploy.stat().st_size,
                        "config": cfg.to_dict()}
@@ -177,5 +185,19 @@ def summary_lines(report):
         rows.append(("latency per 1 s clip incl. front-end, top_k 2", f"{lat['top2_ms']:.2f} ms"))
         rows.append(("latency per 1 s clip incl. front-end, top_k 1", f"{lat['top1_ms']:.2f} ms"))
     rows.append(("model size (fp32 file)", f"{m['fp32_file_bytes'] / 1024:.0f} KiB, {m['parameters']:,} parameters"))
+    q = report.get("int8")
+    if q:
+        rows += [
+            ("int8 (QAT) on the integer runtime, unseen voices, top_k 2",
+             f"{100 * q['qat_int8']['test_accuracy_top2']:.1f} % ({100 * q['int8_vs_fp32_accuracy']:.1f} % of fp32)"),
+            ("int8 (QAT), top_k 1", f"{100 * q['qat_int8']['test_accuracy_top1']:.1f} %"),
+            ("  baseline: int8 by post-training min/max calibration",
+             f"{100 * q['ptq_int8']['test_accuracy_top2']:.1f} %"),
+            ("file size int8 / fp16 vs fp32", f"{q['int8_vs_fp32_size']:.3f}x / {q['fp16_vs_fp32_size']:.3f}x"),
+            ("runtime latency fp32 vs int8, batch 1",
+             f"{q['latency_ms']['fp32'][1]:.2f} ms vs {q['latency_ms']['int8'][1]:.2f} ms"),
+            ("runtime latency fp32 vs int8, batch 32",
+             f"{q['latency_ms']['fp32'][32]:.2f} ms vs {q['latency_ms']['int8'][32]:.2f} ms"),
+        ]
     width = max(len(r[0]) for r in rows)
     return [f"{a:<{width}}  {b}" for a, b in rows]

@@ -114,7 +114,7 @@ def task_commands(args):
     from qz.train import save_training
     opts = DemoOptions(steps=args.steps, seed=args.seed)
     t0 = time.perf_counter()
-    cfg, tcfg, state, norm, tr, test = train_commands(opts, log=print, progress=False)
+    cfg, tcfg, state, norm, tr, val, test = train_commands(opts, log=print, progress=False)
     seconds = time.perf_counter() - t0
     save_training(command_model_path(), cfg, tcfg, state)
     res = {"task": "spoken commands (12 classes), unseen voice variants", "steps": args.steps,
@@ -126,6 +126,22 @@ def task_commands(args):
     res["confusion_top2"] = confusion_matrix(state.params, cfg, test, top_k=2).tolist()
     res["curve"] = [{"step": h["step"], "val_accuracy": h["accuracy"]} for h in state.history]
     write("commands", res)
+
+
+def task_int8(args):
+    """Issue 5 bars on the command model trained by `commands`: QAT int8 vs fp32 on unseen voices
+    (PTQ beside it), file sizes, int8 vs fp32 runtime latency at batch 1 and 32."""
+    from qz.data import apply_input_norm, load_dataset
+    from qz.demo_quant import quantize_commands
+    from qz.train import load_training
+    cfg, tcfg, state = load_training(command_model_path())
+    path = ROOT / "data" / "speech_commands.npz"
+    norm = state.extra["input_norm"]
+    tr, val = (apply_input_norm(d, norm) for d in load_dataset(path, seed=tcfg.seed))
+    test = apply_input_norm(load_split(path, "test"), norm)
+    res = quantize_commands(cfg, tcfg, state, tr, val, test, OUT, qat_steps=400, progress=False)
+    res["task"] = "int8: QAT and PTQ of the command model on the integer runtime"
+    write("int8", res)
 
 
 def task_finetune(args):
@@ -183,13 +199,13 @@ def task_fsdd(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=["digits", "lm", "commands", "finetune", "fsdd", "all"])
+    ap.add_argument("task", choices=["digits", "lm", "commands", "int8", "finetune", "fsdd", "all"])
     ap.add_argument("--steps", type=int, default=3000, help="command-model steps (as the demo)")
     ap.add_argument("--lm-steps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     keep_freed_memory()
-    tasks = ["digits", "lm", "commands", "finetune", "fsdd"] if args.task == "all" else [args.task]
+    tasks = ["digits", "lm", "commands", "int8", "finetune", "fsdd"] if args.task == "all" else [args.task]
     for t in tasks:
         print(f"== {t}", flush=True)
         globals()[f"task_{t}"](args)
