@@ -217,6 +217,7 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
     if tcfg.patience and state.best is not None:
         for name, value in state.best["params"].items():   # restore the best evaluation's weights
             state.params[name][...] = value
+        state.ranges = dict(state.best["ranges"])         # ... and the observer ranges they were scored with
     return state
 
 
@@ -255,7 +256,7 @@ def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
     res["step"] = state.step
     state.history.append(res)
     if tcfg.patience and (state.best is None or res["accuracy"] > state.best["accuracy"]):
-        state.best = {"step": state.step, "accuracy": res["accuracy"],
+        state.best = {"step": state.step, "accuracy": res["accuracy"], "ranges": dict(state.ranges),
                       "params": {n: p.copy() for n, p in state.params.items()}}
     if log:
         bar.final()

@@ -145,3 +145,17 @@ def test_qat_config_validation():
         tr.TrainConfig(qat_start=-1, qat_freeze=5)
     with pytest.raises(ValueError, match="qat_freeze"):
         tr.TrainConfig(qat_start=10, qat_freeze=5)
+
+
+def test_early_stopping_restores_the_best_weights_with_their_ranges():
+    """With QAT, the best evaluation's observer ranges come back with its weights: the ranges
+    they were scored with, not the ones the observers drifted to after."""
+    cfg, tcfg, data = small_setup(steps=16, qat_start=0, eval_every=2, eval_batches=2, patience=100)
+    state = tr.train(cfg, tcfg, data, data, params=qz.init_params(cfg, seed=2), progress=False, log=None)
+    best = state.best
+    assert best is not None and best["step"] < 16, best["step"]   # this seed peaks early
+    assert state.ranges == best["ranges"]
+    for name, p in best["params"].items():
+        assert np.array_equal(state.params[name], p)
+    res = tr.evaluate(state.params, cfg, data, batch_size=32, max_batches=2, quant=tr.quant_of(state))
+    assert res["accuracy"] == best["accuracy"]
