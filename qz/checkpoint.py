@@ -14,9 +14,14 @@ Layout of a safetensors file::
 padding), except that ``__metadata__`` keys are sorted here, where the package
 uses Rust hash order, which changes from run to run.
 
-``read_safetensors`` trusts nothing: sizes are checked against the real file
-size before anything is allocated; a malformed file raises ``CheckpointError``
-("<path>: <failed check>"). Writer misuse (non-str name, complex dtype) raises
+``read_safetensors`` trusts nothing (SPEC §6): sizes are checked against the
+real file size before anything is allocated; a malformed file raises
+``CheckpointError`` ("<path>: <failed check>", one bounded line). It is stricter
+than the package: no duplicate keys at any level, no NaN/Infinity/1e999, no
+booleans as integers, the header starts with ``{`` and is padded with spaces
+only (the format's own rule), the data buffer is tiled exactly, BOOL bytes are
+0 or 1. Padding to a multiple of 8 is optional there, so unpadded headers (old
+package versions) are read. Writer misuse (non-str name, complex dtype) raises
 TypeError/ValueError instead. No pickle: arrays come from raw bytes and a fixed
 dtype table.
 
@@ -28,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import reprlib
 import tempfile
 
 import numpy as np
@@ -39,6 +46,9 @@ __all__ = ["CheckpointError", "write_safetensors", "read_safetensors", "save", "
 
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors package enforces
 _MAX_NBYTES = 2**63 - 1  # largest array NumPy can describe (intp)
+# Python's default int-parsing limit, fixed here so a process that lifted it
+# (sys.set_int_max_str_digits(0)) does not parse a 100 MB integer in quadratic time.
+_MAX_INT_DIGITS = 4300
 
 # safetensors dtype -> little-endian NumPy dtype. The order is the package's
 # Dtype enum order (BF16 and F8 omitted: NumPy has no such types); the writer
@@ -62,6 +72,15 @@ class CheckpointError(ValueError):
 
 def _bad(path, problem: str) -> CheckpointError:
     return CheckpointError(f"{path}: {problem}")  # one line: the file and the failed check
+
+
+def _show(x) -> str:
+    """A short repr for messages: a hostile header can put 100 MB in one value."""
+    return _clip(repr(x) if isinstance(x, str) else reprlib.repr(x), 80)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- writing
@@ -153,7 +172,7 @@ def _pairs_no_duplicates(pairs):
     obj = {}
     for key, value in pairs:
         if key in obj:  # plain json.loads keeps the last one silently
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_show(key)}")
         obj[key] = value
     return obj
 
@@ -162,17 +181,36 @@ def _no_constants(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text):
+    x = float(text)
+    if not math.isfinite(x):  # 1e999 is valid JSON but parses to inf
+        raise ValueError(f"number {_show(text)} overflows to infinity")
+    return x
+
+
+def _bounded_int(text):
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer with {len(text)} digits")
+    return int(text)
+
+
 def _strict_json(text: str):
-    """json.loads that rejects duplicate keys and NaN/Infinity; every error is a ValueError."""
+    """json.loads that rejects duplicate keys, NaN/Infinity and 1e999; errors are ValueErrors."""
     try:
         return json.loads(text, object_pairs_hook=_pairs_no_duplicates,
-                          parse_constant=_no_constants)
+                          parse_constant=_no_constants, parse_float=_finite_float,
+                          parse_int=_bounded_int)
     except RecursionError:  # "[[[[..." a million deep
         raise ValueError("JSON nested too deeply") from None
 
 
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file: (name -> writable native-endian array, metadata)."""
+    """Read a safetensors file: (name -> writable native-endian array, metadata).
+
+    Generic: any dtype of the table above, any names (SPEC §6). Every malformed
+    input raises CheckpointError; nothing is allocated from a claimed size
+    until that size has been checked against the real file size.
+    """
     try:
         with open(path, "rb") as f:
             file_size = os.fstat(f.fileno()).st_size
@@ -195,9 +233,9 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             for name, (dtype, shape, begin, end) in entries:  # in offset order
                 arr = np.empty(shape, dtype)  # size checked: the entries tile the real file
                 if f.readinto(arr.reshape(-1).view(np.uint8)) != end - begin:
-                    raise _bad(path, f"file truncated while reading tensor {name!r}")
+                    raise _bad(path, f"file truncated while reading tensor {_show(name)}")
                 if dtype.kind == "b" and arr.view(np.uint8).max(initial=0) > 1:
-                    raise _bad(path, f"tensor {name!r}: BOOL bytes must be 0 or 1")
+                    raise _bad(path, f"tensor {_show(name)}: BOOL bytes must be 0 or 1")
                 tensors[name] = arr.astype(dtype.newbyteorder("="), copy=False)
     except OSError as e:
         raise _bad(path, f"cannot read file: {e.strerror or e}") from e
@@ -216,20 +254,25 @@ def _parse_header(path, raw: bytes, buffer_len: int):
         raise _bad(path, f"header is not valid JSON: {e}")
     if not isinstance(header, dict):
         raise _bad(path, f"header JSON is a {type(header).__name__}, not an object")
+    # The format's rule, not json's: "{" first, and only spaces (0x20) as padding.
+    if raw[:1] != b"{":
+        raise _bad(path, "header does not start with '{'")
+    if raw.rstrip(b" ")[-1:] != b"}":
+        raise _bad(path, "header padding after the JSON object is not all spaces")
 
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict):
         raise _bad(path, "__metadata__ is not a map of str -> str")
     for key, value in metadata.items():
         if not isinstance(value, str):
-            raise _bad(path, f"__metadata__ value of {key!r} is a "
+            raise _bad(path, f"__metadata__ value of {_show(key)} is a "
                              f"{type(value).__name__}, not a str")
         if not (_utf8_ok(key) and _utf8_ok(value)):
-            raise _bad(path, f"__metadata__ entry {key!r} is not valid Unicode")
+            raise _bad(path, f"__metadata__ entry {_show(key)} is not valid Unicode")
 
     entries = []
     for name, info in header.items():
-        where = f"tensor {name!r}"
+        where = f"tensor {_show(name)}"
         if not _utf8_ok(name):
             raise _bad(path, f"{where}: name is not valid Unicode")
         if not isinstance(info, dict):
@@ -240,26 +283,29 @@ def _parse_header(path, raw: bytes, buffer_len: int):
                              f"(missing {sorted(missing)}, extra {sorted(extra)})")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(code, str) or code not in _DTYPES:
-            raise _bad(path, f"{where}: unknown dtype {code!r} (supported: {', '.join(_DTYPES)})")
+            raise _bad(path, f"{where}: unknown dtype {_show(code)} "
+                             f"(supported: {', '.join(_DTYPES)})")
         dtype = _DTYPES[code]
         if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
-            raise _bad(path, f"{where}: shape {shape!r} is not a list of non-negative integers")
+            raise _bad(path, f"{where}: shape {_show(shape)} is not a list of "
+                             "non-negative integers")
         if len(shape) > 64:  # NumPy's limit on dimensions
             raise _bad(path, f"{where}: shape has {len(shape)} dimensions, more than 64")
-        size = 1
+        size = dtype.itemsize
         for s in shape:
             size *= s or 1  # NumPy also bounds the product of the non-zero dims
-        if size * dtype.itemsize > _MAX_NBYTES:
-            raise _bad(path, f"{where}: shape {shape} is too large")
+            if size > _MAX_NBYTES:  # stop before the product grows to thousands of digits
+                raise _bad(path, f"{where}: shape {_show(shape)} is too large")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
-            raise _bad(path, f"{where}: data_offsets {offsets!r} is not two non-negative integers")
+            raise _bad(path, f"{where}: data_offsets {_show(offsets)} is not two "
+                             "non-negative integers")
         begin, end = offsets
         if begin > end:
-            raise _bad(path, f"{where}: data_offsets {offsets} has begin > end")
-        nbytes = dtype.itemsize * (0 if 0 in shape else size)
+            raise _bad(path, f"{where}: data_offsets {_show(offsets)} has begin > end")
+        nbytes = 0 if 0 in shape else size
         if end - begin != nbytes:
-            raise _bad(path, f"{where}: data_offsets span {end - begin} bytes, but shape {shape} "
-                 f"of {code} needs {nbytes}")
+            raise _bad(path, f"{where}: data_offsets span {end - begin} bytes, but shape "
+                             f"{_show(shape)} of {code} needs {nbytes}")
         entries.append((name, (dtype, tuple(shape), begin, end)))
 
     # The data buffer must be tiled exactly: no overlaps, no holes, no slack.
@@ -267,10 +313,10 @@ def _parse_header(path, raw: bytes, buffer_len: int):
     cursor = 0
     for name, (_, _, begin, end) in entries:
         if begin < cursor:
-            raise _bad(path, f"tensor {name!r}: data_offsets [{begin}, {end}] overlap "
+            raise _bad(path, f"tensor {_show(name)}: data_offsets [{begin}, {end}] overlap "
                              "the previous tensor")
         if begin > cursor:
-            raise _bad(path, f"tensor {name!r}: data_offsets leave a hole at bytes "
+            raise _bad(path, f"tensor {_show(name)}: data_offsets leave a hole at bytes "
                              f"[{cursor}, {begin})")
         cursor = end
     if cursor != buffer_len:
@@ -330,20 +376,25 @@ def save(path, params: dict[str, np.ndarray], cfg: Config, *,
 
 
 def load(path) -> tuple[dict[str, np.ndarray], Config, dict]:
-    """Load a model saved by `save`: (params, cfg, meta); meta["state"] holds the state."""
+    """Load a model saved by `save`: (params, cfg, meta); meta["state"] holds the state.
+
+    On top of `read_safetensors` (SPEC §6): a qz format tag, a config that
+    validates, JSON metadata values, and exactly the parameters of the config,
+    float-typed, with the config's shapes. Any failure is a CheckpointError.
+    """
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != "qz":
-        raise _bad(path, f"__metadata__ format is {metadata.get('format')!r}, "
+        raise _bad(path, f"__metadata__ format is {_show(metadata.get('format'))}, "
                          "not 'qz' (not a qz checkpoint)")
     if metadata.get("format_version") != "1":
         raise _bad(path, f"__metadata__ format_version "
-                         f"{metadata.get('format_version')!r} is not supported")
+                         f"{_show(metadata.get('format_version'))} is not supported")
     if "config" not in metadata:
         raise _bad(path, "__metadata__ has no config")
     try:
         cfg = Config.from_dict(_strict_json(metadata["config"]))
     except (ValueError, TypeError) as e:
-        raise _bad(path, f"config: {e}") from e
+        raise _bad(path, f"config: {_clip(str(e))}") from e
     meta = {}
     for key, value in metadata.items():
         if key in ("format", "format_version", "config"):
@@ -353,7 +404,7 @@ def load(path) -> tuple[dict[str, np.ndarray], Config, dict]:
         try:
             meta[key] = _strict_json(value)
         except ValueError as e:
-            raise _bad(path, f"__metadata__ {key!r} is not valid JSON: {e}") from e
+            raise _bad(path, f"__metadata__ {_show(key)} is not valid JSON: {_clip(str(e))}") from e
 
     state = {k[len(_STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_STATE_PREFIX)}
     params = {k: v for k, v in tensors.items() if not k.startswith(_STATE_PREFIX)}
@@ -373,6 +424,6 @@ def load(path) -> tuple[dict[str, np.ndarray], Config, dict]:
             raise _bad(path, f"tensor {name!r} has dtype {arr.dtype}, expected F16, F32 or F64")
     for name in params:
         if name not in shapes:
-            raise _bad(path, f"tensor {name!r} is not a parameter of this config")
+            raise _bad(path, f"tensor {_show(name)} is not a parameter of this config")
     meta["state"] = state
     return {name: params[name] for name in shapes}, cfg, meta

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import sys
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -340,6 +344,20 @@ def _rejections():
         ("surrogate-meta", lambda p: raw_file(p, b'{"__metadata__":{"k":"\\udc00"}}'), "Unicode"),
         ("bool-byte-2", lambda p: raw_file(p, {"a": {"dtype": "BOOL", "shape": [2], "data_offsets": [0, 2]}},
                                            b"\x01\x02"), "BOOL"),
+        # the format's own rules, which json.loads does not enforce
+        ("leading-space", lambda p: raw_file(p, b" {}"), "start with"),
+        ("tab-padding", lambda p: raw_file(p, b"{}\t"), "padding"),
+        ("newline-padding", lambda p: raw_file(p, b"{}\n"), "padding"),
+        # valid JSON that parses to inf, and duplicates below the entry level
+        ("1e999-shape", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,8]}}', data8), "infinity"),
+        ("1e999-meta", lambda p: raw_file(p, b'{"__metadata__":{"k":-1e999}}'), "infinity"),
+        ("dup-deep", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":{"y":1,"y":2}}}', data8), "duplicate"),
+        ("shape-product-overflow", lambda p: raw_file(p, {"a": f32(0, 0, [2**40] * 3 + [0])}), "too large"),
+        ("shape-huge-dims", lambda p: raw_file(p, {"a": f32(0, 0, [10**4000] * 64)}), "too large"),
+        ("shape-bool-late", lambda p: raw_file(p, {"a": f32(0, 8, [2, False])}, data8), "shape"),
+        ("offsets-true", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [0, True]}}, data8), "data_offsets"),
+        ("offsets-2**64", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [2**64, 2**64 + 8]}}, data8), "hole"),
+        ("zero-size-inside", lambda p: raw_file(p, {"a": f32(0, 8), "e": f32(4, 4, [0])}, data8), "overlap"),
     ]
     return cases
 
@@ -353,6 +371,51 @@ def test_reader_rejects(tmp_path, make, word):
     assert msg.startswith(f"{path}: "), f"message does not name the file: {msg!r}"
     assert word.lower() in msg.lower(), f"message {msg!r} does not mention {word!r}"
     assert "\n" not in msg, f"message is not one line: {msg!r}"
+
+
+def test_messages_stay_short(tmp_path):
+    # A hostile header can put megabytes in a name or a value; the message stays one short line.
+    path = raw_file(tmp_path / "x", {"n" * 100_000: {"dtype": "X" * 100_000, "shape": [1] * 60_000,
+                                                      "data_offsets": [0, 0]}})
+    with pytest.raises(CheckpointError) as info:
+        read_safetensors(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "unknown dtype" in msg, msg[:200]
+    assert len(msg) < len(str(path)) + 400, f"message is {len(msg)} characters"
+
+
+def test_int_digit_limit_does_not_depend_on_the_interpreter(tmp_path):
+    # With the interpreter's limit lifted, a huge integer would parse in quadratic time.
+    if not hasattr(sys, "set_int_max_str_digits"):
+        pytest.skip("no int digit limit in this Python")
+    path = raw_file(tmp_path / "x", b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,0]}}')
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(CheckpointError, match="5000 digits") as info:
+            read_safetensors(path)
+    finally:
+        sys.set_int_max_str_digits(old)
+    assert str(info.value).startswith(f"{path}: "), str(info.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: raw_file(p, b"{}", n=99_000_000),
+    lambda p: raw_file(p, {"a": {"dtype": "U8", "shape": [2**40], "data_offsets": [0, 2**40]}}),
+    lambda p: raw_file(p, {"a": {"dtype": "F64", "shape": [2**27], "data_offsets": [0, 2**30]}}, b"\0" * 8),
+], ids=["header-99MB", "tensor-1TB", "tensor-1GB-8-bytes-present"])
+def test_claimed_sizes_are_not_allocated(tmp_path, make):
+    # Sizes are checked against the real file before f.read(n) / np.empty allocate them.
+    path = make(tmp_path / "x")
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            read_safetensors(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value).startswith(f"{path}: "), str(info.value)
+    assert peak < 1_000_000, f"peak {peak} bytes allocated for a {path.stat().st_size}-byte file"
 
 
 def test_checkpoint_error_is_value_error():
@@ -481,10 +544,16 @@ def _set(d, key, value):
     (lambda t, m: _set(t, "head.bias", np.zeros((1, 2), np.float32)), "head.bias"),
     (lambda t, m: _set(t, "head.bias", np.zeros(2, np.int32)), "dtype"),
     (lambda t, m: _set(t, "head.bias", np.zeros(2, bool)), "dtype"),
+    (lambda t, m: _set(m, "epoch", "1e999"), "epoch"),
+    (lambda t, m: _set(m, "config", json.dumps(CLF.to_dict()).replace('"d_model": 8', '"d_model": 1e999')), "config"),
+    (lambda t, m: _set(m, "config", json.dumps({**CLF.to_dict(), "d_model": True})), "d_model"),
+    (lambda t, m: _set(m, "config", json.dumps({**CLF.to_dict(), "d_model": "x" * 10**5})), "d_model"),
+    (lambda t, m: _set(m, "format", "x" * 10**5), "format"),
 ], ids=["no-format", "format-pt", "version-2", "no-version", "no-config", "config-json", "config-list",
         "config-n_heads", "config-extra-key", "config-float", "config-huge-layers", "config-dup",
         "meta-nan", "meta-dup", "meta-not-json", "meta-state", "missing-param", "extra-param",
-        "wrong-shape", "wrong-ndim", "int-param", "bool-param"])
+        "wrong-shape", "wrong-ndim", "int-param", "bool-param", "meta-1e999", "config-1e999",
+        "config-bool", "config-long-string", "format-long"])
 def test_load_rejects(tmp_path, edit, word):
     path = _model_file(tmp_path / "m.safetensors", edit)
     with pytest.raises(CheckpointError) as info:
@@ -492,6 +561,18 @@ def test_load_rejects(tmp_path, edit, word):
     msg = str(info.value)
     assert msg.startswith(f"{path}: "), f"message does not name the file: {msg!r}"
     assert word.lower() in msg.lower(), f"message {msg!r} does not mention {word!r}"
+    assert len(msg) < len(str(path)) + 400, f"message is {len(msg)} characters"
+
+
+def test_other_bundles_read_but_do_not_load(tmp_path):
+    # read_safetensors stays generic (an int8 export is read elsewhere); load wants a qz model.
+    path = tmp_path / "int8.safetensors"
+    t = {"w_q": np.arange(-6, 6, dtype=np.int8).reshape(3, 4), "w_scale": np.ones(3, np.float32)}
+    write_safetensors(path, t, {"format": "qz-int8"})
+    assert_same_tensors(read_safetensors(path)[0], t, "int8 bundle")
+    with pytest.raises(CheckpointError, match="not a qz checkpoint") as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}: "), str(info.value)
 
 
 def test_load_accepts_float16_and_no_state(tmp_path):
@@ -503,97 +584,404 @@ def test_load_accepts_float16_and_no_state(tmp_path):
 
 
 # ------------------------------------------------------------- fuzzing: CheckpointError or success
+#
+# One mutator, two drivers. `mutate` only asks its rng for `integers(low, high)`,
+# so a seeded np.random.Generator runs >= 10,000 cases per CI run in seconds,
+# and `DrawRng` answers the same calls with hypothesis draws, which shrink.
+# scripts/fuzz_checkpoint.py imports `mutate`, `check_file` and `base_checkpoints`
+# from here, so the long fuzz runs exactly what CI runs.
 
-@pytest.fixture(scope="module")
-def base_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("base")
+class Raw(str):
+    """A JSON token written verbatim: NaN, 1e999, a 5000-digit integer."""
+
+
+class Pairs(list):
+    """A JSON object as a list of (key, value), so keys can repeat."""
+
+
+def to_json(v) -> str:
+    if isinstance(v, Raw):
+        return str(v)
+    if isinstance(v, Pairs):
+        return "{" + ",".join(json.dumps(k) + ":" + to_json(x) for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(map(to_json, v)) + "]"
+    return json.dumps(v)
+
+
+def _as_pairs(v):
+    if isinstance(v, dict):
+        return Pairs((k, _as_pairs(x)) for k, x in v.items())
+    if isinstance(v, list):
+        return [_as_pairs(x) for x in v]
+    return v
+
+
+_INTS = [0, 1, 2, 3, 4, 7, 8, 9, -1, -8, 2**31, 2**32 - 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1,
+         2**64, 10**30, 100_000_001]
+_ODD = [True, False, None, 2.0, -0.0, "8", "", [], Pairs(), [[1]], Raw("NaN"), Raw("Infinity"),
+        Raw("-Infinity"), Raw("1e999"), Raw("-1e999"), Raw("9" * 5000), Raw("1" + "0" * 25),
+        Raw("[" * 12 + "]" * 12)]
+_CODES = list(DTYPES) + ["BF16", "F8_E4M3", "C64", "f32", "", "F32 "]
+_SAME_SIZE = [["BOOL", "U8", "I8"], ["I16", "U16", "F16"], ["I32", "U32", "F32"], ["F64", "I64", "U64"]]
+_BYTES = b"\x00\xff\x7f\x80\xc3{}[]\",: \\0123456789eE.-\t\n"
+
+
+def _int(rng, low, high):  # in [low, high), like Generator.integers
+    return int(rng.integers(low, high))
+
+
+def _pick(rng, seq):
+    return seq[_int(rng, 0, len(seq))]
+
+
+def _some_int(rng):
+    return _pick(rng, _INTS) if _int(rng, 0, 2) else _int(rng, -3, 40)
+
+
+def _odd(rng):
+    return _pick(rng, _ODD) if _int(rng, 0, 3) else _some_int(rng)
+
+
+def _header_end(b):
+    return min(len(b), 8 + int.from_bytes(b[:8], "little")) if len(b) >= 8 else 0
+
+
+def _position(b, rng):
+    end = _header_end(b)  # half the hits land in the header, where the checks are
+    return _int(rng, 8, end) if end > 8 and _int(rng, 0, 2) else _int(rng, 0, len(b))
+
+
+def _flip_bits(b, rng):
+    b = bytearray(b)
+    for _ in range(_int(rng, 1, 5) if b else 0):
+        b[_position(b, rng)] ^= 1 << _int(rng, 0, 8)
+    return bytes(b)
+
+
+def _flip_data(b, rng):
+    b, end = bytearray(b), _header_end(b)  # bit rot in the tensor bytes: must still read
+    for _ in range(_int(rng, 1, 5) if len(b) > end else 0):
+        b[_int(rng, end, len(b))] ^= 1 << _int(rng, 0, 8)
+    return bytes(b)
+
+
+def _set_bytes(b, rng):
+    b = bytearray(b)
+    for _ in range(_int(rng, 1, 5) if b else 0):
+        b[_position(b, rng)] = _pick(rng, _BYTES) if _int(rng, 0, 2) else _int(rng, 0, 256)
+    return bytes(b)
+
+
+def _truncate(b, rng):
+    return b[:_int(rng, 0, len(b))] if b else b
+
+
+def _insert(b, rng):
+    at = _position(b, rng) if b else 0
+    return b[:at] + bytes(_pick(rng, _BYTES) for _ in range(_int(rng, 1, 17))) + b[at:]
+
+
+def _delete(b, rng):
+    at = _position(b, rng) if b else 0
+    return b[:at] + b[at + _int(rng, 1, 17):]
+
+
+def _set_length(b, rng):
+    n = int.from_bytes(b[:8], "little")
+    value = _pick(rng, [n + _int(rng, -9, 10), 0, 7, len(b), len(b) - 8, 100_000_000, 100_000_001,
+                        2**63, 2**64 - 1, _int(rng, 0, 2**31) << 32 | _int(rng, 0, 2**31)])
+    return (value % 2**64).to_bytes(8, "little") + b[8:]
+
+
+def _edit_json(b, rng):
+    """Parse the header, edit it as (key, value) pairs, write it back: still valid JSON text
+    most of the time, so the edit reaches the field checks instead of the parser."""
+    end = _header_end(b)
+    try:
+        header = json.loads(b[8:end])
+        if not isinstance(header, dict) or not header:
+            return _flip_bits(b, rng)
+        top = _as_pairs(header)
+        _pick(rng, [_edit_field, _edit_field, _keep_size, _keep_size, _edit_object,
+                    _edit_object, _edit_metadata])(top, rng)
+        text = to_json(top).encode()
+    except (ValueError, RecursionError):  # an earlier edit (or libFuzzer) broke it: edit bytes
+        return _flip_bits(b, rng)
+    pad = _pick(rng, ["8"] * 6 + ["", " ", "\t", "\n", "\0", "lead"])
+    if pad == "8":
+        text += b" " * (-len(text) % 8)
+    elif pad == "lead":
+        text = b" " + text
+    else:
+        text += pad.encode()
+    return len(text).to_bytes(8, "little") + text + b[end:]
+
+
+def _entries(top):
+    return [e for k, e in top if k != "__metadata__" and isinstance(e, Pairs)]
+
+
+def _edit_field(top, rng):
+    """Give one field of one tensor entry a near miss or a wrong value."""
+    entries = [e for e in _entries(top) if e]
+    if not entries:
+        return _edit_object(top, rng)
+    entry = _pick(rng, entries)
+    i = _int(rng, 0, len(entry))
+    key, old = entry[i]
+    how = _int(rng, 0, 4)
+    if how == 0 or not isinstance(old, (list, str)):
+        new = _odd(rng)
+    elif key == "dtype" or isinstance(old, str):
+        new = _pick(rng, _CODES)
+    elif key == "shape":
+        new = list(old)
+        if how == 1 and new:
+            new[_int(rng, 0, len(new))] = _some_int(rng)
+        elif how == 2:
+            new = [x + _int(rng, -1, 2) if isinstance(x, int) else x for x in new]
+        else:
+            new = new[:-1] if new and _int(rng, 0, 2) else new + [_some_int(rng)]
+    elif len(old) == 2 and all(isinstance(x, int) for x in old):
+        a, z = old
+        new = _pick(rng, [[a + _int(rng, -8, 9), z + _int(rng, -8, 9)], [z, a], [a], [a, z, z],
+                          [a, _some_int(rng)], [_some_int(rng), z], [a, True], [False, z]])
+    else:
+        new = _odd(rng)
+    entry[i] = (key, new)
+
+
+def _keep_size(top, rng):
+    """Edits that keep every byte count right, so many files still read."""
+    entries = _entries(top)
+    if not entries:
+        return _edit_object(top, rng)
+    entry = _pick(rng, entries)
+    shape, code = _get(entry, "shape"), _get(entry, "dtype")
+    how = _int(rng, 0, 4)
+    if how == 0 and isinstance(shape, list):
+        _set_key(entry, "shape", shape[::-1])
+    elif how == 1 and isinstance(shape, list):
+        _set_key(entry, "shape", shape + [1] if _int(rng, 0, 2) else [1] + shape)
+    elif how == 2:
+        _set_key(entry, "dtype", _pick(rng, next((g for g in _SAME_SIZE if code in g), _CODES)))
+    else:  # swap two tensors' offsets: still valid when their sizes match
+        other = _pick(rng, entries)
+        begin_end = _get(entry, "data_offsets")
+        _set_key(entry, "data_offsets", _get(other, "data_offsets"))
+        _set_key(other, "data_offsets", begin_end)
+
+
+def _get(obj, key):
+    return next((v for k, v in obj if k == key), None)
+
+
+def _set_key(obj, key, value):
+    for i, (k, _) in enumerate(obj):
+        if k == key:
+            obj[i] = (k, value)
+            return
+    obj.append((key, value))
+
+
+def _objects(v):
+    """Every JSON object in a tree of Pairs and lists."""
+    if isinstance(v, Pairs):
+        yield v
+        for _, x in v:
+            yield from _objects(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _objects(x)
+
+
+def _edit_object(top, rng):
+    """Delete, duplicate, add or rename a key of any object (top, entry, metadata)."""
+    obj = _pick(rng, list(_objects(top)))
+    how = _int(rng, 0, 4)
+    if not obj or how == 0:
+        key = _pick(rng, ["extra", "", "__metadata__", "dtype", "shape", "data_offsets", "\ud800"])
+        obj.append((key, _pick(rng, [_odd(rng), Pairs(obj), "v"]) if obj else _odd(rng)))
+    elif how == 1:
+        del obj[_int(rng, 0, len(obj))]
+    elif how == 2:  # same value or another: both must be rejected
+        key, value = _pick(rng, obj)
+        obj.insert(_int(rng, 0, len(obj) + 1), (key, value if _int(rng, 0, 2) else _odd(rng)))
+    else:
+        i = _int(rng, 0, len(obj))
+        key, value = obj[i]
+        obj[i] = (_pick(rng, [key + "x", _pick(rng, obj)[0], "__metadata__", ""]), value)
+
+
+def _edit_metadata(top, rng):
+    """Edit a metadata value; a JSON value (the config) is edited as JSON, then re-quoted."""
+    meta = next((v for k, v in top if k == "__metadata__" and isinstance(v, Pairs) and v), None)
+    if meta is None:
+        return _edit_object(top, rng)
+    i = _int(rng, 0, len(meta))
+    key, value = meta[i]
+    try:
+        inner = _as_pairs(json.loads(value))
+    except (TypeError, ValueError):
+        inner = None
+    if isinstance(inner, Pairs) and inner and _int(rng, 0, 3):
+        j = _int(rng, 0, len(inner))
+        if _int(rng, 0, 2):
+            inner[j] = (inner[j][0], _odd(rng))
+        else:
+            _edit_object(inner, rng)
+        meta[i] = (key, to_json(inner))
+    else:
+        meta[i] = (key, _pick(rng, [_odd(rng), to_json(_odd(rng)), "NaN", "1e999", "{}", "state"]))
+
+
+_MUTATIONS = [_flip_bits, _flip_data, _set_bytes, _truncate, _insert, _delete, _set_length,
+              _edit_json, _edit_json, _edit_json, _edit_json]
+
+
+def mutate(data: bytes, rng) -> bytes:
+    """1-3 random edits of a safetensors file: bytes, the length field, or the header JSON.
+
+    `rng` needs only `integers(low, high)` (a np.random.Generator or `DrawRng`).
+    """
+    for _ in range(_pick(rng, [1, 1, 2, 3])):
+        data = _pick(rng, _MUTATIONS)(data, rng)
+    return data
+
+
+def test_mutator_takes_any_bytes(base_files):
+    # The script hands `mutate` whatever libFuzzer made: it must never raise itself.
+    rng = np.random.default_rng(5)
+    inputs = [b"", b"\x01", b"\x02" + b"\0" * 7 + b"{}", b"\x10" + b"\0" * 7 + b'{"a":{}}      ',
+              b"\x08" + b"\0" * 7 + b"[[[[[[[["]
+    inputs += [rng.bytes(int(rng.integers(0, 64))) for _ in range(50)]
+    inputs += [b[:int(rng.integers(0, len(b)))] for b in base_files.values() for _ in range(20)]
+    for raw in inputs:
+        for _ in range(20):
+            out = mutate(raw, rng)
+            assert isinstance(out, bytes), type(out)
+
+
+class DrawRng:
+    """Answers mutate's `integers` calls with hypothesis draws, so a failure shrinks."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def integers(self, low, high):
+        return self.data.draw(st.integers(low, high - 1))
+
+
+def base_checkpoints(d):
+    """Valid files to mutate: every dtype, a model with state, a tiny one, one by the package."""
     write_safetensors(d / "mixed", mixed_tensors(9), {"k": "v"})
     save(d / "model", model_params(CLF, 1, np.float32), CLF,
          state={"step": np.array(5, np.int64)}, epoch=1)
-    return {name: (d / name).read_bytes() for name in ("mixed", "model")}
+    write_safetensors(d / "tiny", {"a": np.arange(3, dtype=np.int16), "b": np.array([True, False])})
+    names = ["mixed", "model", "tiny"]
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        pass
+    else:
+        save_file(_le(mixed_tensors(10)), str(d / "package"), metadata={"a": "b"})
+        names.append("package")
+    return {name: (d / name).read_bytes() for name in names}
 
 
-_JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.integers(-3, 40)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4)
-    | st.sampled_from(list(DTYPES) + ["BF16", "C64"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
-    max_leaves=5)
+def check_file(path, raw: bytes) -> tuple[str, str]:
+    """Read (and load) a fuzzed file: (outcome, failed check). Any other exception propagates.
+
+    "rejected": read_safetensors raised CheckpointError naming the file;
+    "read": it read, consistently with the header, and `load` raised CheckpointError;
+    "loaded": `load` succeeded too, with exactly the config's parameters.
+    """
+    try:
+        tensors, metadata = read_safetensors(path)
+    except CheckpointError as e:
+        return "rejected", _failed_check(e, path)
+    _check_consistent(raw, tensors, metadata)
+    try:
+        params, cfg, meta = load(path)
+    except CheckpointError as e:
+        return "read", _failed_check(e, path)
+    assert {k: v.shape for k, v in params.items()} == param_shapes(cfg), "load: shapes"
+    assert all(v.dtype.kind == "f" for v in params.values()), "load: dtypes"
+    assert isinstance(meta["state"], dict), "load: state"
+    return "loaded", ""
 
 
-@st.composite
-def mutated(draw, base):
-    data = bytearray(base)
-    n = int.from_bytes(data[:8], "little")
-    kind = draw(st.sampled_from(["flip-header", "flip-data", "truncate", "append", "length", "json"]))
-    if kind == "flip-header":
-        for _ in range(draw(st.integers(1, 4))):
-            data[draw(st.integers(8, 8 + n - 1))] = draw(st.integers(0, 255))
-    elif kind == "flip-data" and len(data) > 8 + n:
-        for _ in range(draw(st.integers(1, 4))):
-            data[draw(st.integers(8 + n, len(data) - 1))] = draw(st.integers(0, 255))
-    elif kind == "truncate":
-        del data[draw(st.integers(0, len(data) - 1)):]
-    elif kind == "append":
-        data += draw(st.binary(min_size=1, max_size=16))
-    elif kind == "length":
-        new = draw(st.integers(0, 2**64 - 1) | st.integers(max(0, n - 16), n + 16))
-        data[:8] = new.to_bytes(8, "little")
-    elif kind == "json":
-        header = json.loads(bytes(data[8:8 + n]))
-        name = draw(st.sampled_from(sorted(header)))
-        entry = header[name]
-        if name == "__metadata__":
-            key = draw(st.sampled_from(sorted(entry)))
-            entry[key] = draw(_JSON_VALUES | st.text(max_size=8).map(json.dumps))
-        else:
-            field = draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"]))
-            value = draw(_JSON_VALUES)
-            if field == "data_offsets" and draw(st.booleans()):  # a near miss is more interesting
-                value = [entry["data_offsets"][0] + draw(st.integers(-8, 8)),
-                         entry["data_offsets"][1] + draw(st.integers(-8, 8))]
-            if field == "shape" and draw(st.booleans()):
-                value = [s + draw(st.integers(-1, 1)) for s in entry["shape"]]
-            entry[field] = value
-        hb = json.dumps(header, allow_nan=False).encode()
-        hb += b" " * (-len(hb) % 8)
-        data = bytearray(len(hb).to_bytes(8, "little") + hb + data[8 + n:])
-    return bytes(data)
+def _failed_check(e, path) -> str:
+    msg = str(e)
+    assert msg.startswith(f"{path}: "), f"message does not name the file: {msg[:300]!r}"
+    assert "\n" not in msg and len(msg) < len(str(path)) + 600, f"not one short line: {msg[:300]!r}"
+    return msg[len(str(path)) + 2:]
 
 
-def _check_consistent(raw, tensors):
+def _check_consistent(raw, tensors, metadata):
     """A successful read must describe exactly the bytes that are in the file."""
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
+    assert metadata == header.pop("__metadata__", {}), "metadata differs from the header"
     assert sorted(header) == sorted(tensors), "names differ from the header"
     for name, arr in tensors.items():
         info = header[name]
         begin, end = info["data_offsets"]
         assert arr.shape == tuple(info["shape"]), name
+        assert arr.dtype == np.dtype(DTYPES[info["dtype"]]), name
         assert arr.dtype.isnative and arr.flags.writeable, name
         assert arr.astype(arr.dtype.newbyteorder("<")).tobytes() == raw[8 + n + begin:8 + n + end], name
+
+
+@pytest.fixture(scope="module")
+def base_files(tmp_path_factory):
+    return base_checkpoints(tmp_path_factory.mktemp("base"))
+
+
+FUZZ_CASES = 10_240  # the CI bar is 10,000 mutated checkpoints per run
+
+
+def test_seeded_mutation_fuzz(tmp_path, base_files):
+    # Fixed seeds in every profile: the same 10,240 files each run; the script
+    # (scripts/fuzz_checkpoint.py --no-atheris N --seed S) explores other seeds.
+    path = tmp_path / "fuzz.safetensors"
+    outcomes, checks, slowest = {}, set(), 0.0
+    per_base = -(-FUZZ_CASES // len(base_files))
+    for seed, name in enumerate(sorted(base_files)):
+        rng = np.random.default_rng([20_240, seed])
+        for i in range(per_base):
+            raw = mutate(base_files[name], rng)
+            path.write_bytes(raw)
+            start = time.perf_counter()
+            try:
+                outcome, check = check_file(path, raw)
+            except Exception as e:  # keep the input, then pin it as a regression case
+                (tmp_path / "crash.safetensors").write_bytes(raw)
+                raise AssertionError(f"{name} seed [20240, {seed}] case {i}: {type(e).__name__}: {e}; "
+                                     f"input saved to {tmp_path / 'crash.safetensors'}") from e
+            slowest = max(slowest, time.perf_counter() - start)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            # the failed check, with the numbers, names and values in it blanked
+            checks.add(re.sub(r"'[^']*'|\"[^\"]*\"|\d+|\[.*?\]", "_", check)[:40])
+    total = sum(outcomes.values())
+    print(f"\nfuzz: {total} mutated checkpoints, {outcomes}, {len(checks)} distinct checks, "
+          f"slowest {slowest * 1e3:.1f} ms")
+    assert total >= 10_000, f"only {total} cases ran"
+    # A fuzz that only ever fails at the first check proves little: both outcomes,
+    # and many different checks, must be reached.
+    read_ok = outcomes.get("read", 0) + outcomes.get("loaded", 0)
+    assert outcomes.get("rejected", 0) > total // 4 and read_ok > total // 20, outcomes
+    assert outcomes.get("loaded", 0) > 0, f"no mutated model file loaded: {outcomes}"
+    assert len(checks) >= 40, f"only {len(checks)} distinct checks reached: {sorted(checks)}"
+    assert slowest < 2.0, f"one case took {slowest:.2f} s: a hang in the making"
 
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_files_fail_cleanly(tmp_path, base_files, data):
-    which = data.draw(st.sampled_from(sorted(base_files)))
-    raw = data.draw(mutated(base_files[which]))
+    raw = mutate(base_files[data.draw(st.sampled_from(sorted(base_files)))], DrawRng(data))
     path = tmp_path / "fuzz.safetensors"
     path.write_bytes(raw)
-    try:
-        tensors, _ = read_safetensors(path)
-    except CheckpointError as e:
-        assert str(e).startswith(f"{path}: "), str(e)
-    else:
-        _check_consistent(raw, tensors)
-    if which == "model":
-        try:
-            params, cfg, meta = load(path)
-        except CheckpointError as e:
-            assert str(e).startswith(f"{path}: "), str(e)
-        else:
-            assert {k: v.shape for k, v in params.items()} == param_shapes(cfg)
-            assert isinstance(meta["state"], dict)
+    check_file(path, raw)
