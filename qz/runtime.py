@@ -196,3 +196,76 @@ def infer(model: Model, inputs, top_k=None):
     if cfg.mode == "classifier":
         x, _ = ops.mean_pool_forward(x)                           # (B, d)
     return _linear(model, x, "head_in", "head.weight", model.w["head.bias"])
+
+
+# ----------------------------------------------------------------------------
+# a bundle of precisions, served under the governor's plan (SPEC §4)
+# ----------------------------------------------------------------------------
+# Where a precision is missing, the nearest loaded one serves instead: fp32 falls
+# back to fp16 (SPEC §4), then int8; int8 to fp16, then fp32; fp16 to fp32, then int8.
+FALLBACK = {"fp32": ("fp32", "fp16", "int8"), "fp16": ("fp16", "fp32", "int8"), "int8": ("int8", "fp16", "fp32")}
+
+
+class Bundle:
+    """One model at several precisions: {precision: Model}, all with the same config."""
+
+    def __init__(self, models: dict):
+        if not models:
+            raise ValueError("bundle: no models")
+        cfgs = {m.cfg for m in models.values()}
+        if len(cfgs) != 1:
+            raise ValueError("bundle: the files hold models with different configs")
+        self.models, self.cfg = dict(models), cfgs.pop()
+        self.meta = next(iter(models.values())).meta
+
+    def pick(self, precision: str):
+        """-> (Model, the precision actually used) for a wanted precision."""
+        for p in FALLBACK[precision]:
+            if p in self.models:
+                return self.models[p], p
+        raise AssertionError("unreachable: a bundle is never empty")
+
+
+def load_bundle(paths) -> Bundle:
+    """Models from files (exports or a training checkpoint); one per precision."""
+    models = {}
+    for path in paths:
+        m = load_model(path)
+        if m.precision in models:
+            raise ValueError(f"{path}: a second {m.precision} model in the bundle "
+                             f"(the first is {models[m.precision].meta.get('path')})")
+        models[m.precision] = m
+    return Bundle(models)
+
+
+class Runtime:
+    """Serves requests from a Bundle, each under one plan of the governor.
+
+    The plan is read once per request, and a Plan is immutable, so a request
+    never runs half in one mode and half in another, whatever other threads
+    or the governor do meanwhile. Without a governor every request runs the
+    bundle's best precision at the config's top_k. A precision fallback is
+    reported once (`notes`)."""
+
+    def __init__(self, bundle: Bundle, governor=None):
+        self.bundle, self.governor = bundle, governor
+        self.notes: list[str] = []
+        self._noted: set = set()
+
+    def plan(self):
+        if self.governor is None:
+            return None
+        return self.governor.plan()
+
+    def infer(self, inputs):
+        """-> (logits, info) with info = {mode, precision, top_k}."""
+        plan = self.plan()
+        want = plan.precision if plan is not None else next(p for p in PRECISIONS if p in self.bundle.models)
+        model, used = self.bundle.pick(want)
+        if used != want and (want, used) not in self._noted:
+            self._noted.add((want, used))
+            self.notes.append(f"no {want} model in the bundle: {used} serves instead")
+        k = plan.top_k if plan is not None else None
+        k = min(k, self.bundle.cfg.n_experts) if k is not None else self.bundle.cfg.top_k
+        logits = infer(model, inputs, top_k=k)
+        return logits, {"mode": plan.mode if plan is not None else "fixed", "precision": used, "top_k": k}

@@ -109,3 +109,93 @@ def test_parity_on_a_trained_command_model():
         got = runtime.infer(m, x, top_k=k)
         assert rel_err(got, want) < 1e-5
         np.testing.assert_array_equal(got, want)
+
+
+class _FixedSensors:
+    def __init__(self, state):
+        self.state = state
+
+    def read(self):
+        return self.state
+
+
+@pytest.mark.parametrize("state,mode,precision,k", [
+    (dict(battery_pct=80.0, charging=True, temp_c=30.0), "performance", "fp32", 2),
+    (dict(), "balanced", "int8", 2),
+    (dict(battery_pct=15.0, charging=False), "low_power", "int8", 1),
+    (dict(battery_pct=3.0, charging=False), "critical", "int8", 1),
+])
+def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, precision, k):
+    """SPEC §4: each mode's output equals the matching model function at that mode's top_k."""
+    from qz.governor import DeviceState, Governor
+    cfg = config("classifier", 1, 4, 8)
+    params = qz.init_params(cfg, seed=5)
+    x = inputs(cfg, np.random.default_rng(5), 2, 6)
+    ranges = model.observe_ranges(params, cfg, x)
+    bundle = runtime.Bundle({"fp32": runtime.prepare(params, cfg, "fp32"),
+                             "int8": runtime.prepare(params, cfg, "int8", ranges)})
+    gov = Governor(_FixedSensors(DeviceState(**state)), top_k=cfg.top_k, tick_s=0.0)
+    logits, info = runtime.Runtime(bundle, gov).infer(x)
+    assert info == {"mode": mode, "precision": precision, "top_k": k}
+    want, _ = qz.forward(params, cfg, x, top_k=k, quant={"ranges": ranges} if precision == "int8" else None)
+    np.testing.assert_array_equal(logits, want)
+
+
+def test_missing_precision_falls_back_and_says_so_once():
+    from qz.governor import DeviceState, Governor
+    cfg = config("classifier", 0, 4, 8)
+    params = qz.init_params(cfg, seed=6)
+    x = inputs(cfg, np.random.default_rng(6), 1, 6)
+    bundle = runtime.Bundle({"fp16": runtime.prepare(params, cfg, "fp16")})
+    rt = runtime.Runtime(bundle, Governor(_FixedSensors(DeviceState()), top_k=2, tick_s=0.0))
+    for _ in range(3):
+        _, info = rt.infer(x)
+    assert info["precision"] == "fp16" and rt.notes == ["no int8 model in the bundle: fp16 serves instead"]
+    with pytest.raises(ValueError, match="different configs"):
+        runtime.Bundle({"fp32": runtime.prepare(params, cfg, "fp32"),
+                        "fp16": runtime.prepare(qz.init_params(config("classifier", 1, 4, 8)),
+                                                config("classifier", 1, 4, 8), "fp16")})
+
+
+def test_concurrent_requests_with_a_flapping_governor_are_never_torn():
+    """Requests from 4 threads while the device state flips every call: every answer equals
+    the model function of the mode it reports (a torn request would match neither)."""
+    import threading
+    from qz.governor import DeviceState, Governor
+    cfg = config("classifier", 0, 4, 8)
+    params = qz.init_params(cfg, seed=7)
+    x = inputs(cfg, np.random.default_rng(7), 2, 6)
+    ranges = model.observe_ranges(params, cfg, x)
+    bundle = runtime.Bundle({"fp32": runtime.prepare(params, cfg, "fp32"),
+                             "int8": runtime.prepare(params, cfg, "int8", ranges)})
+    states = [DeviceState(battery_pct=90.0, charging=True, temp_c=30.0), DeviceState(battery_pct=10.0, charging=False)]
+
+    class Flip:
+        n = 0
+
+        def read(self):
+            Flip.n += 1
+            return states[Flip.n % 2]
+    t = [0.0]
+
+    def clock():
+        t[0] += 10.0          # past the dwell every call: the mode may change between any two requests
+        return t[0]
+    rt = runtime.Runtime(bundle, Governor(Flip(), top_k=2, tick_s=0.0, clock=clock))
+    want = {("fp32", 2): qz.forward(params, cfg, x, top_k=2)[0],
+            ("int8", 1): qz.forward(params, cfg, x, top_k=1, quant={"ranges": ranges})[0]}
+    seen, errors = [], []
+
+    def worker():
+        for _ in range(30):
+            logits, info = rt.infer(x)
+            key = (info["precision"], info["top_k"])
+            seen.append(key)
+            if key not in want or not np.array_equal(logits, want[key]):
+                errors.append(info)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and set(seen) == set(want)
