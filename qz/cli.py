@@ -391,6 +391,74 @@ def cmd_export(args):
     return 0
 
 
+def _sensors(args):
+    """The governor's sensor source for `qz run`: live sysfs, a replayed trace, plus overrides."""
+    from .governor import SysfsSensors, TraceSensors, load_trace, override, parse_charging
+    if args.governor == "auto":
+        inner = SysfsSensors()
+    else:
+        rows = load_trace(args.governor)
+        t0 = time.monotonic()
+        inner = TraceSensors(rows, clock=lambda: rows[0][0] + (time.monotonic() - t0))
+    charging = parse_charging(args.charging) if args.charging is not None else None
+
+    class Overridden:
+        def read(self):
+            return override(inner.read(), battery=args.battery, charging=charging, temp=args.temp)
+    return Overridden()
+
+
+def cmd_run(args):
+    """Classify wav files (or an .npz of features) with a model bundle under the governor."""
+    from .audio import wav_features
+    from .data import ArrayData
+    from .governor import Governor
+    from .runtime import Runtime, infer, load_bundle
+    bundle = load_bundle(args.models)
+    if bundle.cfg.mode != "classifier":
+        raise UserError("qz run classifies inputs; for a language model use qz generate")
+    gov = None if args.governor == "off" else Governor(_sensors(args), top_k=bundle.cfg.top_k, tick_s=args.tick)
+    rt = Runtime(bundle, gov)
+    for m in bundle.models.values():   # compile / load the kernels now, so latencies are per request
+        infer(m, np.zeros((1, bundle.cfg.max_len, bundle.cfg.input_dim), np.float32))
+    labels = bundle.meta.get("labels") or [str(i) for i in range(bundle.cfg.n_classes)]
+    norm = bundle.meta.get("input_norm")
+    results, failed = [], 0
+    for path in args.inputs:
+        try:
+            x = wav_features(path)[None] if str(path).lower().endswith(".wav") else None
+            if x is None:
+                raise UserError(f"{path}: not a .wav file")
+            if norm is not None:
+                x = apply_input_norm(ArrayData(x, np.zeros(1, np.int64), str(path)), norm).x
+            t0 = time.perf_counter()
+            logits, info = rt.infer(x.astype(np.float32))
+            ms = 1000 * (time.perf_counter() - t0)
+        except (UserError, DataError, ValueError, OSError) as e:   # one bad file never stops the rest
+            failed += 1
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"qz: error: {msg}", file=sys.stderr)
+            continue
+        p = np.exp(logits[0] - logits[0].max())
+        p /= p.sum()
+        c = int(np.argmax(p))
+        results.append({"input": str(path), "label": labels[c], "confidence": round(float(p[c]), 4),
+                        **info, "latency_ms": round(ms, 3)})
+    summary = {}
+    for r in results:
+        s = summary.setdefault(r["mode"], {"requests": 0, "latency_ms": []})
+        s["requests"] += 1
+        s["latency_ms"].append(r["latency_ms"])
+    for s in summary.values():
+        s["mean_latency_ms"] = round(float(np.mean(s.pop("latency_ms"))), 3)
+    lines = [f"{r['input']}: {r['label']} ({r['confidence']:.2f})  {r['mode']} {r['precision']} "
+             f"top_k {r['top_k']}  {r['latency_ms']:.2f} ms" for r in results]
+    lines += [f"{mode}: {s['requests']} requests, mean {s['mean_latency_ms']:.2f} ms" for mode, s in summary.items()]
+    lines += [f"note: {n}" for n in rt.notes]
+    _emit(args, {"results": results, "summary": summary, "failed": failed, "notes": rt.notes}, lines)
+    return 1 if failed else 0
+
+
 def cmd_info(args):
     params, cfg, meta = checkpoint.load(args.checkpoint)
     size = os.path.getsize(args.checkpoint)
@@ -594,6 +662,27 @@ def build_parser():
     x.add_argument("--out-dir", help="folder for the files (default: the checkpoint's folder)")
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("run", help="classify wav files with a model bundle under the governor",
+                       description="Load one model at one or more precisions (exports from qz export, or a "
+                       "training checkpoint as fp32) and classify wav files. Each request runs with the "
+                       "governor's plan (SPEC §4): performance = fp32 at the config top_k, balanced = int8, "
+                       "low_power = int8 at top_k 1, critical = int8, top_k 1, one thread. Prints label, "
+                       "confidence, mode, precision, top_k and latency per file, then a summary per mode.",
+                       epilog="examples:\n  qz run runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "
+                       "--inputs data/wav/*.wav\n  qz run MODELS --inputs a.wav --battery 15 --charging no   # low_power\n"
+                       "  qz run MODELS --inputs a.wav --governor trace.csv   # replay time,battery,charging,temp,cpu_util",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("models", nargs="+", help="model files: one per precision")
+    r.add_argument("--inputs", nargs="+", required=True, help="wav files to classify")
+    r.add_argument("--governor", default="auto", help="auto (read this device's sensors), off (always the "
+                   "best loaded precision at the config top_k), or a trace file (CSV/JSON)")
+    r.add_argument("--battery", type=float, help="override the battery level, percent")
+    r.add_argument("--temp", type=float, help="override the temperature, degrees C")
+    r.add_argument("--charging", help="override charging: yes or no")
+    r.add_argument("--tick", type=float, default=1.0, help="seconds between sensor reads (default 1)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("info", help="describe a checkpoint",
                        description="Config, parameter count, active parameters per token at each top_k, "

@@ -151,3 +151,34 @@ def test_quantize_calibrates_and_eval_reports_both_precisions(tmp_path, feats, c
     q8 = {r["top_k"]: r["accuracy"] for r in ev["results"] if r["precision"] == "fake-int8"}
     assert all(abs(fp[k] - q8[k]) <= 0.2 for k in fp)       # int8 stays close on an easy task
     assert main(["quantize", str(ckpt), "--calibrate", "0"]) == 1
+
+
+def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
+    """train (13 MFCC features, like a wav) -> quantize -> export int8 + fp32 -> run wavs: low_power
+    by override uses int8 at top_k 1; a bad file is reported in one line and the rest are served."""
+    rng = np.random.default_rng(1)
+    y = np.arange(40) % 2
+    x = rng.standard_normal((40, 49, 13)).astype(np.float32) + y[:, None, None]
+    data = tmp_path / "mfcc.npz"
+    np.savez(data, x=x, y=y)
+    ckpt = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(data), "--steps", "4", "--out", str(ckpt), "--quiet", *SMALL]) == 0
+    assert exit_code(["export", str(ckpt)]) == 1                  # no ranges yet: a clear error
+    assert "qz quantize" in capsys.readouterr().err
+    assert main(["quantize", str(ckpt), "--calibrate", "2", "--observer", "percentile"]) == 0
+    capsys.readouterr()
+    ptq = tmp_path / "m_ptq.safetensors"
+    res = run_json(capsys, ["export", str(ptq), "--int8", "--fp32", "--json"])
+    files = res["files"]
+    assert files["int8"]["bytes"] < 0.5 * files["fp32"]["bytes"]
+    wavs = sorted((ROOT / "data" / "wav").glob("*.wav"))[:2]
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not audio")
+    argv = ["run", files["fp32"]["path"], files["int8"]["path"], "--inputs", str(wavs[0]), str(bad), str(wavs[1]),
+            "--battery", "12", "--charging", "no", "--json"]
+    assert main(argv) == 1                                         # one input failed ...
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out["results"]) == 2 and out["failed"] == 1        # ... the others were served
+    assert all((r["mode"], r["precision"], r["top_k"]) == ("low_power", "int8", 1) for r in out["results"])
+    assert captured.err.count("\n") == 1 and "notes.txt" in captured.err
