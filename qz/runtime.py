@@ -30,7 +30,8 @@ from .model import validate_inputs
 from .moe import dispatch
 from .quant import QWeight, act_qparams, cat_out, int8_linear, pack_qweight, weight_axis
 
-__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer"]
+__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "linear", "experts", "moe",
+           "Bundle", "load_bundle", "Runtime", "FALLBACK"]
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _carried(meta, path):
 # ----------------------------------------------------------------------------
 # the forward pass
 # ----------------------------------------------------------------------------
-def _linear(model, x, observer, key, bias=None):
+def linear(model, x, observer, key, bias=None):
     # x: (..., in) -> (..., out); int8: quantize at `observer`, integer kernel, rescale
     if model.precision == "int8":
         scale, zp = model.act[observer]
@@ -131,7 +132,7 @@ def _linear(model, x, observer, key, bias=None):
     return y if bias is None else y + bias
 
 
-def _experts(model, h, idx, gw, p, observer_in, observer_mid):
+def experts(model, h, idx, gw, p, observer_in, observer_mid):
     # h: (N, d) float32, idx / gw: (N, K) expert ids and gate weights -> (N, d)
     # p: "blocks.{i}." or "blocks.{i}.shared."; the same steps as moe.experts_forward
     w13, w2 = model.w[p + "w13"], model.w[p + "w2"]
@@ -160,23 +161,29 @@ def _experts(model, h, idx, gw, p, observer_in, observer_mid):
     return kernels.combine(y, pos, gw)                            # (N, d)
 
 
+def moe(model, h, i, k):
+    # h: (N, d) -> (N, d): the gate (float), the k chosen routed experts, the shared experts
+    p = f"blocks.{i}."
+    _, idx, gw = kernels.route(h @ model.w[p + "gate"], k)        # the gate stays float
+    m = experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
+    S = model.cfg.n_shared_experts
+    if S:
+        N = h.shape[0]
+        sidx = np.broadcast_to(np.arange(S), (N, S))
+        m = m + experts(model, h, sidx, np.ones((N, S), np.float32), p + "shared.", p + "ffn_in", p + "ffn_mid")
+    return m
+
+
 def _block(model, x, i, k):
     # x: (B, T, d) -> (B, T, d)
     cfg, w, p = model.cfg, model.w, f"blocks.{i}."
     B, T, d = x.shape
     a_in, _ = ops.rmsnorm_forward(x, w[p + "attn_norm"])
-    qkv = _linear(model, a_in, p + "attn_in", p + "wqkv")         # (B, T, 3d)
+    qkv = linear(model, a_in, p + "attn_in", p + "wqkv")          # (B, T, 3d)
     o, _ = ops.attention_forward(qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:], cfg.n_heads, cfg.causal)
-    x = x + _linear(model, o, p + "attn_out", p + "wo")
+    x = x + linear(model, o, p + "attn_out", p + "wo")
     h, _ = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
-    h = h.reshape(B * T, d)                                       # (N, d)
-    _, idx, gw = kernels.route(h @ w[p + "gate"], k)              # the gate stays float
-    m = _experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
-    if cfg.n_shared_experts:
-        S, N = cfg.n_shared_experts, B * T
-        sidx = np.broadcast_to(np.arange(S), (N, S))
-        m = m + _experts(model, h, sidx, np.ones((N, S), np.float32), p + "shared.", p + "ffn_in", p + "ffn_mid")
-    return x + m.reshape(B, T, d)
+    return x + moe(model, h.reshape(B * T, d), i, k).reshape(B, T, d)
 
 
 def infer(model: Model, inputs, top_k=None):
@@ -188,14 +195,14 @@ def infer(model: Model, inputs, top_k=None):
     if cfg.mode == "lm":
         x = model.w["embed"][inputs]                              # (B, T, d)
     else:
-        x = _linear(model, inputs.astype(np.float32, copy=False), "in", "in_proj.weight", model.w["in_proj.bias"])
+        x = linear(model, inputs.astype(np.float32, copy=False), "in", "in_proj.weight", model.w["in_proj.bias"])
     x = x + model.w["pos"][:T]
     for i in range(cfg.n_layers):
         x = _block(model, x, i, k)
     x, _ = ops.rmsnorm_forward(x, model.w["final_norm"])
     if cfg.mode == "classifier":
         x, _ = ops.mean_pool_forward(x)                           # (B, d)
-    return _linear(model, x, "head_in", "head.weight", model.w["head.bias"])
+    return linear(model, x, "head_in", "head.weight", model.w["head.bias"])
 
 
 # ----------------------------------------------------------------------------
