@@ -8,8 +8,10 @@
    evaluate on unseen voices;
 4. quantize it to int8 (PTQ baseline and QAT), export fp32/fp16/int8 files and
    score and time the int8 model on the integer runtime (qz/demo_quant.py);
-5. measure the latency of one 1 s wav clip, front-end included, at batch 1;
-6. write report.json (and training curves as PNG when matplotlib is present).
+5. run the governor's modes on the exported files and simulate a battery
+   discharge (qz/demo_governor.py);
+6. measure the latency of one 1 s wav clip, front-end included, at batch 1;
+7. write report.json (and training curves as PNG when matplotlib is present).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from . import checkpoint
 from .baseline import fit_logreg, predict_logreg
 from .config import n_params, preset
 from .data import DataError, apply_input_norm, fit_input_norm, load_dataset, load_split
+from .demo_governor import governor_report
 from .demo_quant import quantize_commands
 from .finetune import FinetuneOptions, confusion_matrix, finetune
 from .model import forward, init_params
@@ -163,7 +166,11 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
     report["int8"] = quantize_commands(cfg, tcfg, state, train_data, val_data, test_data, opts.out_dir,
                                        qat_steps=opts.qat_steps, progress=progress, log=log)
 
-    # 5. latency and size
+    # 5. the governor: modes, a simulated discharge, overhead
+    report["governor"] = governor_report([opts.out_dir / "commands.fp32.safetensors",
+                                          opts.out_dir / "commands.int8.safetensors"], test_data, log=log)
+
+    # 6. latency and size
     report["latency_per_clip"] = clip_latency(state.params, cfg, norm, opts.data_dir / "wav")
     report["model"] = {"parameters": n_params(cfg), "fp32_file_bytes": deploy.stat().st_size,
                        "config": cfg.to_dict()}
@@ -198,6 +205,19 @@ def summary_lines(report):
              f"{q['latency_ms']['fp32'][1]:.2f} ms vs {q['latency_ms']['int8'][1]:.2f} ms"),
             ("runtime latency fp32 vs int8, batch 32",
              f"{q['latency_ms']['fp32'][32]:.2f} ms vs {q['latency_ms']['int8'][32]:.2f} ms"),
+        ]
+    g = report.get("governor")
+    if g:
+        lb, sm = g["low_power_vs_balanced"], g["simulation"]
+        rows += [
+            ("governor: low_power vs balanced, estimated energy", f"{100 * (lb['energy_ratio'] - 1):+.1f} %"),
+            ("governor: low_power vs balanced, accuracy / latency",
+             f"{lb['accuracy_points']:+.2f} points / {100 * (lb['latency_ratio'] - 1):+.1f} %"),
+            ("simulated discharge: governed vs always-performance",
+             f"{sm['governed_vs_performance_requests']:.2f}x requests, "
+             f"{sm['governed_vs_performance_accuracy_points']:+.2f} points"),
+            ("governor overhead per request", f"{g['overhead_us_per_request']:.2f} us "
+             f"({100 * g['overhead_share_of_batch1_latency']:.3f} % of a batch-1 request)"),
         ]
     width = max(len(r[0]) for r in rows)
     return [f"{a:<{width}}  {b}" for a, b in rows]

@@ -1,0 +1,88 @@
+"""Battery simulation of the governed runtime (qz/simulate.py, SPEC §4)."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qz import simulate
+from qz.governor import DeviceState, MODES
+from qz.simulate import ModeCost, SimConfig
+
+
+def costs(e_fp32=3e-4, e_int8=1e-5, e_low=8e-6, acc=(0.92, 0.915, 0.91, 0.91)):
+    e = {"performance": e_fp32, "balanced": e_int8, "low_power": e_low, "critical": e_low}
+    prec = {"performance": "fp32"}
+    return {m: ModeCost(m, prec.get(m, "int8"), 2 if m in ("performance", "balanced") else 1, e[m],
+                        (0.4, 0.5, 0.6), a) for m, a in zip(MODES, acc)}
+
+
+def test_energy_bookkeeping_by_hand():
+    """Always-performance with no charging: hours = capacity / power exactly."""
+    c = costs()
+    sim = SimConfig(capacity_wh=1.0, rate_hz=10.0, baseline_w=0.01, dt_s=10.0)
+    r = simulate.simulate("performance", c, sim, trace=[(0.0, DeviceState(charging=False))])
+    power = 0.01 + 10.0 * 3e-4
+    assert r["hours"] == pytest.approx(1.0 / power, rel=1e-6)
+    assert r["requests"] == pytest.approx(10.0 * 3600.0 / power, rel=1e-6)
+    assert r["accuracy"] == pytest.approx(0.92)
+    batt = [row["battery_pct"] for row in r["timeline"]]
+    assert all(a >= b for a, b in zip(batt, batt[1:]))               # draining only
+
+
+def test_governed_walks_down_the_modes_and_beats_performance():
+    c = costs()
+    res = simulate.compare(c, SimConfig(capacity_wh=1.0, baseline_w=0.01),
+                           trace=[(0.0, DeviceState(charging=False, temp_c=30.0))])
+    gov = res["runs"]["governed"]
+    assert set(gov["requests_by_mode"]) == {"balanced", "low_power", "critical"}
+    modes = [row["mode"] for row in gov["timeline"]]
+    order = [MODES.index(m) for m in modes]
+    assert order == sorted(order)                                    # only toward less compute
+    assert res["governed_vs_performance_requests"] > 1.0
+    # accuracy over all served requests is the request-weighted mean of the modes'
+    n = gov["requests_by_mode"]
+    want = sum(n[m] * c[m].accuracy for m in n) / sum(n.values())
+    assert gov["accuracy"] == pytest.approx(want, abs=1e-4)
+
+
+def test_charging_extends_life_and_heat_forces_low_power():
+    c = costs()
+    sim = SimConfig(capacity_wh=0.5, baseline_w=0.05)
+    dry = simulate.simulate("governed", c, sim, trace=[(0.0, DeviceState(charging=False, temp_c=30.0))])
+    plug = [(0.0, DeviceState(charging=False, temp_c=30.0)), (3600.0, DeviceState(charging=True, temp_c=30.0)),
+            (7200.0, DeviceState(charging=False, temp_c=30.0))]
+    wet = simulate.simulate("governed", c, sim, trace=plug)
+    assert wet["hours"] > dry["hours"] + 0.9
+    hot = simulate.simulate("governed", c, sim, trace=[(0.0, DeviceState(charging=False, temp_c=47.0))])
+    assert "balanced" not in hot["requests_by_mode"] and hot["requests_by_mode"]["low_power"] > 0
+
+
+@given(st.floats(1e-6, 1e-3), st.floats(1e-7, 1e-5), st.floats(0.001, 1.0))
+def test_cheaper_modes_never_serve_fewer_requests(e_fp32, e_int8, baseline):
+    """When int8 requests cost no more energy than fp32 ones, the governed policy (which only moves
+    to int8 modes while discharging) serves at least as many requests as always-performance."""
+    c = costs(e_fp32=max(e_fp32, e_int8), e_int8=e_int8, e_low=e_int8)
+    res = simulate.compare(c, SimConfig(capacity_wh=0.01, baseline_w=baseline, dt_s=5.0),
+                           trace=[(0.0, DeviceState(charging=False))])
+    assert res["runs"]["governed"]["requests"] >= res["runs"]["performance"]["requests"] * (1 - 1e-6)
+
+
+def test_sweep_shows_the_baseline_dependence_and_files_are_written(tmp_path):
+    c = costs()
+    s = simulate.sweep(c, baselines=(0.001, 0.1), sim=SimConfig(capacity_wh=0.2))
+    assert s[0]["governed_vs_performance_requests"] > s[1]["governed_vs_performance_requests"] > 1.0
+    res = simulate.compare(c, SimConfig(capacity_wh=0.2))
+    simulate.write_timeline(res, str(tmp_path / "sim"))
+    assert json.loads((tmp_path / "sim.json").read_text())["runs"]["governed"]["requests"] > 0
+    lines = (tmp_path / "sim.csv").read_text().splitlines()
+    assert lines[0].startswith("policy,time_h,battery_pct") and len(lines) > 3
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="capacity_wh"):
+        SimConfig(capacity_wh=0)
+    with pytest.raises(ValueError, match="policy"):
+        simulate.simulate("turbo", costs())
+    assert np.isfinite(simulate.default_trace(2.0)[0][0])
