@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint
 from .config import Config
 from .data import ArrayData, apply_input_norm
+from .export import save_export
 from .optim import adamw_init
-from .train import TrainConfig, TrainState, evaluate, save_training, train
+from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
 
 __all__ = ["PLANS", "FinetuneOptions", "stratified_split", "new_head", "finetune", "confusion_matrix"]
 
@@ -53,6 +55,8 @@ class FinetuneOptions:
     patience: int = 8
     seeds: int = 1
     seed: int = 0
+    qat_start: int = -1           # QAT while fine-tuning (SPEC §5): fake-quant int8 from this step (-1: off)
+    qat_freeze: int = -1          # ... observers frozen from this step (-1: never)
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -61,6 +65,9 @@ class FinetuneOptions:
             raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"seeds: must be an integer >= 1, got {self.seeds!r}")
+        if self.qat_freeze >= 0 and not 0 <= self.qat_start <= self.qat_freeze:
+            raise ValueError(f"qat_freeze: {self.qat_freeze} needs qat_start in 0..{self.qat_freeze}, "
+                             f"got {self.qat_start}")
 
 
 def stratified_split(y, val_fraction, seed):
@@ -133,17 +140,24 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
                            seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
-                           trainable=PLANS[opts.plan], augment=opts.augment)
+                           trainable=PLANS[opts.plan], augment=opts.augment,
+                           qat_start=opts.qat_start, qat_freeze=opts.qat_freeze)
         t0 = time.perf_counter()
         state = train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)),
                       progress=progress, log=None)
         seconds = time.perf_counter() - t0
         run = {"seed": seed, "seconds": round(seconds, 2), "steps_run": state.step,
                "best_step": state.best["step"] if state.best else state.step, "n_train": len(tr), "n_val": len(va)}
+        q = quant_of(state)           # with QAT: scored as the int8 model (equal to the int8 runtime's)
         for k in sorted({1, cfg.top_k}):
-            run[f"val_accuracy_top{k}"] = evaluate(state.params, cfg, va, batch_size=256, top_k=k)["accuracy"]
+            run[f"val_accuracy_top{k}"] = evaluate(state.params, cfg, va, batch_size=256, top_k=k,
+                                                   quant=q)["accuracy"]
             if test is not None:
-                run[f"test_accuracy_top{k}"] = evaluate(state.params, cfg, test, batch_size=256, top_k=k)["accuracy"]
+                run[f"test_accuracy_top{k}"] = evaluate(state.params, cfg, test, batch_size=256, top_k=k,
+                                                        quant=q)["accuracy"]
+                if q is not None:
+                    run[f"test_accuracy_fp32_top{k}"] = evaluate(state.params, cfg, test, batch_size=256,
+                                                                 top_k=k)["accuracy"]
         runs.append(run)
         if log:
             log(f"seed {seed}: val accuracy {run[f'val_accuracy_top{cfg.top_k}']:.4f}"
@@ -154,6 +168,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             best = (key, run, state, cfg, tcfg, va)
     _, best_run, state, cfg, tcfg, va = best
     report = {"base": str(base_path), "plan": opts.plan, "options": {**opts.__dict__},
+              "precision": "int8 (QAT)" if state.ranges else "fp32",
               "labels": labels, "runs": runs, "chosen_seed": best_run["seed"],
               "seconds_total": round(time.perf_counter() - t_all, 2)}
     for key in runs[0]:
@@ -169,4 +184,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                        "finetune_plan": opts.plan}
         save_training(out_path, cfg, tcfg, state)
         report["checkpoint"] = str(out_path)
+        if state.ranges:              # QAT: the int8 file a device ships, beside the checkpoint
+            int8_path = Path(str(out_path).removesuffix(".safetensors") + ".int8.safetensors")
+            save_export(int8_path, state.params, cfg, "int8", state.ranges, **state.extra)
+            report["int8_export"] = str(int8_path)
     return report

@@ -110,3 +110,27 @@ def test_bad_inputs(base):
     wrong = ArrayData(np.zeros((10, 6, 5), np.float32), np.arange(10) % 2)
     with pytest.raises(ValueError, match="features"):
         finetune(path, wrong, FinetuneOptions(steps=2), log=None, progress=False)
+
+
+def test_qat_finetune_scores_the_int8_model_and_ships_its_export(base, tmp_path):
+    """QAT while fine-tuning: reported accuracies are the int8 model's, and the int8 export
+    written beside the checkpoint gives exactly the fake-quant logits of the saved state."""
+    from qz import runtime
+    from qz.data import apply_input_norm
+    from qz.train import load_training, quant_of
+    path, _ = base
+    rng = np.random.default_rng(3)
+    data, test = make_task(rng), make_task(rng, n=40)
+    out = tmp_path / "q.safetensors"
+    rep = finetune(path, data, FinetuneOptions(steps=60, eval_every=10, patience=0, lr=1e-2, qat_start=20,
+                                               qat_freeze=50), test=test, out_path=out, log=None, progress=False)
+    assert rep["precision"] == "int8 (QAT)" and rep["test_accuracy_top2"]["mean"] > 0.8
+    assert "test_accuracy_fp32_top2" in rep["runs"][0]
+    cfg, _, state = load_training(out)
+    m = runtime.load_model(rep["int8_export"])
+    x = apply_input_norm(test, state.extra["input_norm"]).x.astype(np.float32)
+    want, _ = qz.forward(state.params, cfg, x, quant=quant_of(state))
+    np.testing.assert_array_equal(runtime.infer(m, x), want)
+    assert m.meta["labels"] == ["c0", "c1", "c2"]
+    with pytest.raises(ValueError, match="qat_freeze"):
+        FinetuneOptions(qat_start=30, qat_freeze=10)
