@@ -25,7 +25,7 @@ __all__ = [
     "softmax", "rmsnorm_forward", "rmsnorm_backward",
     "swiglu_forward", "swiglu_backward", "attention_forward", "attention_backward",
     "route", "route_backward", "combine", "combine_backward",
-    "int8_matmul", "int8_linear", "int8_experts",
+    "int8_matmul", "int8_linear", "int8_experts", "int8_pack_vnni", "VNNI",
 ]
 
 try:  # numba is optional
@@ -671,14 +671,162 @@ else:  # pragma: no cover
     int8_linear_jit = int8_experts_jit = None
 
 
+# ----------------------------------------------------------------------------
+# the VNNI path: vpdpbusd, 64 u8 x s8 products summed into 16 int32 lanes per
+# instruction. LLVM does not produce it from the loops above (it widens to
+# int32 and uses vpmulld, or vpdpwssd in a dot-product order, and keeps the
+# accumulators in memory), so the microkernel is written as LLVM IR through a
+# numba intrinsic: a tile of 4 activation rows x 32 output channels held in 8
+# zmm accumulators (allocas that LLVM promotes to registers) over the whole
+# input, four inputs per step. Weights are repacked once, at load, to
+# (K/4, C, 4) groups: lane c of a 64-byte vector holds w[4t..4t+3, c].
+# Results are integers, so it equals the loops above bit for bit.
+# Used only where the CPU has AVX-512 VNNI (QZ_INT8_VNNI=0 turns it off).
+# ----------------------------------------------------------------------------
+VNNI_W = 32                                   # output channels per tile (2 x 16 lanes)
+
+
+def _cpu_has_vnni():
+    if _nb is None or os.environ.get("QZ_INT8_VNNI", "1") == "0":
+        return False
+    try:
+        import llvmlite.binding as llvm
+        feats = llvm.get_host_cpu_features()
+        return bool(feats.get("avx512vnni") and feats.get("avx512bw") and feats.get("avx512f"))
+    except Exception:  # pragma: no cover - an llvmlite without the query: stay on the portable loop
+        return False
+
+
+VNNI = USE_NUMBA and _cpu_has_vnni()
+
+
+def int8_pack_vnni(w):
+    """w (..., K, C) int8 -> (..., K4 * Cp * 4) int8 in vpdpbusd order, K padded to a multiple of 4
+    and C to a multiple of VNNI_W with zero weights (they add nothing)."""
+    *lead, k, c = w.shape
+    k4, cp = (k + 3) // 4, (c + VNNI_W - 1) // VNNI_W * VNNI_W
+    wp = np.zeros((*lead, k4 * 4, cp), np.int8)
+    wp[..., :k, :c] = w
+    wp = wp.reshape(*lead, k4, 4, cp).swapaxes(-1, -2)           # (..., K4, Cp, 4)
+    return np.ascontiguousarray(wp).reshape(*lead, -1)
+
+
+if VNNI:
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cg
+    from numba.extending import intrinsic as _intrinsic
+
+    _V16 = _ir.VectorType(_ir.IntType(32), 16)
+    _NV = VNNI_W // 16
+
+    @_intrinsic
+    def _vnni_tile(typingctx, q32, r0, ldq, w4, woff, wstride, k4, out, ooff, ldo):
+        """out[ooff + r * ldo + 16 v + l] = sum_t dpbusd(q32[(r0 + r) * ldq + t], w4[woff + t * wstride + 64 v + 4 l ...])
+        for rows r < 4 and lane vectors v < NV: one tile of int32 accumulators."""
+        sig = _nb.types.void(q32, r0, ldq, w4, woff, wstride, k4, out, ooff, ldo)
+
+        def codegen(context, builder, signature, args):
+            qv, r0v, ldqv, wv, woffv, wsv, k4v, outv, ooffv, ldov = args
+            qa = context.make_array(signature.args[0])(context, builder, qv)
+            wa = context.make_array(signature.args[3])(context, builder, wv)
+            oa = context.make_array(signature.args[7])(context, builder, outv)
+            i64, i32 = _ir.IntType(64), _ir.IntType(32)
+            dp = _cg.get_or_insert_function(builder.module, _ir.FunctionType(_V16, [_V16, _V16, _V16]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+            accs = []
+            for _ in range(4 * _NV):
+                a = _cg.alloca_once(builder, _V16)            # entry-block alloca: promoted to a register
+                builder.store(_ir.Constant(_V16, None), a)
+                accs.append(a)
+            undef = _ir.Constant(_V16, _ir.Undefined)
+            splat = _ir.Constant(_V16, [0] * 16)
+            with _cg.for_range(builder, k4v) as loop:
+                t = loop.index
+                base = builder.add(woffv, builder.mul(t, wsv))
+                wvec = [builder.load(builder.bitcast(builder.gep(wa.data, [builder.add(base, _ir.Constant(i64, 64 * v))]),
+                                                     _V16.as_pointer()), align=1) for v in range(_NV)]
+                for r in range(4):
+                    qp = builder.gep(qa.data, [builder.add(builder.mul(builder.add(r0v, _ir.Constant(i64, r)), ldqv), t)])
+                    a4 = builder.shuffle_vector(builder.insert_element(undef, builder.load(qp, align=4),
+                                                                       _ir.Constant(i32, 0)), undef, splat)
+                    for v in range(_NV):
+                        acc = accs[r * _NV + v]
+                        builder.store(builder.call(dp, [builder.load(acc), a4, wvec[v]]), acc)
+            for r in range(4):
+                for v in range(_NV):
+                    at = builder.add(builder.add(ooffv, builder.mul(_ir.Constant(i64, r), ldov)), _ir.Constant(i64, 16 * v))
+                    op = builder.gep(oa.data, [at])
+                    builder.store(builder.load(accs[r * _NV + v]), builder.bitcast(op, _V16.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+
+    @_nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+    def _quantize_padded(x, rows, a_scale, zp, k4):
+        # x rows `rows` -> uint8 codes, 4 rows per tile and K padded with zero codes (x zero weights = 0)
+        n, k = rows.shape[0], x.shape[1]
+        q = np.zeros(((n + 3) // 4 * 4, k4 * 4), dtype=np.uint8)
+        for i in range(n):
+            src = rows[i]
+            for t in range(k):
+                r = np.rint(x[src, t] / a_scale + zp)
+                q[i, t] = np.uint8(min(max(r, np.float32(0.0)), np.float32(255.0)))
+        return q
+
+    @_nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+    def _vnni_rescale(q, n, w4, k4, colsum, w_scale, a_scale, zp, bias, has_bias, y, y0):
+        # y[y0 + i, :] = (acc[i, :] - zp colsum) * (a_scale * w_scale) (+ bias), tile by tile
+        c = y.shape[1]
+        cp = w4.shape[0] // (k4 * 4)
+        q32 = q.reshape(-1).view(np.int32)
+        acc = np.empty((q.shape[0], cp), dtype=np.int32)          # tiles land here, then one rescale pass
+        for i0 in range(0, q.shape[0], 4):
+            for j0 in range(0, cp, VNNI_W):
+                _vnni_tile(q32, np.int64(i0), np.int64(k4), w4, np.int64(j0 * 4), np.int64(cp * 4), np.int64(k4),
+                           acc.reshape(-1), np.int64(i0 * cp + j0), np.int64(cp))
+        izp = np.int32(zp)
+        for i in range(n):
+            for j in range(c):
+                yv = np.float32(acc[i, j] - izp * colsum[j]) * (a_scale * w_scale[j])
+                y[y0 + i, j] = yv + bias[j] if has_bias else yv
+
+
+    @_nb.njit(cache=True, nogil=True, error_model="numpy")
+    def int8_linear_vnni(x, w4, colsum, w_scale, a_scale, zp, bias, has_bias):
+        n, k = x.shape
+        k4 = (k + 3) // 4
+        y = np.empty((n, colsum.shape[0]), dtype=np.float32)
+        q = _quantize_padded(x, np.arange(n), a_scale, zp, k4)
+        _vnni_rescale(q, n, w4, k4, colsum, w_scale, a_scale, zp, bias, has_bias, y, 0)
+        return y
+
+    @_nb.njit(cache=True, nogil=True, error_model="numpy")
+    def int8_experts_vnni(x, tok, bounds, w4, colsum, w_scale, a_scale, zp):
+        k4 = (x.shape[1] + 3) // 4
+        y = np.empty((tok.shape[0], colsum.shape[1]), dtype=np.float32)
+        for e in range(w4.shape[0]):
+            lo, hi = bounds[e], bounds[e + 1]
+            if lo == hi:
+                continue
+            q = _quantize_padded(x, tok[lo:hi], a_scale, zp, k4)   # this expert's rows, gathered
+            _vnni_rescale(q, hi - lo, w4[e], k4, colsum[e], w_scale[e], a_scale, zp, w_scale[e], False, y, lo)
+        return y
+else:
+    int8_linear_vnni = int8_experts_vnni = None
+
+
 def int8_matmul(q, w, colsum, zp):
     if USE_NUMBA:
         return int8_matmul_jit(np.ascontiguousarray(q), w, colsum, np.int32(zp))
     return int8_matmul_ref(q, w, colsum, zp)
 
 
-def int8_linear(x, w, colsum, w_scale, a_scale, zp, bias=None):
-    """y = int8 linear layer of x (N, K) float32 with w (K, C) int8; see the block comment."""
+def int8_linear(x, w, colsum, w_scale, a_scale, zp, bias=None, w4=None):
+    """y = int8 linear layer of x (N, K) float32 with w (K, C) int8; see the block comment.
+    w4: the same weights packed by int8_pack_vnni (used where the CPU has VNNI)."""
+    if USE_NUMBA and VNNI and w4 is not None:
+        b = bias if bias is not None else w_scale
+        return int8_linear_vnni(np.ascontiguousarray(x, np.float32), w4, colsum, w_scale, np.float32(a_scale),
+                                np.float32(zp), b, bias is not None)
     if USE_NUMBA:
         b = bias if bias is not None else w_scale
         return int8_linear_jit(np.ascontiguousarray(x, np.float32), w, colsum, w_scale, np.float32(a_scale),
@@ -686,8 +834,11 @@ def int8_linear(x, w, colsum, w_scale, a_scale, zp, bias=None):
     return int8_linear_ref(x, w, colsum, w_scale, a_scale, zp, bias)
 
 
-def int8_experts(x, tok, bounds, w, colsum, w_scale, a_scale, zp):
+def int8_experts(x, tok, bounds, w, colsum, w_scale, a_scale, zp, w4=None):
     """Every expert's int8 linear layer on its routed rows, in one call: -> (R, C) float32."""
+    if USE_NUMBA and VNNI and w4 is not None:
+        return int8_experts_vnni(np.ascontiguousarray(x, np.float32), tok, bounds, w4, colsum, w_scale,
+                                 np.float32(a_scale), np.float32(zp))
     if USE_NUMBA:
         return int8_experts_jit(np.ascontiguousarray(x, np.float32), tok, bounds, w, colsum, w_scale,
                                 np.float32(a_scale), np.float32(zp))

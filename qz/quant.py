@@ -217,15 +217,20 @@ def pack_linear(w):
     return pack_qweight(split_weight(np.asarray(w, np.float32), axis=-2))
 
 
-def pack_qweight(qw):
-    """QWeight (..., in, out) -> (w int8 (..., in, out), w_scale float32 (..., out), colsum int32 (..., out)).
+def pack_qweight(qw, lean=False):
+    """QWeight (..., in, out) -> (w int8 (..., in, out), w_scale float32 (..., out), colsum int32 (..., out),
+    w4: the same int8 weights in the VNNI kernel's order, or None where the CPU has no VNNI).
 
     colsum folds the activation zero point in once: sum_k (q_k - zp) w_kc =
     sum_k q_k w_kc - zp colsum_c. The scales are the fake-quant model's own
-    float32 values, bit for bit. Leading axes: one triple per expert."""
+    float32 values, bit for bit. Leading axes: one set per expert.
+    lean: keep one copy of the weights, the layout this process's kernels read (the runtime)."""
     w = np.ascontiguousarray(qw.w_q).astype(np.int8)
     colsum = w.astype(np.int32).sum(axis=-2).astype(np.int32)
-    return w, np.ascontiguousarray(np.squeeze(qw.scale, axis=-2)).astype(np.float32), colsum
+    w4 = kernels.int8_pack_vnni(w) if kernels.VNNI else None
+    if lean and w4 is not None and kernels.USE_NUMBA:
+        w = None                      # only the VNNI kernel will read these weights
+    return w, np.ascontiguousarray(np.squeeze(qw.scale, axis=-2)).astype(np.float32), colsum, w4
 
 
 def quantize_act(x, scale, zp):
@@ -239,10 +244,10 @@ def int8_linear(x, packed, scale, zp, bias=None):
 
     x: (..., in) float32; returns (..., out) float32, equal bit for bit to
     qlinear_forward (the fake-quant layer) on the same input (kernels.int8_linear)."""
-    w, s, colsum = packed
+    w, s, colsum, w4 = packed
     lead = x.shape[:-1]
     y = kernels.int8_linear(x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False), w, colsum, s,
-                            scale, zp, None if bias is None else bias.astype(np.float32, copy=False))
+                            scale, zp, None if bias is None else bias.astype(np.float32, copy=False), w4)
     return y.reshape(*lead, -1)
 
 

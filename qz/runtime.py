@@ -49,7 +49,7 @@ class Model:
         total = 0
         for v in self.w.values():
             for a in (v if isinstance(v, list) else [v]):
-                total += sum(x.nbytes for x in a) if isinstance(a, tuple) else a.nbytes
+                total += sum(x.nbytes for x in a if x is not None) if isinstance(a, tuple) else a.nbytes
         return total
 
 
@@ -80,7 +80,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
                        np.expand_dims(tensors[name + ".scale"].astype(np.float32), axis))
 
     def pack(w):               # one linear layer (in, out), or a stack of experts (E, in, out)
-        return pack_qweight(w) if int8 else w
+        return pack_qweight(w, lean=True) if int8 else w
 
     w = {}
     if cfg.mode == "lm":
@@ -137,14 +137,14 @@ def experts(model, h, idx, gw, p, observer_in, observer_mid):
     # p: "blocks.{i}." or "blocks.{i}.shared."; the same steps as moe.experts_forward
     w13, w2 = model.w[p + "w13"], model.w[p + "w2"]
     int8 = model.precision == "int8"
-    E = w13[0].shape[0] if int8 else w13.shape[0]
+    E = w13[2].shape[0] if int8 else w13.shape[0]          # int8: (w, scale, colsum, w4)
     order, bounds, tok, pos = dispatch(idx, E)
     if int8:   # one kernel call per matrix for all experts; tokens quantized once
-        (w, s, colsum), (w_2, s_2, colsum_2) = w13, w2
-        ab = kernels.int8_experts(h, tok, bounds, w, colsum, s, *model.act[observer_in])  # (R, 2f)
-        m, _ = ops.swiglu_forward(ab)                                                     # (R, f)
+        (w, s, colsum, w4), (w_2, s_2, colsum_2, w4_2) = w13, w2
+        ab = kernels.int8_experts(h, tok, bounds, w, colsum, s, *model.act[observer_in], w4)    # (R, 2f)
+        m, _ = ops.swiglu_forward(ab)                                                           # (R, f)
         rows = np.arange(len(tok))                                # m's rows are already grouped
-        y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid])  # (R, d)
+        y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid], w4_2)  # (R, d)
         return kernels.combine(y, pos, gw)
     u = h[tok]                                                    # (R, d) gathered
     ab = np.empty((len(tok), w13.shape[2]), np.float32)           # (R, 2f)

@@ -143,7 +143,7 @@ def _int8_case(rng, n, k, c):
 def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
     rng = np.random.default_rng(n + k + c)
     x, scale, zp = _int8_case(rng, n, k, c)
-    w, s, colsum = quant.pack_linear(rng.standard_normal((k, c)).astype(np.float32))
+    w, s, colsum, _ = quant.pack_linear(rng.standard_normal((k, c)).astype(np.float32))
     b = rng.standard_normal(c).astype(np.float32)
     for bias in (None, b):
         ref = kernels.int8_linear_ref(x, w, colsum, s, scale, zp, bias)
@@ -151,7 +151,7 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
                                       b if bias is None else bias, bias is not None)
         np.testing.assert_array_equal(jit, ref, err_msg=f"int8 linear n={n} k={k} c={c}")
     E = 3
-    ws, ss, cs = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
+    ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
     idx = rng.integers(0, E, (n, 2))
     from qz.moe import dispatch
     _, bounds, tok, _ = dispatch(idx, E)
@@ -161,3 +161,27 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
     for e in range(E):       # each expert's rows equal the single-layer kernel on the gathered tokens
         lo, hi = bounds[e], bounds[e + 1]
         np.testing.assert_array_equal(ref[lo:hi], kernels.int8_linear_ref(x[tok[lo:hi]], ws[e], cs[e], ss[e], scale, zp))
+
+
+
+@pytest.mark.skipif(not kernels.VNNI, reason="no AVX-512 VNNI on this CPU")
+@pytest.mark.parametrize("n,k,c", [(1, 1, 1), (3, 7, 5), (4, 64, 16), (5, 64, 33), (12, 64, 256), (49, 13, 64),
+                                   (9, 129, 65)])
+def test_vnni_kernels_equal_ref_bit_for_bit(n, k, c):
+    """The vpdpbusd microkernel: awkward sizes (rows not a multiple of 4, inputs not of 4, outputs
+    not of 32) give the reference's floats exactly; a bias, and all-edge codes (0 and 255)."""
+    rng = np.random.default_rng(10 * n + k + c)
+    x, scale, zp = _int8_case(rng, n, k, c)
+    x[-1, -1] = 1e6                                                    # clips to 255
+    w, s, colsum, _ = quant.pack_linear(rng.standard_normal((k, c)).astype(np.float32))
+    w4 = kernels.int8_pack_vnni(w)
+    b = rng.standard_normal(c).astype(np.float32)
+    for bias in (None, b):
+        np.testing.assert_array_equal(kernels.int8_linear(x, w, colsum, s, scale, zp, bias, w4),
+                                      kernels.int8_linear_ref(x, w, colsum, s, scale, zp, bias))
+    E = 4
+    ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
+    from qz.moe import dispatch
+    _, bounds, tok, _ = dispatch(rng.integers(0, E - 1, (n, 2)), E)   # expert E-1 gets no tokens
+    np.testing.assert_array_equal(kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack_vnni(ws)),
+                                  kernels.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
