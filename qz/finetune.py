@@ -106,8 +106,12 @@ def confusion_matrix(params, cfg, data, top_k=None, batch_size=128):
 
 
 def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData | None = None,
-             out_path=None, log=print, progress=True, val: ArrayData | None = None):
+             out_path=None, log=print, progress=True, val: ArrayData | None = None, should_stop=None):
     """Run the fine-tuning; returns the report dict (and writes out_path when given).
+
+    should_stop: a callable polled after every step (a Ctrl-C / SIGTERM flag). When it fires,
+    the seed in progress stops, later seeds are skipped, and the best state so far is saved
+    and reported with "interrupted": true.
 
     `data`, `val` and `test` are raw features; the base model's input scaling is applied here.
     With `val` (e.g. clips of other voices), all of `data` trains and `val` drives early
@@ -144,7 +148,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                            qat_start=opts.qat_start, qat_freeze=opts.qat_freeze)
         t0 = time.perf_counter()
         state = train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)),
-                      progress=progress, log=None)
+                      progress=progress, log=None, should_stop=should_stop)
+        interrupted = should_stop is not None and bool(should_stop())   # train() kept the best state
         seconds = time.perf_counter() - t0
         run = {"seed": seed, "seconds": round(seconds, 2), "steps_run": state.step,
                "best_step": state.best["step"] if state.best else state.step, "n_train": len(tr), "n_val": len(va)}
@@ -166,10 +171,14 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
         key = run[f"val_accuracy_top{cfg.top_k}"]
         if best is None or key > best[0]:
             best = (key, run, state, cfg, tcfg, va)
+        if interrupted:
+            run["interrupted"] = True
+            break
     _, best_run, state, cfg, tcfg, va = best
     report = {"base": str(base_path), "plan": opts.plan, "options": {**opts.__dict__},
               "precision": "int8 (QAT)" if state.ranges else "fp32",
               "labels": labels, "runs": runs, "chosen_seed": best_run["seed"],
+              "interrupted": any(r.get("interrupted") for r in runs),
               "seconds_total": round(time.perf_counter() - t_all, 2)}
     for key in runs[0]:
         if "accuracy" in key:

@@ -134,3 +134,20 @@ def test_qat_finetune_scores_the_int8_model_and_ships_its_export(base, tmp_path)
     assert m.meta["labels"] == ["c0", "c1", "c2"]
     with pytest.raises(ValueError, match="qat_freeze"):
         FinetuneOptions(qat_start=30, qat_freeze=10)
+
+
+def test_interrupted_finetune_saves_the_best_so_far_and_skips_later_seeds(base, tmp_path):
+    path, _ = base
+    data = make_task(np.random.default_rng(4))
+    calls = {"n": 0}
+
+    def stop():                       # a Ctrl-C arriving during step 30 of the first seed
+        calls["n"] += 1
+        return calls["n"] >= 30
+    out = tmp_path / "int.safetensors"
+    rep = finetune(path, data, FinetuneOptions(steps=400, eval_every=10, patience=50, seeds=3, lr=1e-2),
+                   out_path=out, log=None, progress=False, should_stop=stop)
+    assert rep["interrupted"] and len(rep["runs"]) == 1 and rep["runs"][0]["steps_run"] == 30
+    params, cfg, meta = qz.load(out)
+    assert meta["step"] == 30 and max(h["accuracy"] for h in meta["history"]) == pytest.approx(
+        rep["runs"][0]["val_accuracy_top2"])
