@@ -166,6 +166,11 @@ def _atomic_write(path, write) -> None:
             os.close(dir_fd)
 
 
+def atomic_write_text(path, text: str) -> None:
+    """Write a text file (a JSON report) atomically: a kill mid-write leaves the old file or none."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 # ---------------------------------------------------------------- reading
 
 def _pairs_no_duplicates(pairs):

@@ -162,6 +162,11 @@ def cmd_train(args):
         params = init_params(cfg, seed=tcfg.seed, dtype=np.dtype(args.dtype))
         state = TrainState(params=params, opt=adamw_init(params), extra=extra)
         out = out or Path("runs") / f"{Path(data_path).name.split('.')[0]}.safetensors"
+    if args.skip_nonfinite is not None:   # not part of the math: may change on --resume
+        tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "skip_nonfinite": args.skip_nonfinite})
+    bad_k = [k for k in tcfg.top_k_choices if not 1 <= k <= cfg.n_experts]
+    if bad_k:   # else the run fails only at the first step that draws it
+        raise UserError(f"--top-k-choices: {bad_k[0]} is not in 1..{cfg.n_experts} (the model's experts)")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     stop = {"flag": False}
@@ -179,15 +184,18 @@ def cmd_train(args):
         state = train(cfg, tcfg, train_data, val_data, state=state, ckpt_path=out,
                       stop_at=args.stop_at, progress=not (args.quiet or args.json),
                       log=None if args.json else print, should_stop=lambda: stop["flag"])
+        save_training(out, cfg, tcfg, state)   # still under on_signal: a second Ctrl-C cannot cut it short
     except TrainingDiverged as e:
-        raise UserError(f"training stopped: {e}") from None
+        save_training(out, cfg, tcfg, state)   # the bad step changed nothing: this is the last good state
+        raise UserError(f"training stopped: {e}; saved it to {out} (--resume it with --skip-nonfinite N "
+                        "to skip such batches)") from None
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    save_training(out, cfg, tcfg, state)
     seconds = time.perf_counter() - t0
     result = {"checkpoint": str(out), "step": state.step, "steps": tcfg.steps, "seconds": round(seconds, 2),
-              "interrupted": stop["flag"], "unigram_baseline_loss": round(_unigram_entropy(train_data), 4),
+              "interrupted": stop["flag"], "skipped_nonfinite": state.skipped,
+              "unigram_baseline_loss": round(_unigram_entropy(train_data), 4),
               "final": state.history[-1] if state.history else None}
     lines = []
     if stop["flag"]:
@@ -232,7 +240,9 @@ def cmd_eval(args):
         _, val_data = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed,
                                     meta.get("input_norm"))
     _check_data_fits(cfg, val_data)
-    ks = [args.top_k] if args.top_k else sorted({1, cfg.top_k})
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    ks = [args.top_k] if args.top_k is not None else sorted({1, cfg.top_k})   # --top-k 0 is an error, not unset
     quants = [None] + ([meta["quant"]] if isinstance(meta.get("quant"), dict) else [])
     results = []
     for quant in quants:
@@ -259,10 +269,14 @@ def cmd_finetune(args):
     from .data import load_labelled
     from .finetune import FinetuneOptions, finetune
     try:
+        ks = tuple(int(k) for k in args.top_k_choices.split(",") if k.strip())
+    except ValueError:
+        raise UserError(f"--top-k-choices {args.top_k_choices!r}: expected a list like 1,2") from None
+    try:
         opts = FinetuneOptions(plan=args.plan, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                val_fraction=args.val_fraction, patience=args.patience, seeds=args.seeds,
-                               seed=args.seed, eval_every=args.eval_every,
-                               top_k_choices=tuple(int(k) for k in args.top_k_choices.split(",") if k.strip()))
+                               seed=args.seed, eval_every=args.eval_every, top_k_choices=ks,
+                               qat_start=args.qat_start, qat_freeze=args.qat_freeze)
     except ValueError as e:
         raise UserError(str(e)) from None
     checkpoint.load(args.base)                     # a bad base file fails before any data work
@@ -277,10 +291,26 @@ def cmd_finetune(args):
         n_labels = len(data.labels) if data.labels else int(data.y.max()) + 1
         print(f"qz finetune: {args.base} -> {n_labels} labels, {len(data):,} samples "
               f"(plan {opts.plan}, {opts.seeds} seed{'s' if opts.seeds > 1 else ''}) -> {out}", flush=True)
-    report = finetune(args.base, data, opts, test=test, val=val, out_path=out, log=None if args.json else print,
-                      progress=not (args.quiet or args.json))
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):   # Ctrl-C or SIGTERM: finish the step, save the best so far
+        stop["flag"] = True
+
+    old = {sg: signal.signal(sg, on_signal) for sg in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report = finetune(args.base, data, opts, test=test, val=val, out_path=out,
+                          log=None if args.json else print, progress=not (args.quiet or args.json),
+                          should_stop=lambda: stop["flag"])
+    finally:
+        for sg, handler in old.items():
+            signal.signal(sg, handler)
     report_path = Path(args.report) if args.report else out.with_suffix(".report.json")
-    report_path.write_text(json.dumps(report, indent=2))
+    checkpoint.atomic_write_text(report_path, json.dumps(report, indent=2))
+    if report.get("interrupted"):
+        print(f"qz: interrupted: saved the best state so far to {out} (report {report_path}); "
+              "run the command again to fine-tune in full", file=sys.stderr)
+        return 130
     k = max(int(x[len("val_accuracy_top"):]) for x in report if x.startswith("val_accuracy_top"))
     lines = [f"saved {out} (seed {report['chosen_seed']}), report {report_path}",
              f"validation accuracy (top_k {k}): {report[f'val_accuracy_top{k}']['mean']:.4f} "
@@ -315,29 +345,35 @@ def cmd_demo(args):
 
 
 def cmd_generate(args):
-    from .generate import decode, encode, generate
-    params, cfg, meta = checkpoint.load(args.checkpoint)
+    """Continue a prompt with a KV-cached decoder; stream to a terminal, then one metrics line."""
+    from .generate import complete, encode, metrics_line
+    from .runtime import load_bundle
+    bundle = load_bundle(args.checkpoint)
+    cfg = bundle.cfg
     if cfg.mode != "lm":
-        raise UserError(f"{args.checkpoint} is a classifier; generate needs a language model")
+        raise UserError(f"{args.checkpoint[0]} is a classifier; generate needs a language model")
     prompt = encode(args.prompt)
     if prompt.size == 0:
         raise UserError("--prompt: give at least one character")
     if prompt.max() >= cfg.vocab_size:
         raise UserError(f"--prompt: has bytes outside the model's vocabulary of {cfg.vocab_size}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k: must be >= 1, got {args.top_k}")
     stream = not args.json and sys.stdout.isatty()
     if stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
     t0 = time.perf_counter()
-    ids = generate(params, cfg, prompt, args.max_new_tokens, temperature=args.temperature,
-                   top_k_tokens=args.top_k, seed=args.seed,
-                   on_token=(lambda i: (sys.stdout.write(decode([i])), sys.stdout.flush())) if stream else None)
+    out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature, sample_top_k=args.top_k,
+                   seed=args.seed, moe_top_k=args.moe_top_k, precision=args.precision, kv_cache=args.kv_cache,
+                   on_token=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if stream else None)
     seconds = time.perf_counter() - t0
-    text = decode(ids)
     if stream:
         print()
+        print(metrics_line(out.metrics))
         return 0
-    _emit(args, {"text": text, "new_tokens": args.max_new_tokens, "seconds": round(seconds, 3)}, [text])
+    _emit(args, {"text": out.text, "new_tokens": out.metrics["new_tokens"], "seconds": round(seconds, 3),
+                 "metrics": out.metrics}, [out.text, metrics_line(out.metrics)])
     return 0
 
 
@@ -350,6 +386,8 @@ def cmd_quantize(args):
                                   meta.get("input_norm"))
     if args.calibrate < 1:
         raise UserError(f"--calibrate {args.calibrate}: need at least one batch")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     batches = (train_data.batch(step, args.batch_size, seed + 1)[0] for step in range(args.calibrate))
     ranges = calibrate(params, cfg, batches, args.observer, args.percentile)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_ptq.safetensors")
@@ -414,6 +452,9 @@ def cmd_run(args):
     from .data import ArrayData
     from .governor import Governor
     from .runtime import Runtime, infer, load_bundle
+    for flag, value, lo, hi in (("--battery", args.battery, 0, 100), ("--temp", args.temp, -273.15, 1000)):
+        if value is not None and not lo <= value <= hi:   # else every request would fail at the governor
+            raise UserError(f"{flag} {value}: expected a number in [{lo}, {hi}]")
     bundle = load_bundle(args.models)
     if bundle.cfg.mode != "classifier":
         raise UserError("qz run classifies inputs; for a language model use qz generate")
@@ -457,6 +498,51 @@ def cmd_run(args):
     lines += [f"note: {n}" for n in rt.notes]
     _emit(args, {"results": results, "summary": summary, "failed": failed, "notes": rt.notes}, lines)
     return 1 if failed else 0
+
+
+def cmd_governor(args):
+    """`qz governor status`: what the sensors say and the mode; `simulate`: replay a discharge."""
+    from .governor import Governor, plan_for
+    if args.action == "status":
+        gov = Governor(_sensors(args), tick_s=0.0)
+        plan, state = gov.plan(), gov.state
+        res = {"state": {k: getattr(state, k) for k in ("battery_pct", "charging", "temp_c", "cpu_util")},
+               "sources": dict(state.sources), "mode": plan.mode, "plan": plan_for(plan.mode, 2).__dict__}
+        lines = [f"battery {state.battery_pct}%, charging {state.charging}, temp {state.temp_c} C, "
+                 f"cpu {state.cpu_util} -> {plan.mode} ({plan.precision}, top_k {plan.top_k or 'config'})"]
+        lines += [f"  {k}: {v}" for k, v in state.sources.items()]
+        _emit(args, res, lines)
+        return 0
+    from . import simulate as sim
+    from .data import load_split
+    from .governor import load_trace
+    from .runtime import load_bundle
+    if not args.models or not args.data:
+        raise UserError("governor simulate needs model files and --data (an .npz with a test split)")
+    bundle = load_bundle(args.models)
+    test = apply_input_norm(load_split(args.data, "test"), bundle.meta.get("input_norm"))
+    costs = sim.measure_modes(bundle, test, repeats=args.repeats)
+    trace = load_trace(args.trace) if args.trace else None
+    cfg = sim.SimConfig(capacity_wh=args.capacity_wh, rate_hz=args.rate, baseline_w=args.baseline_w)
+    res = sim.compare(costs, cfg, trace)
+    res["modes"] = {m: {"precision": c.precision, "top_k": c.top_k, "energy_j": c.energy_j,
+                        "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4), "accuracy": c.accuracy}
+                    for m, c in costs.items()}
+    res["sweep_baseline_w"] = sim.sweep(costs, sim=cfg, trace=trace)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = sim.write_timeline(res, str(out))
+    lines = [f"{m}: {c['precision']} top_k {c['top_k']}, {c['energy_j'] * 1e6:.2f} uJ/request (estimated), "
+             f"{c['mean_ms']:.3f} ms (p95 {c['p95_ms']:.3f}), accuracy {c['accuracy']:.4f}" for m, c in res["modes"].items()]
+    for name, run in res["runs"].items():
+        lines.append(f"{name:>11}: {run['requests']:,} requests in {run['hours']:.1f} h, accuracy {run['accuracy']:.4f}, "
+                     f"mean latency {run['mean_latency_ms']:.3f} ms")
+    lines.append(f"governed vs always-performance: {res['governed_vs_performance_requests']:.2f}x requests, "
+                 f"{res['governed_vs_performance_accuracy_points']:+.2f} accuracy points")
+    lines.append(f"wrote {out}.json, {out}.csv" + (f", {png}" if png else ""))
+    _emit(args, {k: v for k, v in res.items() if k != "runs"} | {"runs": {k: {kk: vv for kk, vv in v.items() if kk != "timeline"}
+                                                                        for k, v in res["runs"].items()}}, lines)
+    return 0
 
 
 def cmd_info(args):
@@ -554,6 +640,8 @@ def build_parser():
     t.add_argument("--out", help="checkpoint path (default runs/<data>.safetensors, or the resumed file)")
     t.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint, exactly")
     t.add_argument("--stop-at", type=int, help="stop after this step and save (the schedule still plans --steps)")
+    t.add_argument("--skip-nonfinite", type=int, metavar="N", help="skip up to N batches whose loss or gradient "
+                   "is NaN/Inf (no update) before stopping (default 0: stop at the first, keeping the last good state)")
     t.add_argument("--quiet", action="store_true", help="no progress line")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(func=cmd_train)
@@ -597,6 +685,9 @@ def build_parser():
     f.add_argument("--patience", type=int, default=8, help="stop after N validations without improvement")
     f.add_argument("--top-k-choices", default="1,2", help="elastic top-k during fine-tuning (default 1,2)")
     f.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report the spread")
+    f.add_argument("--qat-start", type=int, default=-1, help="quantization-aware fine-tuning: fake-quant int8 "
+                   "from this step (also writes <out>.int8.safetensors; default: off)")
+    f.add_argument("--qat-freeze", type=int, default=-1, help="QAT: freeze the observers from this step")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", help="adapted checkpoint (default runs/finetuned_<data>.safetensors)")
     f.add_argument("--report", help="JSON report path (default: next to the checkpoint)")
@@ -620,14 +711,22 @@ def build_parser():
     d.set_defaults(func=cmd_demo)
 
     g = sub.add_parser("generate", help="sample text from a character language model",
-                       description="Continue a prompt with a trained character LM, one byte at a time.")
-    g.add_argument("checkpoint")
+                       description="Continue a prompt with a trained character LM, one byte at a time, "
+                       "with a KV cache: the prompt runs once (prefill), then each new byte runs alone. "
+                       "Give a training checkpoint and/or exports (qz export) of the same model; "
+                       "prints time to first token, prefill and decode tokens/s and peak RSS at the end.")
+    g.add_argument("checkpoint", nargs="+", help="checkpoint or export file(s), at most one per precision")
     g.add_argument("--prompt", default="And God said", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
     g.add_argument("--top-k", type=int, help="sample only among the k most likely next bytes")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--moe-top-k", type=int, help="experts per token (default: the config's top_k)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="which loaded model serves (default the most precise; a missing one falls back)")
+    g.add_argument("--kv-cache", choices=("fp32", "int8"), default="fp32",
+                   help="KV cache storage: fp32 (exact) or int8 (per token and head, ~1/3.6 the memory)")
+    g.add_argument("--json", action="store_true", help="print text and metrics as JSON")
     g.set_defaults(func=cmd_generate)
 
     qp = sub.add_parser("quantize", help="post-training quantization: calibrate int8 activation ranges",
@@ -683,6 +782,34 @@ def build_parser():
     r.add_argument("--tick", type=float, default=1.0, help="seconds between sensor reads (default 1)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    gv = sub.add_parser("governor", help="device state and mode now, or a simulated battery discharge",
+                        description="status: read this device's battery, temperature and CPU load (or a trace, "
+                        "or overrides) and print the mode the governor picks. simulate: replay a discharge from "
+                        "100 %% against the model under always-performance, always-balanced and the governed "
+                        "policy, with each mode's energy estimated (qz/energy.py) and its latency and accuracy "
+                        "measured here; writes JSON, CSV and (with matplotlib) PNG.",
+                        epilog="examples:\n  qz governor status --battery 15 --charging no\n"
+                        "  qz governor simulate runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "
+                        "--data data/speech_commands.npz\n  qz governor simulate MODELS --data D --trace heat.csv "
+                        "--baseline-w 0.1 --rate 10",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    gv.add_argument("action", choices=["status", "simulate"])
+    gv.add_argument("models", nargs="*", help="simulate: model files, one per precision")
+    gv.add_argument("--data", help="simulate: an .npz whose test split scores each mode")
+    gv.add_argument("--governor", default="auto", help="status: auto (this device) or a trace file")
+    gv.add_argument("--trace", help="simulate: CSV/JSON rows of time, battery, charging, temp, cpu_util "
+                    "(battery is simulated; default: a synthetic profile with a heat-up every 10 h)")
+    gv.add_argument("--battery", type=float, help="status: override the battery level, percent")
+    gv.add_argument("--temp", type=float, help="status: override the temperature, C")
+    gv.add_argument("--charging", help="status: override charging, yes or no")
+    gv.add_argument("--capacity-wh", type=float, default=15.0, help="battery capacity (default 15 Wh, a phone)")
+    gv.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50: a 20 ms hop)")
+    gv.add_argument("--baseline-w", type=float, default=0.03, help="the rest of the device's power (default 0.03 W)")
+    gv.add_argument("--repeats", type=int, default=200, help="latency samples per mode (default 200)")
+    gv.add_argument("--out", default="runs/governor/simulation", help="output path stem")
+    gv.add_argument("--json", action="store_true")
+    gv.set_defaults(func=cmd_governor)
 
     i = sub.add_parser("info", help="describe a checkpoint",
                        description="Config, parameter count, active parameters per token at each top_k, "

@@ -358,6 +358,8 @@ def load_dataset(path, seq_len=128, seed=0, val_fraction=0.1, frames=1):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction {val_fraction}: must be in [0, 1)")
     if path.is_dir() or path.suffix == ".npz" or path.name.endswith((".csv", ".csv.gz")):
         if path.suffix == ".npz":
             train, val = load_npz(path)
@@ -368,9 +370,11 @@ def load_dataset(path, seq_len=128, seed=0, val_fraction=0.1, frames=1):
             if n < 2:
                 raise DataError(f"{path}: need at least 2 rows to hold some out, got {n}")
             perm = np.random.default_rng([seed, 7]).permutation(n)
-            n_val = max(1, int(round(n * val_fraction)))
+            n_val = min(max(1, int(round(n * val_fraction))), n - 1)   # at least one row on each side
             train, val = train.subset(perm[n_val:]), train.subset(perm[:n_val])
         return train, val
+    if seq_len < 1:
+        raise DataError(f"seq_len {seq_len}: must be at least 1")
     tokens = load_text(path)
     cut = int(len(tokens) * (1 - val_fraction))  # the tail is the held-out text
     if cut <= seq_len + 1 or len(tokens) - cut <= seq_len + 1:

@@ -51,13 +51,15 @@ class TrainConfig:
     augment: bool = False         # classifier features: shift, SpecAugment masks, noise (data.augment_features)
     qat_start: int = -1           # QAT (SPEC §5): fake-quant from this step on (-1: never) ...
     qat_freeze: int = -1          # ... with observers updating until this step, frozen after (-1: never frozen)
+    skip_nonfinite: int = 0       # batches with a non-finite loss or gradient that may be skipped (no update)
+                                  # before the run stops with TrainingDiverged (0: stop at the first)
 
     def __post_init__(self):
         for key in ("steps", "batch_size"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key}: must be an integer >= 1, got {v!r}")
-        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience"):
+        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience", "skip_nonfinite"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{key}: must be an integer >= 0, got {v!r}")
@@ -109,6 +111,7 @@ class TrainState:
     stopped_early: bool = False
     ranges: dict = field(default_factory=dict)   # QAT observers: name -> (lo, hi)
     extra: dict = field(default_factory=dict)   # JSON metadata carried with the model (input_norm, labels)
+    skipped: list = field(default_factory=list)  # steps whose batch was skipped as non-finite (tcfg.skip_nonfinite)
 
 
 class TrainingDiverged(RuntimeError):
@@ -182,26 +185,33 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         if tcfg.augment and train_data.kind == "classifier":
             x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]))
         k = top_k_for_step(cfg, tcfg, step)
+        ranges_before = state.ranges   # qat_phase sets the observers from the first QAT batch
         quant, observed = qat_phase(cfg, tcfg, state, x, k)
-        loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k,
-                                                quant=quant, observed=observed)
-        gnorm = clip_grad_norm(grads, tcfg.clip)
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            raise TrainingDiverged(f"step {step}: loss {loss}, gradient norm {gnorm}; "
-                                   "the parameters are those of the last good step")
+        if quant is not None and not all(math.isfinite(v) for r in state.ranges.values() for v in r):
+            loss = gnorm = math.nan    # observers first set from a non-finite batch: no range to quantize with
+        else:
+            loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k,
+                                                    quant=quant, observed=observed)
+            gnorm = clip_grad_norm(grads, tcfg.clip)
         lr = lr_at(step, tcfg.lr, tcfg.warmup, tcfg.steps, tcfg.min_lr_ratio)
-        # frozen parameters (a fine-tuning plan) keep their values and zero moments
-        live = {n: p for n, p in state.params.items() if tcfg.is_trainable(n)}
-        adamw_step(live, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.weight_decay)
-        if observed:   # observers move toward this batch (they quantize from the next step on)
-            state.ranges = observe_update(state.ranges, observed)
-        state.step += 1
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            # no update at all: params, moments and observers stay those of the last good step
+            state.ranges = ranges_before
+            _skip_or_stop(state, tcfg, f"step {step}: non-finite loss {loss} or gradient norm {gnorm}", bar, log)
+        else:
+            # frozen parameters (a fine-tuning plan) keep their values and zero moments
+            live = {n: p for n, p in state.params.items() if tcfg.is_trainable(n)}
+            adamw_step(live, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.weight_decay)
+            if observed:   # observers move toward this batch (they quantize from the next step on)
+                state.ranges = observe_update(state.ranges, observed)
+            recent_loss = (recent_loss + [loss])[-20:]          # smoothed over the last 20 steps
+            recent_acc = (recent_acc + [float(np.mean(np.argmax(logits, axis=-1) == y))])[-20:]
+        state.step += 1   # a skipped batch still uses up its step: step s draws the same batch in every run
         tokens += x.shape[0] * T
-        recent_loss = (recent_loss + [loss])[-20:]          # smoothed over the last 20 steps
-        recent_acc = (recent_acc + [float(np.mean(np.argmax(logits, axis=-1) == y))])[-20:]
         now = time.perf_counter()
-        bar.update(state.step, loss=float(np.mean(recent_loss)), acc=float(np.mean(recent_acc)), lr=lr, k=k,
-                   **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
+        if recent_loss:
+            bar.update(state.step, loss=float(np.mean(recent_loss)), acc=float(np.mean(recent_acc)), lr=lr, k=k,
+                       **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
         if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 and state.step < end:
             _eval_and_log(state, cfg, tcfg, val_data, bar, log)
             if tcfg.patience and _no_better_for(state, tcfg.patience):
@@ -219,6 +229,17 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
             state.params[name][...] = value
         state.ranges = dict(state.best["ranges"])         # ... and the observer ranges they were scored with
     return state
+
+
+def _skip_or_stop(state, tcfg, what, bar, log):
+    """A non-finite batch: skip it while tcfg.skip_nonfinite allows, else raise TrainingDiverged."""
+    if len(state.skipped) >= tcfg.skip_nonfinite:
+        before = f" ({len(state.skipped)} bad batches skipped before)" if state.skipped else ""
+        raise TrainingDiverged(f"{what}; the parameters are those of the last good step{before}")
+    state.skipped.append(state.step)
+    if log:
+        bar.final()
+        log(f"{what}: batch skipped, no update ({len(state.skipped)} of {tcfg.skip_nonfinite} allowed)")
 
 
 def qat_phase(cfg, tcfg, state, x, k):
@@ -270,6 +291,7 @@ def save_training(path, cfg, tcfg, state):
                     rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
                     data_position={"step": state.step, "batch_size": tcfg.batch_size},
                     history=state.history, **({"quant": {"ranges": state.ranges}} if state.ranges else {}),
+                    **({"skipped_steps": state.skipped} if state.skipped else {}),
                     **state.extra)
 
 
@@ -295,7 +317,7 @@ def load_training(path):
     step = meta["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= tcfg.steps:
         raise checkpoint.CheckpointError(f"{path}: step {step!r} is not in 0..{tcfg.steps}")
-    known = {"train", "step", "rng", "data_position", "history", "state", "quant"}
+    known = {"train", "step", "rng", "data_position", "history", "state", "quant", "skipped_steps"}
     extra = {k: v for k, v in meta.items() if k not in known}
     ranges = {}
     if "quant" in meta:
@@ -303,5 +325,8 @@ def load_training(path):
             ranges = {str(n): (float(lo), float(hi)) for n, (lo, hi) in meta["quant"]["ranges"].items()}
         except (TypeError, ValueError, KeyError, AttributeError):
             raise checkpoint.CheckpointError(f"{path}: quant ranges are not a map of name -> [lo, hi]") from None
+    skipped = meta.get("skipped_steps", [])
+    if not (isinstance(skipped, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in skipped)):
+        raise checkpoint.CheckpointError(f"{path}: skipped_steps is not a list of step numbers")
     return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])),
-                                 extra=extra, ranges=ranges)
+                                 extra=extra, ranges=ranges, skipped=skipped)
