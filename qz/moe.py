@@ -165,6 +165,60 @@ def experts_backward(dout, cache):
 # ----------------------------------------------------------------------------
 # the whole layer
 # ----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
+# shared experts: every token through all S of them with weight 1, so no routing:
+# plain dense matmuls on all N rows (no sort, gather or combine)
+# ----------------------------------------------------------------------------
+def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
+    # h: (N, d) -> out (N, d); w1/w3: (S, d, f), w2: (S, f, d); fake-quant as in experts_forward
+    quantized = isinstance(w1, QWeight)
+    if quantized:
+        h, in_scale = h
+    dt = h.dtype.type
+    w13 = cat_out(w1, w3)                                         # (S, d, 2f)
+    w13_m, w2_m = (w13.w_q, w2.w_q) if quantized else (w13, w2)
+    out = np.zeros((h.shape[0], w2_m.shape[2]), dtype=h.dtype)
+    per, mid_range = [], None
+    for s in range(w13_m.shape[0]):
+        ab = h @ w13_m[s]                                         # (N, 2f)
+        if quantized:
+            ab *= dt(in_scale) * w13.scale[s].reshape(-1)
+        m, sw_cache = swiglu_forward(ab)                          # (N, f)
+        if observe:
+            lo, hi = _stat(observe)(m)
+            mid_range = (lo, hi) if mid_range is None else (min(lo, mid_range[0]), max(hi, mid_range[1]))
+        mask = None
+        if mid_q is not None:
+            m_c, mask = act_codes(m, *mid_q)
+            y = m_c @ w2_m[s]
+            y *= dt(mid_q[0]) * w2.scale[s].reshape(-1)
+            m = m_c * dt(mid_q[0])                                # m_hat, for the backward
+        else:
+            y = m @ w2_m[s]                                       # (N, d)
+        out += y
+        per.append((m, sw_cache, mask))
+    if quantized:
+        h, w13, w2 = h * dt(in_scale), w13.hat, w2.hat            # backward on x_hat and W_hat
+    return out, (h, w13, w2, per, mid_range)
+
+
+def shared_backward(dout, cache):
+    # dout: (N, d) -> dh (N, d), dw1, dw3 (S, d, f), dw2 (S, f, d)
+    u, w13, w2, per, _ = cache
+    dh = np.zeros_like(u)
+    dw13, dw2 = np.empty_like(w13), np.empty_like(w2)
+    for s, (m, sw_cache, mask) in enumerate(per):
+        dm = dout @ w2[s].T                                       # (N, f)
+        np.matmul(m.T, dout, out=dw2[s])
+        if mask is not None:
+            dm = fake_quant_act_backward(dm, mask)
+        dab = swiglu_backward(dm, sw_cache)                       # (N, 2f)
+        dh += dab @ w13[s].T
+        np.matmul(u.T, dab, out=dw13[s])
+    f = w13.shape[2] // 2
+    return dh, dw13[:, :, :f].copy(), dw13[:, :, f:].copy(), dw2
+
+
 def _stat(observe):
     # observe: True (min, max) or an observer statistic (quant.minmax, quant.percentile_stat(p))
     return observe if callable(observe) else minmax
@@ -180,7 +234,6 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
     (or, when observe is a function, its statistic; routed and shared experts' w2 inputs are
     combined as the widest of the two).
     """
-    N = h.shape[0]
     (w, idx, probs), gate_cache = gate_forward(h, wg, k)
     h_e, in_mask = h, None
     if in_q is not None:
@@ -190,10 +243,7 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
     aux, aux_cache = aux_loss_forward(probs, idx)
     shared_cache = None
     if shared is not None:
-        # shared experts: every token goes to all S of them with weight 1
-        S = (shared[0].w_q if isinstance(shared[0], QWeight) else shared[0]).shape[0]
-        sidx = np.broadcast_to(np.arange(S), (N, S))
-        s_out, shared_cache = experts_forward(h_e, *shared, sidx, np.ones((N, S), h.dtype), mid_q, observe)
+        s_out, shared_cache = shared_forward(h_e, *shared, mid_q, observe)
         out = out + s_out
     stats = {
         "load": np.bincount(idx.reshape(-1), minlength=wg.shape[1]),  # slots per expert
@@ -212,7 +262,7 @@ def moe_backward(dout, daux, cache):
     dh_e, dw, dw1, dw3, dw2 = experts_backward(dout, exp_cache)
     grads = {"w1": dw1, "w3": dw3, "w2": dw2}
     if shared_cache is not None:
-        dh_s, _, sdw1, sdw3, sdw2 = experts_backward(dout, shared_cache)
+        dh_s, sdw1, sdw3, sdw2 = shared_backward(dout, shared_cache)
         dh_e = dh_e + dh_s
         grads.update({"shared.w1": sdw1, "shared.w3": sdw3, "shared.w2": sdw2})
     if in_mask is not None:

@@ -31,7 +31,7 @@ from .moe import dispatch
 from .quant import QWeight, act_qparams, cat_out, int8_linear, pack_qweight, weight_axis
 
 __all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "linear", "experts", "moe",
-           "Bundle", "load_bundle", "Runtime", "FALLBACK"]
+           "shared", "Bundle", "load_bundle", "Runtime", "FALLBACK"]
 
 
 @dataclass
@@ -166,12 +166,27 @@ def moe(model, h, i, k):
     p = f"blocks.{i}."
     _, idx, gw = kernels.route(h @ model.w[p + "gate"], k)        # the gate stays float
     m = experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
-    S = model.cfg.n_shared_experts
-    if S:
-        N = h.shape[0]
-        sidx = np.broadcast_to(np.arange(S), (N, S))
-        m = m + experts(model, h, sidx, np.ones((N, S), np.float32), p + "shared.", p + "ffn_in", p + "ffn_mid")
+    if model.cfg.n_shared_experts:
+        m = m + shared(model, h, p)
     return m
+
+
+def shared(model, h, p):
+    # h: (N, d) -> (N, d): every token through every shared expert, weight 1 (moe.shared_forward)
+    w13, w2 = model.w[p + "shared.w13"], model.w[p + "shared.w2"]
+    out = np.zeros_like(h)
+    if model.precision == "int8":
+        (w, sc, cs, w4), (w_2, sc_2, cs_2, w4_2) = w13, w2
+        for s in range(cs.shape[0]):
+            pick = (lambda a: None if a is None else a[s])
+            ab = kernels.int8_linear(h, pick(w), cs[s], sc[s], *model.act[p + "ffn_in"], None, pick(w4))
+            m, _ = ops.swiglu_forward(ab)
+            out += kernels.int8_linear(m, pick(w_2), cs_2[s], sc_2[s], *model.act[p + "ffn_mid"], None, pick(w4_2))
+        return out
+    for s in range(w13.shape[0]):
+        m, _ = ops.swiglu_forward(h @ w13[s])                     # (N, f)
+        out += m @ w2[s]
+    return out
 
 
 def _block(model, x, i, k):
