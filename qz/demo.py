@@ -24,7 +24,7 @@ import numpy as np
 from . import checkpoint
 from .baseline import fit_logreg, predict_logreg
 from .config import n_params, preset
-from .data import DataError, apply_input_norm, fit_input_norm, load_dataset, load_split
+from .data import ArrayData, DataError, apply_input_norm, fit_input_norm, load_dataset, load_split
 from .demo_governor import governor_report
 from .demo_quant import quantize_commands
 from .finetune import FinetuneOptions, confusion_matrix, finetune
@@ -91,14 +91,14 @@ def clip_latency(params, cfg, norm, wav_dir, repeats=3):
     wavs = sorted(Path(wav_dir).glob("*.wav"))
     if not wavs:
         return None
-    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
     times = {1: [], cfg.top_k: []}
     for k in times:
         for _ in range(repeats):
             for w in wavs:
                 t0 = time.perf_counter()
-                x = (wav_features(w) - mean) / std
-                forward(params, cfg, x[None].astype(np.float32), top_k=k)
+                x = wav_features(w)[None]                                   # (1, 49, 13)
+                x = apply_input_norm(ArrayData(x, np.zeros(1, np.int64)), norm).x   # the model's own scaling
+                forward(params, cfg, x.astype(np.float32), top_k=k)
                 times[k].append(time.perf_counter() - t0)
     return {f"top{k}_ms": round(1000 * float(np.median(v)), 3) for k, v in times.items()} | {"clips": len(wavs)}
 
