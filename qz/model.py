@@ -272,6 +272,9 @@ def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None):
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
     logits, aux, stats, _, _ = _forward(params, cfg, inputs, k, aq)
+    for st in stats:            # computed here only: forward() and training do not need it
+        probs = st.pop("probs")
+        st["entropy"] = float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1)))
     return logits, aux, stats
 
 

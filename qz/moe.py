@@ -247,7 +247,7 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
         out = out + s_out
     stats = {
         "load": np.bincount(idx.reshape(-1), minlength=wg.shape[1]),  # slots per expert
-        "entropy": float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1))),
+        "probs": probs,                                           # gate entropy: model.forward_stats
     }
     if observe:   # what the ffn_in / ffn_mid observers saw: the pre-quantization ranges
         mids = [exp_cache[-1]] + ([shared_cache[-1]] if shared_cache is not None else [])
