@@ -20,19 +20,11 @@ import numpy as np
 
 from .export import save_export
 from .ptq import calibrate
-from .runtime import infer, load_model, prepare
+from .runtime import accuracy, infer, load_model, prepare
 from .train import TrainConfig, TrainState, train
 from .optim import adamw_init
 
-__all__ = ["quantize_commands", "runtime_accuracy", "runtime_latency"]
-
-
-def runtime_accuracy(model, data, top_k=None, batch=256):
-    hits = 0
-    for i in range(0, len(data), batch):
-        logits = infer(model, data.x[i:i + batch].astype(np.float32), top_k=top_k)
-        hits += int(np.sum(np.argmax(logits, axis=-1) == data.y[i:i + batch]))
-    return hits / len(data)
+__all__ = ["quantize_commands", "runtime_latency"]
 
 
 def runtime_latency(models, x, batches=(1, 32), repeats=(200, 20)):
@@ -60,13 +52,13 @@ def quantize_commands(cfg, tcfg, state, train_data, val_data, test_data, out_dir
     seed = tcfg.seed
     meta = {"input_norm": state.extra.get("input_norm"), "labels": state.extra.get("labels")}
     fp32 = prepare(state.params, cfg, "fp32")
-    rep = {"fp32": {f"test_accuracy_top{k}": runtime_accuracy(fp32, test_data, k) for k in (2, 1)}}
+    rep = {"fp32": {f"test_accuracy_top{k}": accuracy(fp32, test_data, k) for k in (2, 1)}}
 
     # 1. PTQ: min/max over 16 training batches, the float model untouched
     batches = (train_data.batch(s, 64, seed + 1)[0] for s in range(16))
     ptq_ranges = calibrate(state.params, cfg, batches, "minmax")
     ptq = prepare(state.params, cfg, "int8", ptq_ranges)
-    rep["ptq_int8"] = {f"test_accuracy_top{k}": runtime_accuracy(ptq, test_data, k) for k in (2, 1)}
+    rep["ptq_int8"] = {f"test_accuracy_top{k}": accuracy(ptq, test_data, k) for k in (2, 1)}
 
     # 2. QAT: fake-quant from the first step, observers frozen for the last quarter
     params = {n: p.copy() for n, p in state.params.items()}
@@ -87,10 +79,10 @@ def quantize_commands(cfg, tcfg, state, train_data, val_data, test_data, out_dir
         sizes[precision] = path.stat().st_size
     qat = load_model(out_dir / "commands.int8.safetensors")
     fp16 = load_model(out_dir / "commands.fp16.safetensors")
-    rep["qat_int8"] = {f"test_accuracy_top{k}": runtime_accuracy(qat, test_data, k) for k in (2, 1)}
+    rep["qat_int8"] = {f"test_accuracy_top{k}": accuracy(qat, test_data, k) for k in (2, 1)}
     rep["qat_int8"]["qat_steps"] = qat_steps
     rep["qat_int8"]["best_val_step"] = qstate.best["step"] if qstate.best else None
-    rep["fp16"] = {"test_accuracy_top2": runtime_accuracy(fp16, test_data, 2)}
+    rep["fp16"] = {"test_accuracy_top2": accuracy(fp16, test_data, 2)}
     rep["int8_vs_fp32_accuracy"] = round(rep["qat_int8"]["test_accuracy_top2"] / rep["fp32"]["test_accuracy_top2"], 4)
     rep["file_bytes"] = sizes
     rep["int8_vs_fp32_size"] = round(sizes["int8"] / sizes["fp32"], 4)

@@ -605,15 +605,22 @@ def int8_linear_ref(x, w, colsum, w_scale, a_scale, zp, bias=None):
     return y if bias is None else y + bias
 
 
-def _int8_linear_loop(x, w, colsum, w_scale, a_scale, zp, bias, has_bias):
-    # quantize, accumulate and rescale in one pass: no uint8 or int32 temporaries
-    # cross into Python. Same roundings as int8_linear_ref, in the same order.
+def _quantize_loop(x, a_scale, zp):
+    # x: (N, K) float32 -> uint8 codes, rounded exactly as quantize_act_ref (no fast-math)
     n, k = x.shape
     q = np.empty((n, k), dtype=np.uint8)
     for i in range(n):
         for t in range(k):
             r = np.rint(x[i, t] / a_scale + zp)
             q[i, t] = np.uint8(min(max(r, np.float32(0.0)), np.float32(255.0)))
+    return q
+
+
+def _int8_linear_loop(x, w, colsum, w_scale, a_scale, zp, bias, has_bias):
+    # quantize, accumulate and rescale in one pass: no uint8 or int32 temporaries
+    # cross into Python. Same roundings as int8_linear_ref, in the same order.
+    n, k = x.shape
+    q = _quantize_codes(x, a_scale, zp)
     acc = _int8_matmul_inner(q, w, colsum, zp)
     c = w.shape[1]
     y = np.empty((n, c), dtype=np.float32)
@@ -630,11 +637,7 @@ def _int8_experts_loop(x, tok, bounds, w, colsum, w_scale, a_scale, zp):
     # expert (expert e owns rows bounds[e]:bounds[e+1]); w: (E, K, C) int8
     # -> (R, C) float32. Each token is quantized once, however many experts read it.
     n, k = x.shape
-    q = np.empty((n, k), dtype=np.uint8)
-    for i in range(n):
-        for t in range(k):
-            r = np.rint(x[i, t] / a_scale + zp)
-            q[i, t] = np.uint8(min(max(r, np.float32(0.0)), np.float32(255.0)))
+    q = _quantize_codes(x, a_scale, zp)
     c = w.shape[2]
     y = np.empty((tok.shape[0], c), dtype=np.float32)
     for e in range(w.shape[0]):
@@ -665,6 +668,7 @@ def int8_experts_ref(x, tok, bounds, w, colsum, w_scale, a_scale, zp):
 
 if _nb is not None:
     _int8_matmul_inner = int8_matmul_jit
+    _quantize_codes = _jit_exact(_quantize_loop)
     int8_linear_jit = _jit_exact(_int8_linear_loop)
     int8_experts_jit = _jit_exact(_int8_experts_loop)
 else:  # pragma: no cover

@@ -31,7 +31,7 @@ from . import kernels
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
-           "pack_linear", "pack_qweight", "quantize_act", "int8_linear", "minmax_update", "precision_sizes",
+           "pack_linear", "pack_qweight", "int8_linear", "minmax_update", "precision_sizes",
            "QWeight", "split_weight", "minmax", "percentile_stat", "mean_update", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
@@ -231,11 +231,6 @@ def pack_qweight(qw, lean=False):
     if lean and w4 is not None and kernels.USE_NUMBA:
         w = None                      # only the VNNI kernel will read these weights
     return w, np.ascontiguousarray(np.squeeze(qw.scale, axis=-2)).astype(np.float32), colsum, w4
-
-
-def quantize_act(x, scale, zp):
-    """x float -> uint8 codes: clip(rint(x / scale + zp), 0, 255)."""
-    return np.clip(np.rint(x / x.dtype.type(scale) + x.dtype.type(zp)), 0, QMAX_A).astype(np.uint8)
 
 
 def int8_linear(x, packed, scale, zp, bias=None):

@@ -28,9 +28,9 @@ from .config import Config
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
 from .moe import dispatch
-from .quant import QWeight, act_qparams, cat_out, int8_linear, pack_qweight, weight_axis
+from .quant import QWeight, cat_out, int8_linear, pack_qweight, weight_axis
 
-__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "linear", "experts", "moe",
+__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear", "experts", "moe",
            "shared", "Bundle", "load_bundle", "Runtime", "FALLBACK"]
 
 
@@ -56,7 +56,7 @@ class Model:
 def prepare(params, cfg: Config, precision: str = "fp32", ranges=None, meta=None) -> Model:
     """A Model straight from float parameters, as if exported at `precision` and loaded."""
     tensors, m = export_tensors(params, cfg, precision, ranges)
-    act = None if precision != "int8" else {n: act_qparams(*r) for n, r in m["ranges"].items()}
+    act = {n: tuple(v) for n, v in m["act_qparams"].items()} if precision == "int8" else None
     return prepare_tensors(tensors, cfg, precision, act, meta)
 
 
@@ -64,8 +64,8 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     """Export tensors -> the layout `infer` reads.
 
     fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1|w3 into (E, d, 2f).
-    int8: quantized matrices packed for the integer kernel (quant.pack_qweight: int8 (out, in),
-    scales, column sums), expert stacks as one packed triple per expert; embed and pos
+    int8: quantized matrices packed for the integer kernels (quant.pack_qweight: int8 (in, out),
+    scales, column sums, the VNNI layout), expert stacks packed as stacks; embed and pos
     dequantized once (they are looked up, not multiplied); float parameters as float32.
     """
     if precision not in PRECISIONS:
@@ -199,6 +199,15 @@ def _block(model, x, i, k):
     x = x + linear(model, o, p + "attn_out", p + "wo")
     h, _ = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
     return x + moe(model, h.reshape(B * T, d), i, k).reshape(B, T, d)
+
+
+def accuracy(model: Model, data, top_k=None, batch=256):
+    """Share of data.y the model's argmax gets right, run in batches."""
+    hits = 0
+    for i in range(0, len(data), batch):
+        logits = infer(model, data.x[i:i + batch].astype(np.float32), top_k=top_k)
+        hits += int(np.sum(np.argmax(logits, axis=-1) == data.y[i:i + batch]))
+    return hits / len(data)
 
 
 def infer(model: Model, inputs, top_k=None):

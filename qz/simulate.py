@@ -88,7 +88,7 @@ def default_trace(hours=400.0):
 
 def measure_modes(bundle, test_data, repeats=200, seq_len=None):
     """{mode: ModeCost} for a runtime.Bundle on this machine (latency at batch 1, accuracy on test_data)."""
-    from .runtime import infer
+    from .runtime import accuracy, infer
     cfg = bundle.cfg
     x1 = test_data.x[:1].astype(np.float32)
     setup = {}
@@ -106,11 +106,8 @@ def measure_modes(bundle, test_data, repeats=200, seq_len=None):
     costs = {}
     for mode, (model, used, k) in setup.items():
         work = count_work(cfg, used, top_k=k, seq_len=seq_len or x1.shape[1])
-        hits = 0
-        for i in range(0, len(test_data), 256):
-            logits = infer(model, test_data.x[i:i + 256].astype(np.float32), top_k=k)
-            hits += int(np.sum(np.argmax(logits, -1) == test_data.y[i:i + 256]))
-        costs[mode] = ModeCost(mode, used, k, estimate_energy(work)["total_j"], tuple(lat[mode]), hits / len(test_data))
+        costs[mode] = ModeCost(mode, used, k, estimate_energy(work)["total_j"], tuple(lat[mode]),
+                               accuracy(model, test_data, top_k=k))
     return costs
 
 
