@@ -169,7 +169,7 @@ def block_backward(dx, daux, cache, i):
     dq, dk, dv = ops.attention_backward(_fq_backward(do, m_aout), c_att)
     da_in, dwqkv, _ = ops.linear_backward(np.concatenate([dq, dk, dv], axis=-1), c_qkv)
     da_in = _fq_backward(da_in, m_ain)
-    grads[p + "wq"], grads[p + "wk"], grads[p + "wv"] = (dwqkv[:, j * d:(j + 1) * d].copy() for j in range(3))
+    grads[p + "wq"], grads[p + "wk"], grads[p + "wv"] = (dwqkv[:, j * d:(j + 1) * d] for j in range(3))  # views
     dx_n1, grads[p + "attn_norm"] = ops.rmsnorm_backward(da_in, c_n1)
     return dx + dx_n1, grads
 

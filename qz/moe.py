@@ -142,12 +142,14 @@ def experts_backward(dout, cache):
     dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
     dw = dws[pos]                                                 # (N, K) d loss / d gate weight
     dm = np.empty_like(m)
-    dw13, dw2 = np.zeros_like(w13), np.zeros_like(w2)          # experts with no tokens: 0
+    dw13, dw2 = np.empty_like(w13), np.empty_like(w2)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
             np.matmul(dy[lo:hi], w2[e].T, out=dm[lo:hi])
             np.matmul(m[lo:hi].T, dy[lo:hi], out=dw2[e])
+        else:                                                     # an expert with no tokens: 0
+            dw13[e], dw2[e] = 0.0, 0.0
     if mid_mask is not None:
         dm = fake_quant_act_backward(dm, mid_mask)                # clipped STE
     dab = swiglu_backward(dm, sw_cache)                           # (R, 2f) = [da | db]
@@ -159,7 +161,7 @@ def experts_backward(dout, cache):
             np.matmul(u[lo:hi].T, dab[lo:hi], out=dw13[e])
     dh = kernels.combine(du, pos)                                 # each token sums its K rows
     f = f2 // 2
-    return dh, dw, dw13[:, :, :f].copy(), dw13[:, :, f:].copy(), dw2
+    return dh, dw, dw13[:, :, :f], dw13[:, :, f:], dw2             # dw1, dw3: views, no copy
 
 
 # ----------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def shared_backward(dout, cache):
         dh += dab @ w13[s].T
         np.matmul(u.T, dab, out=dw13[s])
     f = w13.shape[2] // 2
-    return dh, dw13[:, :, :f].copy(), dw13[:, :, f:].copy(), dw2
+    return dh, dw13[:, :, :f], dw13[:, :, f:], dw2
 
 
 def _stat(observe):

@@ -68,10 +68,15 @@ def embedding_forward(ids, table):
 
 
 def embedding_backward(dx, cache):
-    # rows used several times get the sum of their gradients
+    # rows used several times get the sum of their gradients: sort the positions by
+    # id, then one reduceat sums each id's run (np.add.at does the same, ~10x slower)
     ids, shape = cache
+    ids = ids.reshape(-1)
+    order = np.argsort(ids, kind="stable")
+    sids = ids[order]
+    starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])  # first position of each id
     dtable = np.zeros(shape, dtype=dx.dtype)
-    np.add.at(dtable, ids.reshape(-1), dx.reshape(-1, shape[1]))
+    dtable[sids[starts]] = np.add.reduceat(dx.reshape(-1, shape[1])[order], starts, axis=0)
     return dtable
 
 
