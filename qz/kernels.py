@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+from . import parallel
+
 __all__ = [
     "NUMBA_AVAILABLE", "USE_NUMBA",
     "softmax", "rmsnorm_forward", "rmsnorm_backward",
@@ -62,6 +64,60 @@ prange = _nb.prange if _nb is not None else range
 
 
 # ----------------------------------------------------------------------------
+# exp that vectorises. Inside a jitted loop, numba's exp is a call into libm,
+# one element at a time: LLVM turns calls into SIMD only with Intel's SVML, which
+# the PyPI llvmlite lacks. So the float32 kernels use `fexp`, Cephes' expf
+# written out: exp(x) = 2^n exp(r) with n = round(x / ln 2), |r| <= ln(2) / 2,
+# exp(r) by a degree-7 polynomial (error about 1 ulp), 2^n built by writing n + 127
+# into the exponent bits. Plain arithmetic, compares and a bitcast: LLVM runs
+# 16 lanes at once (AVX-512), and an exp no longer needs its own pass over memory.
+# float64 keeps libm's exp (the float64 path is for gradient checks, not speed).
+# Below -86.5, exp(x) < 3e-38 (near the smallest normal float) and fexp gives 0.
+# ----------------------------------------------------------------------------
+def fexp(x):
+    """exp(x); in jitted code, the vectorisable version above for float32."""
+    return np.exp(x)
+
+
+if _nb is not None:
+    from llvmlite import ir as _llir
+    from numba.extending import intrinsic as _nb_intrinsic, overload as _nb_overload
+
+    @_nb_intrinsic
+    def _pow2f(typingctx, n):
+        """2.0 ** n as float32 for an integer n in -126..127: n + 127 in the exponent bits."""
+        def codegen(context, builder, signature, args):
+            i32 = _llir.IntType(32)
+            e = builder.add(builder.trunc(args[0], i32), _llir.Constant(i32, 127))
+            return builder.bitcast(builder.shl(e, _llir.Constant(i32, 23)), _llir.FloatType())
+        return _nb.types.float32(n), codegen
+
+    @_nb_overload(fexp, jit_options={"fastmath": {"contract"}})
+    def _fexp_overload(x):
+        if x != _nb.types.float32:
+            return lambda x: np.exp(x)
+
+        def expf(x):
+            lo, hi = np.float32(-86.5), np.float32(88.72283)   # n - 1 stays in -126..127
+            xc = x if x > lo else lo                                  # NaN also lands here...
+            xc = xc if xc < hi else hi
+            n = np.floor(xc * np.float32(1.44269504) + np.float32(0.5))
+            r = (xc - n * np.float32(0.693359375)) + n * np.float32(2.12194440e-4)  # ln 2 in two parts
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            p = p * (r * r) + r + np.float32(1.0)
+            y = (p * np.float32(2.0)) * _pow2f(np.int32(n) - 1)       # n <= 128: 2 * 2^(n-1); no subnormal step
+            y = y if x > lo else np.float32(0.0)
+            y = y if x <= hi else np.float32(np.inf)
+            return y if x == x else x                                 # ...and leaves as NaN
+        return expf
+
+
+# ----------------------------------------------------------------------------
 # softmax over the last axis
 # ----------------------------------------------------------------------------
 def softmax_ref(x):
@@ -79,7 +135,7 @@ def _softmax_loop(x):
             m = max(m, x[i, j])
         s = 0.0
         for j in range(c):
-            e = np.exp(x[i, j] - m)
+            e = fexp(x[i, j] - m)
             out[i, j] = e
             s += e
         inv = 1.0 / s
@@ -199,40 +255,46 @@ def swiglu_backward_ref(dm, ab, sig):
     return dab
 
 
-def _swiglu_product_loop(ab, e):
-    # e = exp(-a) on entry; overwritten with sigmoid(a) = 1 / (1 + e), kept for the backward
-    n, f = e.shape
-    m = np.empty_like(e)
+def _swiglu_forward_loop(ab, m, sig):
+    # one pass: sigmoid(a) (kept for the backward) and m = a * sigmoid(a) * b, into m and sig
+    n, f = m.shape
     for i in prange(n):
         for j in range(f):
-            s = 1.0 / (1.0 + e[i, j])
-            e[i, j] = s
-            m[i, j] = ab[i, j] * s * ab[i, f + j]
-    return m, e
+            a = ab[i, j]
+            s = 1.0 / (1.0 + fexp(-a))          # exp(-a) = inf for a << 0: the right sigmoid 0
+            sig[i, j] = s
+            m[i, j] = a * s * ab[i, f + j]
 
 
-def _swiglu_backward_loop(dm, ab, sig):
+def _swiglu_backward_loop(dm, ab, sig, dab):
     n, f = sig.shape
-    dab = np.empty_like(ab)
     for i in prange(n):
         for j in range(f):
             a, b, s, g = ab[i, j], ab[i, f + j], sig[i, j], dm[i, j]
             dab[i, j] = g * b * s * (1.0 + a * (1.0 - s))
             dab[i, f + j] = g * a * s
-    return dab
 
 
-swiglu_product_jit = _jit(_swiglu_product_loop)
-swiglu_backward_jit = _jit(_swiglu_backward_loop)
+swiglu_forward_loop_jit = _jit(_swiglu_forward_loop)
+swiglu_backward_loop_jit = _jit(_swiglu_backward_loop)
+_ELEMENTWISE_SLICE = 1 << 17   # elements per thread slice: ~50 us of work, worth a hand-over
 
 
 def swiglu_forward_jit(ab):
-    # NumPy's exp is SIMD-vectorised and numba's scalar exp is not, so exp(-a)
-    # is computed by NumPy in place, and one jitted pass does the rest.
-    e = np.negative(ab[:, : ab.shape[1] // 2])
-    with np.errstate(over="ignore"):   # exp(-a) = inf for a << 0 gives the right sigmoid 0
-        np.exp(e, out=e)
-    return swiglu_product_jit(ab, e)
+    # row blocks go to separate threads (qz.parallel); each writes its rows of m and sig
+    n, f = ab.shape[0], ab.shape[1] // 2
+    m, sig = np.empty((n, f), dtype=ab.dtype), np.empty((n, f), dtype=ab.dtype)
+    parallel.split_run(lambda lo, hi: swiglu_forward_loop_jit(ab[lo:hi], m[lo:hi], sig[lo:hi]),
+                       n, -(-_ELEMENTWISE_SLICE // max(1, f)))
+    return m, sig
+
+
+def swiglu_backward_jit(dm, ab, sig):
+    n, f = sig.shape
+    dab = np.empty_like(ab)
+    parallel.split_run(lambda lo, hi: swiglu_backward_loop_jit(dm[lo:hi], ab[lo:hi], sig[lo:hi], dab[lo:hi]),
+                       n, -(-_ELEMENTWISE_SLICE // max(1, f)))
+    return dab
 
 
 def swiglu_forward(ab):
@@ -286,8 +348,9 @@ def attention_backward_ref(do, q, k, v, p, n_heads):
     return _merge(dq), _merge(dk), _merge(dv)
 
 
-def _shift_scaled_loop(s, scale, causal):
-    # s: (M, T, T) raw scores -> (s - rowmax) * scale in place; masked keys -> -inf
+def _attention_softmax_loop(s, scale, causal):
+    # s: (M, T, T) raw scores -> softmax((s - rowmax) * scale) in place; causal: the
+    # keys after the query get 0 (SPEC's -inf mask) and are never exponentiated
     M, T, _ = s.shape
     for mi in prange(M):
         for i in range(T):
@@ -296,25 +359,17 @@ def _shift_scaled_loop(s, scale, causal):
             mx = row[0]
             for j in range(1, n):
                 mx = max(mx, row[j])
-            for j in range(n):
-                row[j] = (row[j] - mx) * scale
-            for j in range(n, T):
-                row[j] = -np.inf               # exp(-inf) = 0: no weight on the future
-    return s
-
-
-def _normalize_rows_loop(e):
-    # e: (M, T, T) exponentials -> each row divided by its sum, in place
-    M, T, _ = e.shape
-    for mi in prange(M):
-        for i in range(T):
             tot = 0.0
-            for j in range(T):
-                tot += e[mi, i, j]
+            for j in range(n):
+                e = fexp((row[j] - mx) * scale)
+                row[j] = e
+                tot += e
             inv = 1.0 / tot
-            for j in range(T):
-                e[mi, i, j] *= inv
-    return e
+            for j in range(n):
+                row[j] *= inv
+            for j in range(n, T):
+                row[j] = 0.0
+    return s
 
 
 def _softmax_backward_scaled_loop(dp, p, scale):
@@ -330,32 +385,54 @@ def _softmax_backward_scaled_loop(dp, p, scale):
     return dp
 
 
-shift_scaled_jit = _jit(_shift_scaled_loop)
-normalize_rows_jit = _jit(_normalize_rows_loop)
+attention_softmax_jit = _jit(_attention_softmax_loop)
 softmax_backward_scaled_jit = _jit(_softmax_backward_scaled_loop)
+
+
+def _rows_per_slice(T, d):
+    # batch rows per thread slice: at least ~4M multiply-adds each (2 T x T x d products),
+    # or a thread hand-over (tens of microseconds) costs more than it saves
+    return max(1, -(-(1 << 22) // (2 * T * T * d)))
 
 
 def attention_forward_jit(q, k, v, n_heads, causal):
     # The four T x T x D products are batched matmuls (BLAS beats a jitted loop
-    # at D = 16..64). The softmax runs in place on the scores: one jitted pass
-    # for max, scale and mask, NumPy's SIMD exp, one jitted pass to normalise.
-    qh, kh, vh = _split(q, n_heads), _split(k, n_heads), _split(v, n_heads)
-    B, H, T, D = qh.shape
-    s = (qh @ kh.swapaxes(-1, -2)).reshape(B * H, T, T)             # fresh (B*H, T, T)
-    shift_scaled_jit(s, q.dtype.type(1.0 / np.sqrt(D)), causal)
-    np.exp(s, out=s)
-    p = normalize_rows_jit(s).reshape(B, H, T, T)
-    return _merge(p @ vh), p
+    # at D = 16..64). The softmax runs in place on the scores, one row at a time
+    # while it sits in L1: max, exp (fexp) and sum, then normalise.
+    # Batch rows go to separate threads, BLAS single-threaded in each (qz.parallel:
+    # per-head products are too small to split well inside BLAS).
+    B, T, d = q.shape
+    scale = q.dtype.type(1.0 / np.sqrt(d // n_heads))
+    p = np.empty((B, n_heads, T, T), dtype=q.dtype)               # (B, H, T, T)
+    o = np.empty((B, T, d), dtype=q.dtype)
+
+    def rows(lo, hi):
+        qh, kh, vh = (_split(t[lo:hi], n_heads) for t in (q, k, v))
+        s = p[lo:hi]
+        np.matmul(qh, kh.swapaxes(-1, -2), out=s)                 # raw scores
+        attention_softmax_jit(s.reshape(-1, T, T), scale, causal)  # a view: p is contiguous
+        o[lo:hi] = _merge(s @ vh)
+
+    parallel.split_run(rows, B, _rows_per_slice(T, d))
+    return o, p
 
 
 def attention_backward_jit(do, q, k, v, p, n_heads):
-    qh, kh, vh, doh = (_split(t, n_heads) for t in (q, k, v, do))
-    B, H, T, D = qh.shape
-    dv = p.swapaxes(-1, -2) @ doh
-    dp = doh @ vh.swapaxes(-1, -2)                                   # (B, H, T, T), fresh
-    ds = softmax_backward_scaled_jit(dp.reshape(B * H, T, T), p.reshape(B * H, T, T),
-                                     q.dtype.type(1.0 / np.sqrt(D))).reshape(B, H, T, T)
-    return _merge(ds @ kh), _merge(ds.swapaxes(-1, -2) @ qh), _merge(dv)
+    B, T, d = q.shape
+    scale = q.dtype.type(1.0 / np.sqrt(d // n_heads))
+    dq, dk, dv = (np.empty((B, T, d), dtype=q.dtype) for _ in range(3))
+
+    def rows(lo, hi):
+        qh, kh, vh, doh = (_split(t[lo:hi], n_heads) for t in (q, k, v, do))
+        pb = p[lo:hi]
+        dv[lo:hi] = _merge(pb.swapaxes(-1, -2) @ doh)
+        dp = doh @ vh.swapaxes(-1, -2)                             # (b, H, T, T), fresh
+        ds = softmax_backward_scaled_jit(dp.reshape(-1, T, T), pb.reshape(-1, T, T), scale).reshape(dp.shape)
+        dq[lo:hi] = _merge(ds @ kh)
+        dk[lo:hi] = _merge(ds.swapaxes(-1, -2) @ qh)
+
+    parallel.split_run(rows, B, _rows_per_slice(T, d))
+    return dq, dk, dv
 
 
 def attention_forward(q, k, v, n_heads, causal):

@@ -185,3 +185,39 @@ def test_vnni_kernels_equal_ref_bit_for_bit(n, k, c):
     _, bounds, tok, _ = dispatch(rng.integers(0, E - 1, (n, 2)), E)   # expert E-1 gets no tokens
     np.testing.assert_array_equal(kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack_vnni(ws)),
                                   kernels.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
+
+
+# ----------------------------------------------------------------------------
+# fexp: the vectorisable float32 exp used inside the jitted loops
+# ----------------------------------------------------------------------------
+if kernels.NUMBA_AVAILABLE:
+    import numba
+
+    @numba.njit(fastmath={"reassoc", "contract", "arcp", "nsz"})   # as the kernels are compiled
+    def _fexp_all(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = kernels.fexp(x[i])
+        return out
+
+
+def test_fexp_float32_within_two_ulp_of_exact():
+    x = np.concatenate([np.linspace(-86.5, 88.72, 400_001, dtype=np.float32),
+                        np.random.default_rng(0).standard_normal(100_000).astype(np.float32)])
+    got, exact = _fexp_all(x).astype(np.float64), np.exp(x.astype(np.float64))
+    normal = x > -86.5                                             # below, fexp gives 0 by design
+    rel = np.abs(got[normal] - exact[normal]) / exact[normal]
+    assert rel.max() <= 2 * 2.0 ** -24, f"max error {rel.max() / 2.0 ** -24:.2f} ulp"
+
+
+def test_fexp_float32_edges():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, 88.73, 100.0, -86.6, -1e4], np.float32)
+    got = _fexp_all(x)
+    assert np.isnan(got[0])                                        # a diverging run shows its NaNs
+    np.testing.assert_array_equal(got[1:], np.array([np.inf, 0, 1, np.inf, np.inf, 0, 0], np.float32))
+    assert _fexp_all(np.float32([-86.49]))[0] > 0                  # still a normal float just above the cut
+
+
+def test_fexp_float64_is_libm_exp():
+    x = np.random.default_rng(1).uniform(-700, 700, 10_000)
+    np.testing.assert_allclose(_fexp_all(x), np.exp(x), rtol=1e-15)
