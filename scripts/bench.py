@@ -61,6 +61,11 @@ if __name__ == "__main__":
     _stale = any(os.environ.get(v) != _n for v in THREAD_VARS)
     for _v in THREAD_VARS:
         os.environ[_v] = _n
+    # what `import qz` before NumPy sets (qz/parallel.py: OpenBLAS's idle threads stop
+    # spinning after ~0.3 ms instead of ~0.1 s, so qz's own threads get the cores)
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "20"
+        _stale = True
     if _stale and "numpy" in sys.modules and os.environ.get("QZ_BENCH_REEXEC") != "1":
         os.environ["QZ_BENCH_REEXEC"] = "1"
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
@@ -721,7 +726,8 @@ def parse_args(argv=None):
     ap.add_argument("--min-sample", type=float,
                     help="seconds per timed sample (default 0.05; quick 0.02; smoke 0.002)")
     ap.add_argument("--settle", type=float,
-                    help="sleep when switching qz/torch/child (default 0.1 s; quick 0.05; smoke 0)")
+                    help="sleep when switching qz/torch/child, so the other library's idle threads have "
+                         "stopped spinning (torch's OpenMP: up to 0.2 s) (default 0.5 s; quick 0.3; smoke 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows as if torch were absent")
     ap.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
@@ -739,7 +745,7 @@ def parse_args(argv=None):
     if args.min_sample is None:
         args.min_sample = {"smoke": 0.002, "quick": 0.02, "full": 0.05}[mode]
     if args.settle is None:
-        args.settle = {"smoke": 0.0, "quick": 0.05, "full": 0.1}[mode]
+        args.settle = {"smoke": 0.0, "quick": 0.3, "full": 0.5}[mode]
     args.warmups = {"smoke": 1, "quick": 2, "full": 3}[mode]
     args.mode = mode
     args.argv = list(sys.argv[1:] if argv is None else argv)
