@@ -41,13 +41,14 @@ H heads, D = d / H head width, V vocabulary.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import resource
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops, quant, runtime
+from . import ops, parallel, quant, runtime
 from .export import PRECISIONS
 from .model import validate_inputs
 
@@ -275,7 +276,7 @@ def _pick(source, precision, moe_top_k, plan_fn):
     model, _ = bundle.pick(want)
     if moe_top_k is None and plan is not None and plan.top_k is not None:
         moe_top_k = min(plan.top_k, bundle.cfg.n_experts)
-    return model, want, getattr(plan, "mode", "fixed"), moe_top_k
+    return model, want, getattr(plan, "mode", "fixed"), moe_top_k, getattr(plan, "threads", None)
 
 
 def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, kv_cache, on_id):
@@ -320,7 +321,7 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
     complete). Metrics: ttft_s = prefill + first sample; prefill_tok_s over the prompt
     window; decode_tok_s over the tokens after the first (refills included, None if
     there are none); peak_rss_kib is the process's peak resident set (ru_maxrss)."""
-    model, want, mode, moe_top_k = _pick(source, precision, moe_top_k, plan_fn)
+    model, want, mode, moe_top_k, threads = _pick(source, precision, moe_top_k, plan_fn)
     cfg = model.cfg
     if cfg.mode != "lm" or cfg.vocab_size > 256:
         raise ValueError("generate: needs a byte-level language model (vocab_size <= 256)")
@@ -332,8 +333,10 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
             on_token(piece)
 
     k = _moe_k(model, moe_top_k)
-    new, dec, tm = _run(model, prompt_ids, max_new_tokens, temperature, sample_top_k, seed, k, kv_cache,
-                        on_id)
+    # critical mode: one thread for the whole request (qz.parallel), as runtime.Runtime does
+    with (parallel.limit_threads(threads) if threads else contextlib.nullcontext()):
+        new, dec, tm = _run(model, prompt_ids, max_new_tokens, temperature, sample_top_k, seed, k, kv_cache,
+                            on_id)
     tail = utf8.decode(b"", final=True)                           # an unfinished character -> U+FFFD
     if tail and on_token is not None:
         on_token(tail)
@@ -341,7 +344,7 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
     n_dec = len(new) - 1
     metrics = {
         "precision": model.precision, "precision_wanted": want, "mode": mode, "moe_top_k": k,
-        "kv_cache": kv_cache, "prompt_tokens": tm["prompt_tokens"], "new_tokens": len(new),
+        "kv_cache": kv_cache, "threads": threads, "prompt_tokens": tm["prompt_tokens"], "new_tokens": len(new),
         "refills": dec.refills,
         "ttft_s": tm["ttft_s"],
         "prefill_tok_s": tm["prompt_tokens"] / tm["prefill_s"] if tm["prefill_s"] else None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import checkpoint, kernels, ops
+from . import checkpoint, kernels, ops, parallel
 from .config import Config
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
@@ -298,5 +298,11 @@ class Runtime:
             self.notes.append(f"no {want} model in the bundle: {used} serves instead")
         k = plan.top_k if plan is not None else None
         k = min(k, self.bundle.cfg.n_experts) if k is not None else self.bundle.cfg.top_k
-        logits = infer(model, inputs, top_k=k)
-        return logits, {"mode": plan.mode if plan is not None else "fixed", "precision": used, "top_k": k}
+        threads = plan.threads if plan is not None else None
+        if threads is None:
+            logits = infer(model, inputs, top_k=k)
+        else:   # critical: one thread for BLAS and no splitting while this request runs
+            with parallel.limit_threads(threads):
+                logits = infer(model, inputs, top_k=k)
+        return logits, {"mode": plan.mode if plan is not None else "fixed", "precision": used, "top_k": k,
+                        "threads": threads}

@@ -231,6 +231,24 @@ def test_plan_picks_precision_and_moe_top_k_once_per_request():
     assert (fp16.metrics["precision"], fp16.metrics["precision_wanted"]) == ("fp32", "fp16")
 
 
+def test_critical_plan_runs_the_request_on_one_thread(monkeypatch):
+    from qz import generate as gen, parallel
+    monkeypatch.setattr(parallel, "_SHORT_SPIN", True)           # as when qz loads before NumPy
+    bundle = runtime.Bundle({"int8": built(tiny(), "int8", 0)})
+    seen, step = [], gen.decode_step
+
+    def spy(*a, **kw):
+        seen.append((parallel.workers(), parallel.blas_threads()))
+        return step(*a, **kw)
+    monkeypatch.setattr(gen, "decode_step", spy)
+    before = (parallel.workers(), parallel.blas_threads())
+    out = complete(bundle, encode("ab"), 4, plan_fn=lambda: SimpleNamespace(
+        mode="critical", precision="int8", top_k=1, threads=1))
+    assert out.metrics["threads"] == 1 and len(seen) == 3
+    assert all(w == 1 and b in (1, None) for w, b in seen)
+    assert (parallel.workers(), parallel.blas_threads()) == before   # the limit ends with the request
+
+
 @pytest.mark.parametrize("precision,kv", [("fp32", "fp32"), ("int8", "int8")])
 def test_metrics_and_streaming(lm, precision, kv):
     params, cfg = lm

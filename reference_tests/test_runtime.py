@@ -119,14 +119,16 @@ class _FixedSensors:
         return self.state
 
 
-@pytest.mark.parametrize("state,mode,precision,k", [
-    (dict(battery_pct=80.0, charging=True, temp_c=30.0), "performance", "fp32", 2),
-    (dict(), "balanced", "int8", 2),
-    (dict(battery_pct=15.0, charging=False), "low_power", "int8", 1),
-    (dict(battery_pct=3.0, charging=False), "critical", "int8", 1),
+@pytest.mark.parametrize("state,mode,precision,k,threads", [
+    (dict(battery_pct=80.0, charging=True, temp_c=30.0), "performance", "fp32", 2, None),
+    (dict(), "balanced", "int8", 2, None),
+    (dict(battery_pct=15.0, charging=False), "low_power", "int8", 1, None),
+    (dict(battery_pct=3.0, charging=False), "critical", "int8", 1, 1),
 ])
-def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, precision, k):
-    """SPEC §4: each mode's output equals the matching model function at that mode's top_k."""
+def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, precision, k, threads, monkeypatch):
+    """SPEC §4: each mode's output equals the matching model function at that mode's top_k;
+    critical runs on one thread (BLAS and qz.parallel), and the limit ends with the request."""
+    from qz import parallel
     from qz.governor import DeviceState, Governor
     cfg = config("classifier", 1, 4, 8)
     params = qz.init_params(cfg, seed=5)
@@ -135,8 +137,21 @@ def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, prec
     bundle = runtime.Bundle({"fp32": runtime.prepare(params, cfg, "fp32"),
                              "int8": runtime.prepare(params, cfg, "int8", ranges)})
     gov = Governor(_FixedSensors(DeviceState(**state)), top_k=cfg.top_k, tick_s=0.0)
+    seen, infer = [], runtime.infer
+
+    def spy(*a, **kw):
+        seen.append((parallel.workers(), parallel.blas_threads()))
+        return infer(*a, **kw)
+    monkeypatch.setattr(runtime, "infer", spy)
+    monkeypatch.setattr(parallel, "_SHORT_SPIN", True)           # as when qz loads before NumPy
+    before = (parallel.workers(), parallel.blas_threads())
     logits, info = runtime.Runtime(bundle, gov).infer(x)
-    assert info == {"mode": mode, "precision": precision, "top_k": k}
+    assert info == {"mode": mode, "precision": precision, "top_k": k, "threads": threads}
+    if threads == 1:
+        assert seen[0][0] == 1 and seen[0][1] in (1, None)       # None: BLAS threads not controllable
+    else:
+        assert seen[0] == before
+    assert (parallel.workers(), parallel.blas_threads()) == before
     want, _ = qz.forward(params, cfg, x, top_k=k, quant={"ranges": ranges} if precision == "int8" else None)
     np.testing.assert_array_equal(logits, want)
 
