@@ -9,7 +9,6 @@ Public API (SPEC §7)::
     qz.loss_and_grads(params, cfg, inputs, targets, aux_coef=0.0, top_k=None, quant=None)
     qz.save(path, params, cfg, **meta) / qz.load(path) -> (params, cfg, meta)
 """
-from . import parallel  # noqa: F401  first: it configures OpenBLAS before NumPy loads it
 from .checkpoint import CheckpointError, load, save
 from .config import Config, preset
 from .model import forward, init_params, loss_and_grads

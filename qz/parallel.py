@@ -15,10 +15,13 @@ would compute alone, so results never depend on how the work was split.
 
 One catch: after each product, OpenBLAS's idle threads spin (busy-wait) for
 2^28 cycles, about 0.1 s, before they sleep. On 2 cores that spin holds the very
-core a slice needs, and splitting then loses. OPENBLAS_THREAD_TIMEOUT=20 (2^20
-cycles, about 0.3 ms) still keeps back-to-back products fast. OpenBLAS reads it
-once, when NumPy loads it, so importing qz before NumPy sets it (unless you did);
-if NumPy came first without it, qz does not split.
+core a slice needs, and splitting then loses. So qz splits only where the spin
+is short: OPENBLAS_THREAD_TIMEOUT=20 (2^20 cycles, about 0.3 ms) in the
+environment before NumPy loads. That is opt-in, not qz's default, because
+every product after a pause must then wake a sleeping thread: on the reference
+machine (a virtual machine) the char-LM training step was a few per cent faster
+in quiet hours (attention 30 -> 19 ms a step), and 10-25x slower while the host
+was busy and each wake-up took about a millisecond.
 
 Controlling BLAS's threads needs `threadpoolctl` (the one library that knows
 where each NumPy build keeps its BLAS). Without it, with one core, with
@@ -30,15 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-SPIN_ENV, SPIN_SHORT = "OPENBLAS_THREAD_TIMEOUT", 20
-if "numpy" not in sys.modules:          # BLAS not loaded yet: the setting still counts
-    os.environ.setdefault(SPIN_ENV, str(SPIN_SHORT))
-_spin = os.environ.get(SPIN_ENV, "")
-_SHORT_SPIN = _spin.isdigit() and int(_spin) <= 22   # what OpenBLAS will read (or read)
+_spin = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
+_SHORT_SPIN = _spin.isdigit() and int(_spin) <= 22   # OpenBLAS reads it once, when NumPy loads it
 
 try:  # optional: without it qz keeps BLAS's own threading and never splits
     from threadpoolctl import ThreadpoolController

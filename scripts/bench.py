@@ -61,11 +61,6 @@ if __name__ == "__main__":
     _stale = any(os.environ.get(v) != _n for v in THREAD_VARS)
     for _v in THREAD_VARS:
         os.environ[_v] = _n
-    # what `import qz` before NumPy sets (qz/parallel.py: OpenBLAS's idle threads stop
-    # spinning after ~0.3 ms instead of ~0.1 s, so qz's own threads get the cores)
-    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
-        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "20"
-        _stale = True
     if _stale and "numpy" in sys.modules and os.environ.get("QZ_BENCH_REEXEC") != "1":
         os.environ["QZ_BENCH_REEXEC"] = "1"
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:])

@@ -27,7 +27,7 @@ if __name__ == "__main__":   # thread counts before NumPy / torch load (as scrip
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import qz  # noqa: E402  (first: it sets OpenBLAS's spin before NumPy loads it)
+import qz  # noqa: E402
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
