@@ -64,6 +64,12 @@ def run_base(args):
 
 
 def run_finetune(args):
+    if args.specaug:   # stronger masks, an experiment only: patch the trainer's augmentation defaults
+        import functools
+        import qz.train
+        from qz.data import augment_features
+        t, f = args.specaug
+        qz.train.augment_features = functools.partial(augment_features, max_time_mask=t, max_feature_mask=f)
     path = ROOT / "data" / "spoken_digits.npz"
     dtrain, dval = load_split(path, "train"), load_split(path, "val")
     dtest = load_split(path, "test") if args.test else None
@@ -88,6 +94,8 @@ def main():
     ap.add_argument("--vtlp", type=float, default=0.0)
     ap.add_argument("--mixup", type=float, default=0.0)
     ap.add_argument("--smoothing", type=float, default=0.0)
+    ap.add_argument("--specaug", type=int, nargs=2, default=None, metavar=("T", "F"),
+                    help="max time-mask frames and feature-mask coefficients (default 6 2)")
     ap.add_argument("--plan", default="all")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--steps", type=int, default=None)
