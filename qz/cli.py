@@ -276,7 +276,7 @@ def cmd_finetune(args):
         opts = FinetuneOptions(plan=args.plan, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                val_fraction=args.val_fraction, patience=args.patience, seeds=args.seeds,
                                seed=args.seed, eval_every=args.eval_every, top_k_choices=ks,
-                               qat_start=args.qat_start, qat_freeze=args.qat_freeze)
+                               qat_start=args.qat_start, qat_freeze=args.qat_freeze, vtlp=args.vtlp)
     except ValueError as e:
         raise UserError(str(e)) from None
     checkpoint.load(args.base)                     # a bad base file fails before any data work
@@ -688,6 +688,8 @@ def build_parser():
     f.add_argument("--qat-start", type=int, default=-1, help="quantization-aware fine-tuning: fake-quant int8 "
                    "from this step (also writes <out>.int8.safetensors; default: off)")
     f.add_argument("--qat-freeze", type=int, default=-1, help="QAT: freeze the observers from this step")
+    f.add_argument("--vtlp", type=float, default=0.0, help="warp each training clip's frequency axis by a random "
+                   "factor in 1 +- VTLP (MFCC features; unseen voices: 0.25 in the demo, 0 = off)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", help="adapted checkpoint (default runs/finetuned_<data>.safetensors)")
     f.add_argument("--report", help="JSON report path (default: next to the checkpoint)")

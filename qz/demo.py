@@ -150,7 +150,7 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
     dtrain, dval, dtest = load_split(dpath, "train"), load_split(dpath, "val"), load_split(dpath, "test")
     # lr 1e-3 and batch 64 chosen on the validation voices (87-88 % against 86 % at 2e-3 / 32)
     ft = finetune(base, dtrain, FinetuneOptions(steps=opts.finetune_steps, patience=20, seed=opts.seed, plan="all",
-                                                lr=1e-3, batch_size=64),
+                                                lr=1e-3, batch_size=64, vtlp=0.25),
                   val=dval, test=dtest, out_path=opts.out_dir / "digits.safetensors", log=None, progress=progress)
     report["digits"] = {"n_train": len(dtrain), "n_test": len(dtest),
                         "test_accuracy_top2": ft["test_accuracy_top2"]["mean"],

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config
-from .data import ArrayData, apply_input_norm
+from .data import ArrayData, WarpedData, apply_input_norm
 from .export import save_export
 from .optim import adamw_init
 from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
@@ -50,6 +50,9 @@ class FinetuneOptions:
     aux_coef: float = 0.01
     top_k_choices: tuple = (1, 2)
     augment: bool = True          # feature augmentation (data.augment_features) while fine-tuning
+    mixup: float = 0.0            # mixup Beta(a, a) while fine-tuning (0: off)
+    label_smoothing: float = 0.0
+    vtlp: float = 0.0             # vocal tract length warp of the training clips by 1 +- vtlp (data.vtlp_mfcc; 0: off)
     val_fraction: float = 0.2
     eval_every: int = 25
     patience: int = 8
@@ -61,6 +64,8 @@ class FinetuneOptions:
     def __post_init__(self):
         if self.plan not in PLANS:
             raise ValueError(f"plan: {self.plan!r} is not one of {', '.join(PLANS)}")
+        if not 0 <= self.vtlp < 0.5:
+            raise ValueError(f"vtlp: must be in [0, 0.5), got {self.vtlp}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
@@ -125,6 +130,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     if data.x.shape[1] > cfg0.max_len:
         raise ValueError(f"data: {data.x.shape[1]} frames, the base model takes at most {cfg0.max_len}")
     norm = meta.get("input_norm")
+    raw = data
     data = apply_input_norm(data, norm)
     test = apply_input_norm(test, norm)
     val = apply_input_norm(val, norm)
@@ -138,13 +144,17 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             tr_idx, va_idx = stratified_split(data.y, opts.val_fraction, seed)
             tr, va = data.subset(tr_idx), data.subset(va_idx)
         else:
-            tr, va = data, val
+            tr_idx, va = np.arange(len(data)), val
+            tr = data.subset(tr_idx)
+        if opts.vtlp:     # the warp mixes raw coefficients, so it runs before the input scaling
+            tr = WarpedData(raw.subset(tr_idx), norm, 1.0 - opts.vtlp, 1.0 + opts.vtlp)
         params, cfg = new_head(params0, cfg0, n_classes, seed)
         tcfg = TrainConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup=opts.warmup,
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
                            seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
                            trainable=PLANS[opts.plan], augment=opts.augment,
+                           mixup=opts.mixup, label_smoothing=opts.label_smoothing,
                            qat_start=opts.qat_start, qat_freeze=opts.qat_freeze)
         t0 = time.perf_counter()
         state = train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)),

@@ -299,10 +299,12 @@ def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=Non
 
 
 def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None,
-                      observed=None):
+                      observed=None, soft_targets=None):
     """loss_and_grads plus the logits of the same forward pass (the trainer's accuracy needs them).
 
     observed: a dict to fill with each observer's (min, max) in this batch (QAT), or None.
+    soft_targets: (B, V) class probabilities (mixup, label smoothing) to train toward instead of
+    one-hot `targets`; the loss is then the cross-entropy -mean(sum(soft * log p)).
     """
     aq = act_quant_params(cfg, quant)
     inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
@@ -312,7 +314,14 @@ def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=
         observed.update(seen)
     V = logits.shape[-1]
     ce, ce_cache = ops.cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1))
+    if soft_targets is not None:
+        probs, soft = ce_cache[0], np.asarray(soft_targets, logits.dtype)
+        if soft.shape != probs.shape:
+            raise ValueError(f"soft_targets: expected shape {probs.shape}, got {soft.shape}")
+        ce = -np.mean(np.sum(soft * np.log(np.maximum(probs, np.finfo(probs.dtype).tiny)), axis=1))
+        dlogits = ((probs - soft) / probs.shape[0]).astype(logits.dtype).reshape(logits.shape)
+    else:
+        dlogits = ops.cross_entropy_backward(logits.dtype.type(1.0), ce_cache).reshape(logits.shape)
     loss = float(ce) + float(aux_coef) * float(aux)
-    dlogits = ops.cross_entropy_backward(logits.dtype.type(1.0), ce_cache).reshape(logits.shape)
     grads = _backward(dlogits, logits.dtype.type(aux_coef), caches, cfg, inputs.shape[1])
     return loss, grads, logits

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint
-from .data import augment_features
+from .data import augment_features, soft_targets
 from .model import forward_stats, loss_grads_logits, observe_ranges
 from .ops import cross_entropy_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
@@ -49,6 +49,8 @@ class TrainConfig:
                                   # validation accuracy, and keep the best parameters (0: off)
     trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
     augment: bool = False         # classifier features: shift, SpecAugment masks, noise (data.augment_features)
+    mixup: float = 0.0            # classifier: mixup Beta(a, a) within each batch (data.soft_targets; 0: off)
+    label_smoothing: float = 0.0  # classifier: share of the target spread over all classes (0: off)
     qat_start: int = -1           # QAT (SPEC §5): fake-quant from this step on (-1: never) ...
     qat_freeze: int = -1          # ... with observers updating until this step, frozen after (-1: never frozen)
     skip_nonfinite: int = 0       # batches with a non-finite loss or gradient that may be skipped (no update)
@@ -67,7 +69,11 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
-        for key in ("beta1", "beta2", "min_lr_ratio"):
+        for key in ("mixup",):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
+        for key in ("beta1", "beta2", "min_lr_ratio", "label_smoothing"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"{key}: must be in [0, 1], got {v!r}")
@@ -184,6 +190,10 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         x, y = train_data.batch(step, tcfg.batch_size, tcfg.seed)
         if tcfg.augment and train_data.kind == "classifier":
             x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]))
+        soft = None
+        if (tcfg.mixup or tcfg.label_smoothing) and train_data.kind == "classifier":
+            x, soft = soft_targets(x, y, cfg.n_classes, np.random.default_rng([tcfg.seed, step, 6]),
+                                   tcfg.mixup, tcfg.label_smoothing)
         k = top_k_for_step(cfg, tcfg, step)
         ranges_before = state.ranges   # qat_phase sets the observers from the first QAT batch
         quant, observed = qat_phase(cfg, tcfg, state, x, k)
@@ -191,7 +201,7 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
             loss = gnorm = math.nan    # observers first set from a non-finite batch: no range to quantize with
         else:
             loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k,
-                                                    quant=quant, observed=observed)
+                                                    quant=quant, observed=observed, soft_targets=soft)
             gnorm = clip_grad_norm(grads, tcfg.clip)
         lr = lr_at(step, tcfg.lr, tcfg.warmup, tcfg.steps, tcfg.min_lr_ratio)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):

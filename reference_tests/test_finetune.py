@@ -151,3 +151,18 @@ def test_interrupted_finetune_saves_the_best_so_far_and_skips_later_seeds(base, 
     params, cfg, meta = qz.load(out)
     assert meta["step"] == 30 and max(h["accuracy"] for h in meta["history"]) == pytest.approx(
         rep["runs"][0]["val_accuracy_top2"])
+
+
+def test_vtlp_and_soft_targets_change_training_but_still_learn(base, tmp_path):
+    path, _ = base
+    data = make_task(np.random.default_rng(2))
+    runs = {}
+    for name, kw in {"plain": {}, "vtlp": {"vtlp": 0.2}, "soft": {"mixup": 0.4, "label_smoothing": 0.1}}.items():
+        out = tmp_path / f"{name}.safetensors"
+        rep = finetune(path, data, FinetuneOptions(steps=60, eval_every=20, patience=0, lr=1e-2, **kw),
+                       out_path=out, log=None, progress=False)
+        assert rep["val_accuracy_top2"]["mean"] > 0.8, (name, rep)
+        runs[name] = qz.load(out)[0]["head.weight"]
+    assert not np.array_equal(runs["plain"], runs["vtlp"]) and not np.array_equal(runs["plain"], runs["soft"])
+    with pytest.raises(ValueError, match="vtlp"):
+        FinetuneOptions(vtlp=0.6)

@@ -155,3 +155,26 @@ def test_init_is_seeded_and_dtype_consistent():
     assert not np.array_equal(a["blocks.0.wq"], c["blocks.0.wq"])
     assert all(np.allclose(a[n], d[n], rtol=1e-6) for n in a)
     assert set(a) == set(qz.config.param_shapes(cfg))
+
+
+def test_soft_target_gradient_and_one_hot_equivalence():
+    cfg = tiny("classifier")
+    rng = np.random.default_rng(5)
+    params = qz.init_params(cfg, seed=5, dtype=np.float64)
+    x, y = batch(cfg, rng, B=3)
+    soft = rng.dirichlet(np.ones(cfg.n_classes), 3)
+    names = list(params)
+
+    def fwd(*arrays):
+        loss, _, _ = model.loss_grads_logits(dict(zip(names, arrays)), cfg, x, y, 0.2, soft_targets=soft)
+        return np.asarray(loss)
+
+    def bwd(dloss):
+        _, g, _ = model.loss_grads_logits(params, cfg, x, y, 0.2, soft_targets=soft)
+        return [float(dloss) * g[n] for n in names]
+    check_vjp(fwd, bwd, [params[n] for n in names], rng, name="soft targets")
+    hard = model.loss_grads_logits(params, cfg, x, y, 0.2)
+    onehot = model.loss_grads_logits(params, cfg, x, y, 0.2, soft_targets=np.eye(cfg.n_classes)[y])
+    assert np.isclose(hard[0], onehot[0])
+    for n in names:
+        np.testing.assert_allclose(hard[1][n], onehot[1][n], rtol=1e-10, atol=1e-12)

@@ -150,7 +150,8 @@ def task_finetune(args):
     path = ROOT / "data" / "spoken_digits.npz"
     dtrain, dval, dtest = load_split(path, "train"), load_split(path, "val"), load_split(path, "test")
     out = OUT / "digits_finetuned.safetensors"
-    rep = finetune(base, dtrain, FinetuneOptions(steps=1500, patience=20, seeds=3, lr=1e-3, batch_size=64),
+    # vtlp 0.25: vocal tract length warps, the lever for unseen voices (validation voices 87.6 % -> 91.6 %)
+    rep = finetune(base, dtrain, FinetuneOptions(steps=1500, patience=20, seeds=3, lr=1e-3, batch_size=64, vtlp=0.25),
                    val=dval, test=dtest,
                    out_path=out, log=print, progress=False)
     res = {"task": "spoken digits fine-tuned from the command model", "n_train": len(dtrain), "n_test": len(dtest),
