@@ -4,6 +4,7 @@ never looks at its test split to choose anything.
 
     python scripts/measure_accuracy.py digits        # handwritten digits, held-out 20 %
     python scripts/measure_accuracy.py lm            # char LM: bits per character + a sample
+    python scripts/measure_accuracy.py lm_topk       # the small LM trained at top-2 and at top-8 (not in all)
     python scripts/measure_accuracy.py commands      # spoken commands, unseen voices (+ baseline)
     python scripts/measure_accuracy.py finetune      # digits fine-tuned from the command model
     python scripts/measure_accuracy.py fsdd          # real speech (../shared/data/fsdd-dev), per speaker
@@ -103,6 +104,29 @@ def task_lm(args):
     print(sample)
 
 
+def task_lm_topk(args):
+    """Issue 8: the benchmark's small LM (preset char_lm: d 256, 4 layers, 8 experts, 1 shared)
+    trained twice the same way (same seed, data order, schedule): routed top-2 (the MoE) and
+    top-8 (every expert for every token: dense compute); held-out bits per character of each,
+    beside the forward-speed figure of scripts/bench.py."""
+    T = 128
+    tr, va = load_dataset(ROOT / "data" / "kjv.txt.gz", seq_len=T, seed=0)
+    res = {"task": "small LM, MoE top-2 vs dense top-8, trained the same way", "steps": args.lm_topk_steps}
+    for k in (2, 8):
+        cfg = qz.preset("char_lm", top_k=k)
+        tcfg = TrainConfig(steps=args.lm_topk_steps, batch_size=8, lr=2e-3, warmup=100, eval_batches=10 ** 6,
+                           seed=args.seed)
+        t0 = time.perf_counter()
+        st = fit(cfg, tcfg, tr, va, seed=args.seed)
+        seconds = time.perf_counter() - t0
+        last = st.history[-1]
+        res[f"top{k}"] = {"config": cfg.to_dict(), "seconds": round(seconds, 1),
+                          "bits_per_char": last["loss"] / np.log(2), "val_loss_nats": last["loss"],
+                          "next_char_accuracy": last["accuracy"], "val_chars": last["n"]}
+        print(f"top_k {k}: {last['loss'] / np.log(2):.3f} bits/char, {seconds:.0f} s", flush=True)
+    write("lm_topk", res)
+
+
 # ----------------------------------------------------------------------------
 def command_model_path():
     return OUT / "commands.safetensors"
@@ -200,9 +224,10 @@ def task_fsdd(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=["digits", "lm", "commands", "int8", "finetune", "fsdd", "all"])
+    ap.add_argument("task", choices=["digits", "lm", "lm_topk", "commands", "int8", "finetune", "fsdd", "all"])
     ap.add_argument("--steps", type=int, default=3000, help="command-model steps (as the demo)")
     ap.add_argument("--lm-steps", type=int, default=2000)
+    ap.add_argument("--lm-topk-steps", type=int, default=800, help="steps of each lm_topk model (batch 8 x 128)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     keep_freed_memory()
