@@ -359,6 +359,7 @@ def cmd_generate(args):
         raise UserError(f"--prompt: has bytes outside the model's vocabulary of {cfg.vocab_size}")
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k: must be >= 1, got {args.top_k}")
+    gov = _governor(args, cfg.top_k)
     stream = not args.json and sys.stdout.isatty()
     if stream:
         sys.stdout.write(args.prompt)
@@ -366,6 +367,7 @@ def cmd_generate(args):
     t0 = time.perf_counter()
     out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature, sample_top_k=args.top_k,
                    seed=args.seed, moe_top_k=args.moe_top_k, precision=args.precision, kv_cache=args.kv_cache,
+                   plan_fn=gov.plan if gov is not None else None,
                    on_token=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if stream else None)
     seconds = time.perf_counter() - t0
     if stream:
@@ -429,6 +431,30 @@ def cmd_export(args):
     return 0
 
 
+def _add_governor_args(p, default, note=""):
+    """--governor, the overrides and --tick, shared by `qz run` and `qz generate`."""
+    p.add_argument("--governor", default=default, help="auto (read this device's sensors), off (always the "
+                   "best loaded precision at the config top_k), or a trace file (CSV/JSON); default "
+                   f"{default}{note}")
+    p.add_argument("--battery", type=float, help="override the battery level, percent")
+    p.add_argument("--temp", type=float, help="override the temperature, degrees C")
+    p.add_argument("--charging", help="override charging: yes or no")
+    p.add_argument("--tick", type=float, default=1.0, help="seconds between sensor reads (default 1)")
+
+
+def _governor(args, top_k):
+    """The Governor for --governor (None for off), after checking the overrides."""
+    from .governor import Governor
+    for flag, value, lo, hi in (("--battery", args.battery, 0, 100), ("--temp", args.temp, -273.15, 1000)):
+        if value is not None and not lo <= value <= hi:   # else every request would fail at the governor
+            raise UserError(f"{flag} {value}: expected a number in [{lo}, {hi}]")
+    if args.governor == "off":
+        if any(v is not None for v in (args.battery, args.temp, args.charging)):
+            raise UserError("--battery/--temp/--charging need a governor: add --governor auto")
+        return None
+    return Governor(_sensors(args), top_k=top_k, tick_s=args.tick)
+
+
 def _sensors(args):
     """The governor's sensor source for `qz run`: live sysfs, a replayed trace, plus overrides."""
     from .governor import SysfsSensors, TraceSensors, load_trace, override, parse_charging
@@ -450,15 +476,11 @@ def cmd_run(args):
     """Classify wav files (or an .npz of features) with a model bundle under the governor."""
     from .audio import wav_features
     from .data import ArrayData
-    from .governor import Governor
     from .runtime import Runtime, infer, load_bundle
-    for flag, value, lo, hi in (("--battery", args.battery, 0, 100), ("--temp", args.temp, -273.15, 1000)):
-        if value is not None and not lo <= value <= hi:   # else every request would fail at the governor
-            raise UserError(f"{flag} {value}: expected a number in [{lo}, {hi}]")
     bundle = load_bundle(args.models)
     if bundle.cfg.mode != "classifier":
         raise UserError("qz run classifies inputs; for a language model use qz generate")
-    gov = None if args.governor == "off" else Governor(_sensors(args), top_k=bundle.cfg.top_k, tick_s=args.tick)
+    gov = _governor(args, bundle.cfg.top_k)
     rt = Runtime(bundle, gov)
     for m in bundle.models.values():   # compile / load the kernels now, so latencies are per request
         infer(m, np.zeros((1, bundle.cfg.max_len, bundle.cfg.input_dim), np.float32))
@@ -728,6 +750,8 @@ def build_parser():
                    help="which loaded model serves (default the most precise; a missing one falls back)")
     g.add_argument("--kv-cache", choices=("fp32", "int8"), default="fp32",
                    help="KV cache storage: fp32 (exact) or int8 (per token and head, ~1/3.6 the memory)")
+    _add_governor_args(g, "off", " (the plan is read once per request: a KV cache belongs to one precision; "
+                       "--precision and --moe-top-k win over it)")
     g.add_argument("--json", action="store_true", help="print text and metrics as JSON")
     g.set_defaults(func=cmd_generate)
 
@@ -776,12 +800,7 @@ def build_parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("models", nargs="+", help="model files: one per precision")
     r.add_argument("--inputs", nargs="+", required=True, help="wav files to classify")
-    r.add_argument("--governor", default="auto", help="auto (read this device's sensors), off (always the "
-                   "best loaded precision at the config top_k), or a trace file (CSV/JSON)")
-    r.add_argument("--battery", type=float, help="override the battery level, percent")
-    r.add_argument("--temp", type=float, help="override the temperature, degrees C")
-    r.add_argument("--charging", help="override charging: yes or no")
-    r.add_argument("--tick", type=float, default=1.0, help="seconds between sensor reads (default 1)")
+    _add_governor_args(r, "auto")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 

@@ -291,13 +291,18 @@ def test_round_trip_text():
 # ----------------------------------------------------------------------------
 # the command line
 # ----------------------------------------------------------------------------
-def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
+def _lm_files(tmp_path):
+    # a tiny LM as a training checkpoint plus its int8 export: the bundle the CLI tests load
     cfg = tiny(S=1)
     params = qz.init_params(cfg, seed=0)
     ranges = qm.observe_ranges(params, cfg, np.random.default_rng(0).integers(0, 256, (4, 8)))
     qz.save(tmp_path / "lm.safetensors", params, cfg)
     save_export(tmp_path / "lm.int8.safetensors", params, cfg, "int8", ranges)
-    files = [str(tmp_path / "lm.safetensors"), str(tmp_path / "lm.int8.safetensors")]
+    return [str(tmp_path / "lm.safetensors"), str(tmp_path / "lm.int8.safetensors")]
+
+
+def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
+    files = _lm_files(tmp_path)
     assert main(["generate", *files, "--prompt", "ab", "--max-new-tokens", "9", "--temperature", "0",
                  "--precision", "int8", "--moe-top-k", "1", "--kv-cache", "int8", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -312,3 +317,18 @@ def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
     assert out[0].startswith("ab") and "ttft" in out[-1]
     assert main(["generate", files[0], "--top-k", "0"]) == 1
     assert main(["generate", files[0], "--moe-top-k", "7"]) == 1
+
+
+@pytest.mark.parametrize("overrides,mode,precision,k,threads", [
+    (["--battery", "80", "--charging", "yes", "--temp", "30"], "performance", "fp32", 2, None),
+    (["--battery", "15", "--charging", "no"], "low_power", "int8", 1, None),
+    (["--battery", "3", "--charging", "no"], "critical", "int8", 1, 1),
+])
+def test_cli_generate_under_the_governor(tmp_path, capsys, overrides, mode, precision, k, threads):
+    files = _lm_files(tmp_path)
+    assert main(["generate", *files, "--prompt", "ab", "--max-new-tokens", "4", "--temperature", "0",
+                 "--governor", "auto", *overrides, "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["metrics"]
+    assert (m["mode"], m["precision"], m["moe_top_k"], m["threads"]) == (mode, precision, k, threads)
+    assert main(["generate", *files, "--battery", "3"]) == 1                # overrides need a governor
+    assert "--governor auto" in capsys.readouterr().err
