@@ -281,7 +281,7 @@ _ELEMENTWISE_SLICE = 1 << 17   # elements per thread slice: ~50 us of work, wort
 
 
 def swiglu_forward_jit(ab):
-    # row blocks go to separate threads (qz.parallel); each writes its rows of m and sig
+    # with splitting on (qz.parallel, opt-in) row blocks go to separate threads; each writes its rows
     n, f = ab.shape[0], ab.shape[1] // 2
     m, sig = np.empty((n, f), dtype=ab.dtype), np.empty((n, f), dtype=ab.dtype)
     parallel.split_run(lambda lo, hi: swiglu_forward_loop_jit(ab[lo:hi], m[lo:hi], sig[lo:hi]),
@@ -399,8 +399,8 @@ def attention_forward_jit(q, k, v, n_heads, causal):
     # The four T x T x D products are batched matmuls (BLAS beats a jitted loop
     # at D = 16..64). The softmax runs in place on the scores, one row at a time
     # while it sits in L1: max, exp (fexp) and sum, then normalise.
-    # Batch rows go to separate threads, BLAS single-threaded in each (qz.parallel:
-    # per-head products are too small to split well inside BLAS).
+    # With splitting on (qz.parallel, opt-in), batch rows go to separate threads, BLAS
+    # single-threaded in each: per-head products are too small to split well inside BLAS.
     B, T, d = q.shape
     scale = q.dtype.type(1.0 / np.sqrt(d // n_heads))
     p = np.empty((B, n_heads, T, T), dtype=q.dtype)               # (B, H, T, T)
