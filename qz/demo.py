@@ -24,7 +24,7 @@ import numpy as np
 from . import checkpoint
 from .baseline import fit_logreg, predict_logreg
 from .config import n_params, preset
-from .data import ArrayData, DataError, apply_input_norm, fit_input_norm, load_dataset, load_split
+from .data import ArrayData, DataError, WarpedData, apply_input_norm, fit_input_norm, load_dataset, load_split
 from .demo_governor import governor_report
 from .demo_quant import quantize_commands
 from .finetune import FinetuneOptions, confusion_matrix, finetune
@@ -40,8 +40,9 @@ DIGITS = "spoken_digits.npz"
 
 class DemoOptions:
     def __init__(self, data_dir="data", out_dir="runs/demo", steps=3000, finetune_steps=1500, seed=0,
-                 batch_size=32, lr=3e-3, qat_steps=400):
+                 batch_size=32, lr=3e-3, qat_steps=400, vtlp=0.15):
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
+        self.vtlp = vtlp              # VTLP warp of the command model's training clips (0: off)
         self.qat_steps = qat_steps
         self.steps, self.finetune_steps, self.seed = steps, finetune_steps, seed
         self.batch_size, self.lr = batch_size, lr
@@ -61,6 +62,7 @@ def train_commands(opts: DemoOptions, log=print, progress=True):
     # per-clip mean/variance normalisation first: it removes a voice's or a microphone's fixed
     # colouring and level (validation accuracy on unseen voices 81 % -> 84 % at 1500 steps)
     norm = fit_input_norm(train_data, "cmvn")
+    raw_train = train_data
     train_data, val_data = apply_input_norm(train_data, norm), apply_input_norm(val_data, norm)
     test_data = apply_input_norm(load_split(path, "test"), norm)
     cfg = preset("kws", input_dim=train_data.x.shape[2], max_len=train_data.x.shape[1],
@@ -71,7 +73,10 @@ def train_commands(opts: DemoOptions, log=print, progress=True):
     params = init_params(cfg, seed=opts.seed)
     state = TrainState(params, adamw_init(params), extra={"input_norm": norm, "labels": train_data.labels})
     t0 = time.perf_counter()
-    state = train(cfg, tcfg, train_data, val_data, state=state, progress=progress, log=None)
+    # unseen voices: each training clip's formants moved by a random factor in 1 +- vtlp (data.WarpedData;
+    # validation voices 88.3 % -> 89.2 % at 0.15)
+    source = WarpedData(raw_train, norm, 1.0 - opts.vtlp, 1.0 + opts.vtlp) if opts.vtlp else train_data
+    state = train(cfg, tcfg, source, val_data, state=state, progress=progress, log=None)
     if log:
         log(f"trained the command model: {opts.steps} steps in {time.perf_counter() - t0:.0f} s, "
             f"best validation accuracy {state.best['accuracy']:.4f} at step {state.best['step']}")
