@@ -65,11 +65,7 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{key}: must be an integer >= 0, got {v!r}")
-        for key in ("lr", "weight_decay", "clip", "aux_coef", "eps"):
-            v = getattr(self, key)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
-        for key in ("mixup",):
+        for key in ("lr", "weight_decay", "clip", "aux_coef", "eps", "mixup"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
