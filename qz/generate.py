@@ -41,7 +41,6 @@ H heads, D = d / H head width, V vocabulary.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import resource
 import time
 from dataclasses import dataclass
@@ -334,7 +333,7 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
 
     k = _moe_k(model, moe_top_k)
     # critical mode: one thread for the whole request (qz.parallel), as runtime.Runtime does
-    with (parallel.limit_threads(threads) if threads else contextlib.nullcontext()):
+    with parallel.limit_threads(threads):
         new, dec, tm = _run(model, prompt_ids, max_new_tokens, temperature, sample_top_k, seed, k, kv_cache,
                             on_id)
     tail = utf8.decode(b"", final=True)                           # an unfinished character -> U+FFFD

@@ -280,12 +280,16 @@ swiglu_backward_loop_jit = _jit(_swiglu_backward_loop)
 _ELEMENTWISE_SLICE = 1 << 17   # elements per thread slice: ~50 us of work, worth a hand-over
 
 
+def _rows_per_elementwise_slice(f):
+    return -(-_ELEMENTWISE_SLICE // max(1, f))
+
+
 def swiglu_forward_jit(ab):
     # with splitting on (qz.parallel, opt-in) row blocks go to separate threads; each writes its rows
     n, f = ab.shape[0], ab.shape[1] // 2
     m, sig = np.empty((n, f), dtype=ab.dtype), np.empty((n, f), dtype=ab.dtype)
     parallel.split_run(lambda lo, hi: swiglu_forward_loop_jit(ab[lo:hi], m[lo:hi], sig[lo:hi]),
-                       n, -(-_ELEMENTWISE_SLICE // max(1, f)))
+                       n, _rows_per_elementwise_slice(f))
     return m, sig
 
 
@@ -293,7 +297,7 @@ def swiglu_backward_jit(dm, ab, sig):
     n, f = sig.shape
     dab = np.empty_like(ab)
     parallel.split_run(lambda lo, hi: swiglu_backward_loop_jit(dm[lo:hi], ab[lo:hi], sig[lo:hi], dab[lo:hi]),
-                       n, -(-_ELEMENTWISE_SLICE // max(1, f)))
+                       n, _rows_per_elementwise_slice(f))
     return dab
 
 

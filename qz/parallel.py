@@ -50,7 +50,7 @@ _lock = threading.RLock()      # one split region or limit change at a time
 _blas_libs = None              # threadpoolctl controllers of the loaded BLAS, found once
 _base_threads = None           # BLAS threads when qz first looked (the user's choice)
 _limits: list[int] = []        # active limit_threads() values, innermost last
-_pool = None
+_pool, _pool_workers = None, 0
 _cores = None
 
 
@@ -117,10 +117,10 @@ def split_run(fn, n: int, min_slice: int = 1) -> None:
     if w < 2 or not _lock.acquire(blocking=False):
         fn(0, n)
         return
-    global _pool
+    global _pool, _pool_workers
     try:
-        if _pool is None or _pool._max_workers < w - 1:
-            _pool = ThreadPoolExecutor(max_workers=w - 1, thread_name_prefix="qz-split")
+        if _pool_workers < w - 1:
+            _pool, _pool_workers = ThreadPoolExecutor(max_workers=w - 1, thread_name_prefix="qz-split"), w - 1
         edges = [n * i // w for i in range(w + 1)]
         prev = blas_threads()
         _set_blas(1)
@@ -136,8 +136,12 @@ def split_run(fn, n: int, min_slice: int = 1) -> None:
 
 
 @contextlib.contextmanager
-def limit_threads(n: int):
-    """At most n threads (BLAS and split_run) while held; nests; restores on exit."""
+def limit_threads(n):
+    """At most n threads (BLAS and split_run) while held; nests; restores on exit. None: no limit
+    (a governor plan's threads, so callers need no branch)."""
+    if n is None:
+        yield
+        return
     if n < 1:
         raise ValueError(f"limit_threads: n must be >= 1, got {n}")
     with _lock:

@@ -299,10 +299,7 @@ class Runtime:
         k = plan.top_k if plan is not None else None
         k = min(k, self.bundle.cfg.n_experts) if k is not None else self.bundle.cfg.top_k
         threads = plan.threads if plan is not None else None
-        if threads is None:
+        with parallel.limit_threads(threads):   # critical: one thread for BLAS, no splitting
             logits = infer(model, inputs, top_k=k)
-        else:   # critical: one thread for BLAS and no splitting while this request runs
-            with parallel.limit_threads(threads):
-                logits = infer(model, inputs, top_k=k)
         return logits, {"mode": plan.mode if plan is not None else "fixed", "precision": used, "top_k": k,
                         "threads": threads}
