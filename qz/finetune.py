@@ -50,6 +50,8 @@ class FinetuneOptions:
     aux_coef: float = 0.01
     top_k_choices: tuple = (1, 2)
     augment: bool = True          # feature augmentation (data.augment_features) while fine-tuning
+    time_mask: int = 6            # ... its widest SpecAugment time mask (frames)
+    feature_mask: int = 2         # ... and feature mask (coefficients)
     mixup: float = 0.0            # mixup Beta(a, a) while fine-tuning (0: off)
     label_smoothing: float = 0.0
     vtlp: float = 0.0             # vocal tract length warp of the training clips by 1 +- vtlp (data.vtlp_mfcc; 0: off)
@@ -154,6 +156,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
                            seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
                            trainable=PLANS[opts.plan], augment=opts.augment,
+                           time_mask=opts.time_mask, feature_mask=opts.feature_mask,
                            mixup=opts.mixup, label_smoothing=opts.label_smoothing,
                            qat_start=opts.qat_start, qat_freeze=opts.qat_freeze)
         t0 = time.perf_counter()

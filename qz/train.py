@@ -49,6 +49,8 @@ class TrainConfig:
                                   # validation accuracy, and keep the best parameters (0: off)
     trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
     augment: bool = False         # classifier features: shift, SpecAugment masks, noise (data.augment_features)
+    time_mask: int = 6            # ... the widest time mask, in frames
+    feature_mask: int = 2         # ... the widest feature mask, in coefficients
     mixup: float = 0.0            # classifier: mixup Beta(a, a) within each batch (data.soft_targets; 0: off)
     label_smoothing: float = 0.0  # classifier: share of the target spread over all classes (0: off)
     qat_start: int = -1           # QAT (SPEC §5): fake-quant from this step on (-1: never) ...
@@ -61,7 +63,8 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key}: must be an integer >= 1, got {v!r}")
-        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience", "skip_nonfinite"):
+        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience", "skip_nonfinite",
+                    "time_mask", "feature_mask"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{key}: must be an integer >= 0, got {v!r}")
@@ -185,7 +188,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         step = state.step
         x, y = train_data.batch(step, tcfg.batch_size, tcfg.seed)
         if tcfg.augment and train_data.kind == "classifier":
-            x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]))
+            x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]),
+                                 max_time_mask=tcfg.time_mask, max_feature_mask=tcfg.feature_mask)
         soft = None
         if (tcfg.mixup or tcfg.label_smoothing) and train_data.kind == "classifier":
             x, soft = soft_targets(x, y, cfg.n_classes, np.random.default_rng([tcfg.seed, step, 6]),
@@ -269,25 +273,39 @@ def quant_of(state):
     return {"ranges": state.ranges} if state.ranges else None
 
 
+def _score(h):
+    """What early stopping and the best checkpoint are chosen by: the validation accuracy, or
+    for an elastic top-k run the mean accuracy over the k it trains with (it is served at each)."""
+    return h.get("score", h["accuracy"])
+
+
 def _no_better_for(state, patience):
     """True when the last `patience` evaluations did not beat the best one before them."""
     if len(state.history) <= patience:
         return False
-    best_before = max(h["accuracy"] for h in state.history[:-patience])
-    return all(h["accuracy"] <= best_before for h in state.history[-patience:])
+    best_before = max(_score(h) for h in state.history[:-patience])
+    return all(_score(h) <= best_before for h in state.history[-patience:])
 
 
 def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
     res = evaluate(state.params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
                    max_batches=tcfg.eval_batches, quant=quant_of(state))
     res["step"] = state.step
+    ks = sorted(set(tcfg.top_k_choices))
+    if len(ks) > 1:      # elastic top-k: score the checkpoint at every k the governor may serve it with
+        acc = {k: res["accuracy"] if k == res["top_k"] else
+               evaluate(state.params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
+                        max_batches=tcfg.eval_batches, top_k=k, quant=quant_of(state))["accuracy"] for k in ks}
+        res.update({f"accuracy_top{k}": a for k, a in acc.items()})
+        res["score"] = float(np.mean(list(acc.values())))
     state.history.append(res)
-    if tcfg.patience and (state.best is None or res["accuracy"] > state.best["accuracy"]):
-        state.best = {"step": state.step, "accuracy": res["accuracy"], "ranges": dict(state.ranges),
-                      "params": {n: p.copy() for n, p in state.params.items()}}
+    if tcfg.patience and (state.best is None or _score(res) > state.best["score"]):
+        state.best = {"step": state.step, "accuracy": res["accuracy"], "score": _score(res),
+                      "ranges": dict(state.ranges), "params": {n: p.copy() for n, p in state.params.items()}}
     if log:
         bar.final()
-        log(f"step {state.step}: val loss {res['loss']:.4f}  accuracy {res['accuracy']:.4f}  "
+        per_k = "".join(f"  top_k {k} {res[f'accuracy_top{k}']:.4f}" for k in ks if f"accuracy_top{k}" in res)
+        log(f"step {state.step}: val loss {res['loss']:.4f}  accuracy {res['accuracy']:.4f}{per_k}  "
             f"gate entropy {', '.join(f'{e:.3f}' for e in res['gate_entropy'])}")
 
 

@@ -98,6 +98,29 @@ def test_train_config_validation():
         tr.TrainConfig(beta2=1.5)
     with pytest.raises(ValueError, match="bogus"):
         tr.TrainConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="time_mask"):
+        tr.TrainConfig(time_mask=-1)
+
+
+def test_mask_widths_reach_the_augmentation():
+    """TrainConfig.time_mask / feature_mask set the SpecAugment widths of the training batches:
+    with both 0 and a constant input, a step sees only shift and noise; wider masks zero more."""
+    x = np.full((64, 10, 5), 3.0, dtype=np.float32)
+    data = ArrayData(x, np.arange(64) % 2)
+    cfg = qz.Config(d_model=8, n_heads=2, n_layers=1, n_experts=2, top_k=1, d_ff=8, max_len=10,
+                    input_dim=5, n_classes=2)
+    seen = {}
+    for t, f in ((0, 0), (6, 2), (10, 4)):
+        tcfg = tr.TrainConfig(steps=1, batch_size=64, augment=True, time_mask=t, feature_mask=f)
+        batches = []
+        orig = tr.loss_grads_logits
+        tr.loss_grads_logits = lambda p, c, xb, *a, **k: (batches.append(xb), orig(p, c, xb, *a, **k))[1]
+        try:
+            tr.train(cfg, tcfg, data, params=qz.init_params(cfg), progress=False, log=None)
+        finally:
+            tr.loss_grads_logits = orig
+        seen[(t, f)] = float(np.mean(np.abs(batches[0]) < 1.0))   # masked or shifted-in cells
+    assert seen[(0, 0)] < seen[(6, 2)] < seen[(10, 4)], seen
 
 
 def test_char_lm_learns_well_below_unigram_baseline():
@@ -159,3 +182,18 @@ def test_early_stopping_restores_the_best_weights_with_their_ranges():
         assert np.array_equal(state.params[name], p)
     res = tr.evaluate(state.params, cfg, data, batch_size=32, max_batches=2, quant=tr.quant_of(state))
     assert res["accuracy"] == best["accuracy"]
+
+
+def test_elastic_runs_are_chosen_on_every_k_they_train_with():
+    """With top_k_choices (1, 2) each evaluation scores both k, and the kept checkpoint is the
+    one with the best mean over them (the governor serves it at either)."""
+    cfg, tcfg, data = small_setup(steps=16, eval_every=2, eval_batches=2, patience=100)
+    state = tr.train(cfg, tcfg, data, data, params=qz.init_params(cfg, seed=2), progress=False, log=None)
+    for h in state.history:
+        assert h["score"] == pytest.approx((h["accuracy_top1"] + h["accuracy_top2"]) / 2)
+        assert h["accuracy_top2"] == h["accuracy"]        # the config top_k
+    best = max(state.history, key=lambda h: h["score"])   # first of equals, as the loop keeps it
+    assert state.best["step"] == best["step"] and state.best["score"] == best["score"]
+    for k in (1, 2):
+        res = tr.evaluate(state.params, cfg, data, batch_size=32, max_batches=2, top_k=k)
+        assert res["accuracy"] == best[f"accuracy_top{k}"]

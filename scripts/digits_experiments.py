@@ -64,18 +64,13 @@ def run_base(args):
 
 
 def run_finetune(args):
-    if args.specaug:   # stronger masks, an experiment only: patch the trainer's augmentation defaults
-        import functools
-        import qz.train
-        from qz.data import augment_features
-        t, f = args.specaug
-        qz.train.augment_features = functools.partial(augment_features, max_time_mask=t, max_feature_mask=f)
     path = ROOT / "data" / "spoken_digits.npz"
     dtrain, dval = load_split(path, "train"), load_split(path, "val")
     dtest = load_split(path, "test") if args.test else None
     opts = FinetuneOptions(steps=args.steps, patience=20, seeds=args.seeds, seed=args.seed, lr=args.lr,
                            batch_size=64, plan=args.plan, vtlp=args.vtlp, mixup=args.mixup,
-                           label_smoothing=args.smoothing)
+                           label_smoothing=args.smoothing,
+                           **(dict(time_mask=args.specaug[0], feature_mask=args.specaug[1]) if args.specaug else {}))
     out = OUT / f"digits_{args.tag}.safetensors" if args.save else None
     rep = finetune(args.base, dtrain, opts, val=dval, test=dtest, out_path=out, log=print, progress=False)
     row = {"kind": "finetune", "tag": args.tag, "base": str(args.base), "options": rep["options"],
