@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels
 from .ops import swiglu_backward, swiglu_forward
-from .quant import QWeight, act_codes, cat_out, fake_quant_act_backward, minmax
+from .quant import QWeight, act_codes, fake_quant_act_backward, minmax
 
 
 # ----------------------------------------------------------------------------
@@ -88,6 +88,28 @@ def dispatch(idx, E):
     return order, bounds, tok, pos.reshape(N, K)
 
 
+def ab_matmul(x, w1, w3, e, ab, rescale=None):
+    """ab = [a | b] (rows, 2f) with a = x @ w1[e], b = x @ w3[e]: SwiGLU's input, in the layout
+    the one-pass SwiGLU kernel reads. Two matmuls write the two halves in place (out= a strided
+    view; BLAS takes it as is, no temporary). One matmul with a fused [w1 | w3] would need that
+    matrix, and concatenating it copies every expert's weights per call (8 MB a layer in the
+    char LM). The runtime calls this too, so its fp32 logits round exactly as model.forward's.
+    rescale (fake-quant model): (s1, s3), the per-channel factors of the two halves."""
+    f = w1.shape[2]
+    np.matmul(x, w1[e], out=ab[:, :f])                            # (rows, f)
+    np.matmul(x, w3[e], out=ab[:, f:])                            # (rows, f)
+    if rescale is not None:
+        ab[:, :f] *= rescale[0]
+        ab[:, f:] *= rescale[1]
+
+
+def ab_matmul_backward(dab, w1, w3, e, dx):
+    """dab (rows, 2f) = [da | db] -> dx (rows, d) = da w1[e]^T + db w3[e]^T, written into dx."""
+    f = w1.shape[2]
+    np.matmul(dab[:, :f], w1[e].T, out=dx)
+    dx += dab[:, f:] @ w3[e].T
+
+
 def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     # h: (N, d), w1/w3: (E, d, f), w2: (E, f, d), idx/w: (N, K) -> out (N, d)
     # Fake-quant model: h is (h_c, scale), the ffn_in codes (quant.act_codes) and their
@@ -100,18 +122,18 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
         h, in_scale = h
     dt = h.dtype.type
     N, K = idx.shape
-    E, d, f = w1.w_q.shape if quantized else w1.shape
+    w1_m, w3_m, w2_m = (w1.w_q, w3.w_q, w2.w_q) if quantized else (w1, w3, w2)   # what the matmuls read
+    E, d, f = w1_m.shape
     order, bounds, tok, pos = dispatch(idx, E)
-    w13 = cat_out(w1, w3)                                         # (E, d, 2f): a and b in one matmul
-    w13_m, w2_m = (w13.w_q, w2.w_q) if quantized else (w13, w2)  # what the matmuls read
     u = h[tok]                                                    # (R, d) gathered
-    ab = np.empty((N * K, 2 * f), dtype=h.dtype)
+    ab = np.empty((N * K, 2 * f), dtype=h.dtype)                  # (R, 2f) = [a | b]
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:                                               # skip experts with no tokens
-            np.matmul(u[lo:hi], w13_m[e], out=ab[lo:hi])
+            rescale = None
             if quantized:
-                ab[lo:hi] *= dt(in_scale) * w13.scale[e].reshape(-1)
+                rescale = (dt(in_scale) * w1.scale[e].reshape(-1), dt(in_scale) * w3.scale[e].reshape(-1))
+            ab_matmul(u[lo:hi], w1_m, w3_m, e, ab[lo:hi], rescale)
     m, sw_cache = swiglu_forward(ab)                              # (R, f)
     mid_mask = mid_range = None
     if observe:
@@ -131,18 +153,18 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     ws = w.reshape(-1)[order]                                     # (R,) gate weight of each row
     if quantized:
         # the backward is the float one on x_hat = x_c * scale and W_hat = w_q * s
-        u, m, w13, w2 = u * dt(in_scale), m_c * dt(mid_q[0]), w13.hat, w2.hat
-    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, mid_range)
+        u, m, w1, w3, w2 = u * dt(in_scale), m_c * dt(mid_q[0]), w1.hat, w3.hat, w2.hat
+    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w1, w3, w2, mid_mask, mid_range)
 
 
 def experts_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw (N, K), dw1, dw3 (E, d, f), dw2 (E, f, d)
-    u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, _ = cache
-    E, d, f2 = w13.shape
+    u, m, y, ws, tok, pos, bounds, sw_cache, w1, w3, w2, mid_mask, _ = cache
+    E, d, f = w1.shape
     dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
     dw = dws[pos]                                                 # (N, K) d loss / d gate weight
     dm = np.empty_like(m)
-    dw13, dw2 = np.empty_like(w13), np.empty_like(w2)
+    dw13, dw2 = np.empty((E, d, 2 * f), dtype=u.dtype), np.empty_like(w2)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
@@ -157,10 +179,9 @@ def experts_backward(dout, cache):
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
-            np.matmul(dab[lo:hi], w13[e].T, out=du[lo:hi])
-            np.matmul(u[lo:hi].T, dab[lo:hi], out=dw13[e])
+            ab_matmul_backward(dab[lo:hi], w1, w3, e, du[lo:hi])
+            np.matmul(u[lo:hi].T, dab[lo:hi], out=dw13[e])        # [dw1 | dw3] in one matmul
     dh = kernels.combine(du, pos)                                 # each token sums its K rows
-    f = f2 // 2
     return dh, dw, dw13[:, :, :f], dw13[:, :, f:], dw2             # dw1, dw3: views, no copy
 
 
@@ -177,14 +198,16 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
     if quantized:
         h, in_scale = h
     dt = h.dtype.type
-    w13 = cat_out(w1, w3)                                         # (S, d, 2f)
-    w13_m, w2_m = (w13.w_q, w2.w_q) if quantized else (w13, w2)
-    out = np.zeros((h.shape[0], w2_m.shape[2]), dtype=h.dtype)
+    w1_m, w3_m, w2_m = (w1.w_q, w3.w_q, w2.w_q) if quantized else (w1, w3, w2)
+    S, d, f = w1_m.shape
+    out = None
     per, mid_range = [], None
-    for s in range(w13_m.shape[0]):
-        ab = h @ w13_m[s]                                         # (N, 2f)
+    for s in range(S):
+        ab = np.empty((h.shape[0], 2 * f), dtype=h.dtype)         # (N, 2f) = [a | b]
+        rescale = None
         if quantized:
-            ab *= dt(in_scale) * w13.scale[s].reshape(-1)
+            rescale = (dt(in_scale) * w1.scale[s].reshape(-1), dt(in_scale) * w3.scale[s].reshape(-1))
+        ab_matmul(h, w1_m, w3_m, s, ab, rescale)
         m, sw_cache = swiglu_forward(ab)                          # (N, f)
         if observe:
             lo, hi = _stat(observe)(m)
@@ -197,27 +220,29 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
             m = m_c * dt(mid_q[0])                                # m_hat, for the backward
         else:
             y = m @ w2_m[s]                                       # (N, d)
-        out += y
+        out = y if out is None else out + y                       # S = 1: no zero-filled sum
         per.append((m, sw_cache, mask))
     if quantized:
-        h, w13, w2 = h * dt(in_scale), w13.hat, w2.hat            # backward on x_hat and W_hat
-    return out, (h, w13, w2, per, mid_range)
+        h, w1, w3, w2 = h * dt(in_scale), w1.hat, w3.hat, w2.hat  # backward on x_hat and W_hat
+    return out, (h, w1, w3, w2, per, mid_range)
 
 
 def shared_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw1, dw3 (S, d, f), dw2 (S, f, d)
-    u, w13, w2, per, _ = cache
-    dh = np.zeros_like(u)
-    dw13, dw2 = np.empty_like(w13), np.empty_like(w2)
+    u, w1, w3, w2, per, _ = cache
+    S, d, f = w1.shape
+    dh = None
+    dw13, dw2 = np.empty((S, d, 2 * f), dtype=u.dtype), np.empty_like(w2)
     for s, (m, sw_cache, mask) in enumerate(per):
         dm = dout @ w2[s].T                                       # (N, f)
         np.matmul(m.T, dout, out=dw2[s])
         if mask is not None:
             dm = fake_quant_act_backward(dm, mask)
         dab = swiglu_backward(dm, sw_cache)                       # (N, 2f)
-        dh += dab @ w13[s].T
+        du = np.empty_like(u)
+        ab_matmul_backward(dab, w1, w3, s, du)
+        dh = du if dh is None else dh + du
         np.matmul(u.T, dab, out=dw13[s])
-    f = w13.shape[2] // 2
     return dh, dw13[:, :, :f], dw13[:, :, f:], dw2
 
 
@@ -246,7 +271,7 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
     shared_cache = None
     if shared is not None:
         s_out, shared_cache = shared_forward(h_e, *shared, mid_q, observe)
-        out = out + s_out
+        out += s_out                                              # out is combine's fresh array
     stats = {
         "load": np.bincount(idx.reshape(-1), minlength=wg.shape[1]),  # slots per expert
         "probs": probs,                                           # gate entropy: model.forward_stats
@@ -265,7 +290,7 @@ def moe_backward(dout, daux, cache):
     grads = {"w1": dw1, "w3": dw3, "w2": dw2}
     if shared_cache is not None:
         dh_s, sdw1, sdw3, sdw2 = shared_backward(dout, shared_cache)
-        dh_e = dh_e + dh_s
+        dh_e += dh_s                                              # dh_e is combine's fresh array
         grads.update({"shared.w1": sdw1, "shared.w3": sdw3, "shared.w2": sdw2})
     if in_mask is not None:
         dh_e = fake_quant_act_backward(dh_e, in_mask)             # clipped STE on the experts' input
