@@ -88,26 +88,25 @@ def dispatch(idx, E):
     return order, bounds, tok, pos.reshape(N, K)
 
 
-def ab_matmul(x, w1, w3, e, ab, rescale=None):
-    """ab = [a | b] (rows, 2f) with a = x @ w1[e], b = x @ w3[e]: SwiGLU's input, in the layout
-    the one-pass SwiGLU kernel reads. Two matmuls write the two halves in place (out= a strided
-    view; BLAS takes it as is, no temporary). One matmul with a fused [w1 | w3] would need that
-    matrix, and concatenating it copies every expert's weights per call (8 MB a layer in the
-    char LM). The runtime calls this too, so its fp32 logits round exactly as model.forward's.
-    rescale (fake-quant model): (s1, s3), the per-channel factors of the two halves."""
-    f = w1.shape[2]
-    np.matmul(x, w1[e], out=ab[:, :f])                            # (rows, f)
-    np.matmul(x, w3[e], out=ab[:, f:])                            # (rows, f)
+def swiglu_inputs(x, w1, w3, e, a, b, rescale=None):
+    """a = x @ w1[e] and b = x @ w3[e], SwiGLU's two inputs, written into a and b (rows, f).
+
+    Two matmuls, not one with a fused [w1 | w3]: concatenating that matrix copies every
+    expert's weights on every call (8 MB a layer in the char LM), and a and b in arrays of
+    their own are what the SwiGLU kernel reads fastest (kernels.swiglu_forward). The runtime
+    calls this too, so its fp32 logits round exactly as model.forward's.
+    rescale (fake-quant model): (s1, s3), the per-channel factors of a and b."""
+    np.matmul(x, w1[e], out=a)                                    # (rows, f)
+    np.matmul(x, w3[e], out=b)                                    # (rows, f)
     if rescale is not None:
-        ab[:, :f] *= rescale[0]
-        ab[:, f:] *= rescale[1]
+        a *= rescale[0]
+        b *= rescale[1]
 
 
-def ab_matmul_backward(dab, w1, w3, e, dx):
-    """dab (rows, 2f) = [da | db] -> dx (rows, d) = da w1[e]^T + db w3[e]^T, written into dx."""
-    f = w1.shape[2]
-    np.matmul(dab[:, :f], w1[e].T, out=dx)
-    dx += dab[:, f:] @ w3[e].T
+def swiglu_inputs_backward(da, db, w1, w3, e, dx):
+    """da, db (rows, f) -> dx (rows, d) = da w1[e]^T + db w3[e]^T, written into dx."""
+    np.matmul(da, w1[e].T, out=dx)
+    dx += db @ w3[e].T
 
 
 def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
@@ -126,15 +125,16 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     E, d, f = w1_m.shape
     order, bounds, tok, pos = dispatch(idx, E)
     u = h[tok]                                                    # (R, d) gathered
-    ab = np.empty((N * K, 2 * f), dtype=h.dtype)                  # (R, 2f) = [a | b]
+    a = np.empty((N * K, f), dtype=h.dtype)                       # (R, f) u @ w1[e], row block by block
+    b = np.empty((N * K, f), dtype=h.dtype)                       # (R, f) u @ w3[e]
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:                                               # skip experts with no tokens
             rescale = None
             if quantized:
                 rescale = (dt(in_scale) * w1.scale[e].reshape(-1), dt(in_scale) * w3.scale[e].reshape(-1))
-            ab_matmul(u[lo:hi], w1_m, w3_m, e, ab[lo:hi], rescale)
-    m, sw_cache = swiglu_forward(ab)                              # (R, f)
+            swiglu_inputs(u[lo:hi], w1_m, w3_m, e, a[lo:hi], b[lo:hi], rescale)
+    m, sw_cache = swiglu_forward(a, b)                            # (R, f)
     mid_mask = mid_range = None
     if observe:
         mid_range = _stat(observe)(m)                             # what the ffn_mid observer sees
@@ -160,29 +160,30 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
 def experts_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw (N, K), dw1, dw3 (E, d, f), dw2 (E, f, d)
     u, m, y, ws, tok, pos, bounds, sw_cache, w1, w3, w2, mid_mask, _ = cache
-    E, d, f = w1.shape
+    E = w1.shape[0]
     dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
     dw = dws[pos]                                                 # (N, K) d loss / d gate weight
     dm = np.empty_like(m)
-    dw13, dw2 = np.empty((E, d, 2 * f), dtype=u.dtype), np.empty_like(w2)
+    dw1, dw3, dw2 = np.empty_like(w1), np.empty_like(w3), np.empty_like(w2)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
             np.matmul(dy[lo:hi], w2[e].T, out=dm[lo:hi])
             np.matmul(m[lo:hi].T, dy[lo:hi], out=dw2[e])
         else:                                                     # an expert with no tokens: 0
-            dw13[e], dw2[e] = 0.0, 0.0
+            dw1[e], dw3[e], dw2[e] = 0.0, 0.0, 0.0
     if mid_mask is not None:
         dm = fake_quant_act_backward(dm, mid_mask)                # clipped STE
-    dab = swiglu_backward(dm, sw_cache)                           # (R, 2f) = [da | db]
+    da, db = swiglu_backward(dm, sw_cache)                        # (R, f) each
     du = np.empty_like(u)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
-            ab_matmul_backward(dab[lo:hi], w1, w3, e, du[lo:hi])
-            np.matmul(u[lo:hi].T, dab[lo:hi], out=dw13[e])        # [dw1 | dw3] in one matmul
+            swiglu_inputs_backward(da[lo:hi], db[lo:hi], w1, w3, e, du[lo:hi])
+            np.matmul(u[lo:hi].T, da[lo:hi], out=dw1[e])
+            np.matmul(u[lo:hi].T, db[lo:hi], out=dw3[e])
     dh = kernels.combine(du, pos)                                 # each token sums its K rows
-    return dh, dw, dw13[:, :, :f], dw13[:, :, f:], dw2             # dw1, dw3: views, no copy
+    return dh, dw, dw1, dw3, dw2
 
 
 # ----------------------------------------------------------------------------
@@ -203,12 +204,12 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
     out = None
     per, mid_range = [], None
     for s in range(S):
-        ab = np.empty((h.shape[0], 2 * f), dtype=h.dtype)         # (N, 2f) = [a | b]
+        a, b = np.empty((h.shape[0], f), dtype=h.dtype), np.empty((h.shape[0], f), dtype=h.dtype)  # (N, f)
         rescale = None
         if quantized:
             rescale = (dt(in_scale) * w1.scale[s].reshape(-1), dt(in_scale) * w3.scale[s].reshape(-1))
-        ab_matmul(h, w1_m, w3_m, s, ab, rescale)
-        m, sw_cache = swiglu_forward(ab)                          # (N, f)
+        swiglu_inputs(h, w1_m, w3_m, s, a, b, rescale)
+        m, sw_cache = swiglu_forward(a, b)                        # (N, f)
         if observe:
             lo, hi = _stat(observe)(m)
             mid_range = (lo, hi) if mid_range is None else (min(lo, mid_range[0]), max(hi, mid_range[1]))
@@ -230,20 +231,20 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
 def shared_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw1, dw3 (S, d, f), dw2 (S, f, d)
     u, w1, w3, w2, per, _ = cache
-    S, d, f = w1.shape
     dh = None
-    dw13, dw2 = np.empty((S, d, 2 * f), dtype=u.dtype), np.empty_like(w2)
+    dw1, dw3, dw2 = np.empty_like(w1), np.empty_like(w3), np.empty_like(w2)
     for s, (m, sw_cache, mask) in enumerate(per):
         dm = dout @ w2[s].T                                       # (N, f)
         np.matmul(m.T, dout, out=dw2[s])
         if mask is not None:
             dm = fake_quant_act_backward(dm, mask)
-        dab = swiglu_backward(dm, sw_cache)                       # (N, 2f)
+        da, db = swiglu_backward(dm, sw_cache)                    # (N, f) each
         du = np.empty_like(u)
-        ab_matmul_backward(dab, w1, w3, s, du)
+        swiglu_inputs_backward(da, db, w1, w3, s, du)
         dh = du if dh is None else dh + du
-        np.matmul(u.T, dab, out=dw13[s])
-    return dh, dw13[:, :, :f], dw13[:, :, f:], dw2
+        np.matmul(u.T, da, out=dw1[s])
+        np.matmul(u.T, db, out=dw3[s])
+    return dh, dw1, dw3, dw2
 
 
 def _stat(observe):

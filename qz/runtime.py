@@ -27,7 +27,7 @@ from . import checkpoint, kernels, ops, parallel
 from .config import Config
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
-from .moe import ab_matmul, dispatch
+from .moe import dispatch, swiglu_inputs
 from .quant import QWeight, cat_out, int8_linear, pack_qweight, weight_axis
 
 __all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear", "experts", "moe",
@@ -64,7 +64,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     """Export tensors -> the layout `infer` reads.
 
     fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1 and w3 kept apart
-    (moe.ab_matmul multiplies by each, as the training model does, so the logits are its own).
+    (moe.swiglu_inputs multiplies by each, as the training model does, so the logits are its own).
     int8: quantized matrices packed for the integer kernels (quant.pack_qweight: int8 (in, out),
     scales, column sums, the VNNI layout), expert stacks packed as stacks, w1|w3 fused into
     (E, d, 2f) (integer products are exact, so fusing changes no value); embed and pos
@@ -146,18 +146,19 @@ def experts(model, h, idx, gw, p, observer_in, observer_mid):
     if model.precision == "int8":   # one kernel call per matrix for all experts; tokens quantized once
         (w, s, colsum, w4), (w_2, s_2, colsum_2, w4_2) = model.w[p + "w13"], w2
         ab = kernels.int8_experts(h, tok, bounds, w, colsum, s, *model.act[observer_in], w4)    # (R, 2f)
-        m, _ = ops.swiglu_forward(ab)                                                           # (R, f)
+        f = ab.shape[1] // 2
+        m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])                                         # (R, f)
         rows = np.arange(len(tok))                                # m's rows are already grouped
         y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid], w4_2)  # (R, d)
         return kernels.combine(y, pos, gw)
     w1, w3 = model.w[p + "w1"], model.w[p + "w3"]
     u = h[tok]                                                    # (R, d) gathered
-    ab = np.empty((len(tok), 2 * w1.shape[2]), np.float32)        # (R, 2f)
+    a, b = np.empty((len(tok), w1.shape[2]), np.float32), np.empty((len(tok), w1.shape[2]), np.float32)  # (R, f)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:                                               # skip experts with no tokens
-            ab_matmul(u[lo:hi], w1, w3, e, ab[lo:hi])
-    m, _ = ops.swiglu_forward(ab)                                 # (R, f)
+            swiglu_inputs(u[lo:hi], w1, w3, e, a[lo:hi], b[lo:hi])
+    m, _ = ops.swiglu_forward(a, b)                               # (R, f)
     y = np.empty((len(tok), h.shape[1]), np.float32)              # (R, d)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
@@ -185,15 +186,16 @@ def shared(model, h, p):
         for s in range(cs.shape[0]):
             pick = (lambda a: None if a is None else a[s])
             ab = kernels.int8_linear(h, pick(w), cs[s], sc[s], *model.act[p + "ffn_in"], None, pick(w4))
-            m, _ = ops.swiglu_forward(ab)
+            f = ab.shape[1] // 2
+            m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])
             y = kernels.int8_linear(m, pick(w_2), cs_2[s], sc_2[s], *model.act[p + "ffn_mid"], None, pick(w4_2))
             out = y if out is None else out + y
         return out
     w1, w3 = model.w[p + "shared.w1"], model.w[p + "shared.w3"]
     for s in range(w1.shape[0]):
-        ab = np.empty((h.shape[0], 2 * w1.shape[2]), np.float32)  # (N, 2f)
-        ab_matmul(h, w1, w3, s, ab)
-        m, _ = ops.swiglu_forward(ab)                             # (N, f)
+        a, b = np.empty((h.shape[0], w1.shape[2]), np.float32), np.empty((h.shape[0], w1.shape[2]), np.float32)
+        swiglu_inputs(h, w1, w3, s, a, b)                         # (N, f) each
+        m, _ = ops.swiglu_forward(a, b)                           # (N, f)
         y = m @ w2[s]                                             # (N, d)
         out = y if out is None else out + y                       # the order of moe.shared_forward
     return out
