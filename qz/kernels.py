@@ -127,18 +127,21 @@ def softmax_ref(x):
 
 
 def _softmax_loop(x):
+    # sums and constants in x's dtype: a bare 0.0 or 1.0 is a float64 in numba, and mixing it
+    # in turns the float32 loops into float64 ones (half the lanes, and conversions)
     n, c = x.shape
     out = np.empty_like(x)
+    zero, one = x.dtype.type(0.0), x.dtype.type(1.0)
     for i in prange(n):
         m = x[i, 0]
         for j in range(1, c):
             m = max(m, x[i, j])
-        s = 0.0
+        s = zero
         for j in range(c):
             e = fexp(x[i, j] - m)
             out[i, j] = e
             s += e
-        inv = 1.0 / s
+        inv = one / s
         for j in range(c):
             out[i, j] *= inv
     return out
@@ -355,7 +358,9 @@ def attention_backward_ref(do, q, k, v, p, n_heads):
 def _attention_softmax_loop(s, scale, causal):
     # s: (M, T, T) raw scores -> softmax((s - rowmax) * scale) in place; causal: the
     # keys after the query get 0 (SPEC's -inf mask) and are never exponentiated
+    # (sums and constants in s's dtype, as in _softmax_loop)
     M, T, _ = s.shape
+    zero, one = s.dtype.type(0.0), s.dtype.type(1.0)
     for mi in prange(M):
         for i in range(T):
             n = i + 1 if causal else T         # causal: keys 0..i only
@@ -363,29 +368,32 @@ def _attention_softmax_loop(s, scale, causal):
             mx = row[0]
             for j in range(1, n):
                 mx = max(mx, row[j])
-            tot = 0.0
+            tot = zero
             for j in range(n):
                 e = fexp((row[j] - mx) * scale)
                 row[j] = e
                 tot += e
-            inv = 1.0 / tot
+            inv = one / tot
             for j in range(n):
                 row[j] *= inv
             for j in range(n, T):
-                row[j] = 0.0
+                row[j] = zero
     return s
 
 
 def _softmax_backward_scaled_loop(dp, p, scale):
     # dp, p: (M, T, T) -> ds = p * (dp - rowsum(dp * p)) * scale, written into dp
+    # one row (1-D, contiguous) at a time; the sum in p's dtype (as in _softmax_loop)
     M, T, _ = p.shape
+    zero = p.dtype.type(0.0)
     for mi in prange(M):
         for i in range(T):
-            dot = 0.0
+            drow, prow = dp[mi, i], p[mi, i]
+            dot = zero
             for j in range(T):
-                dot += dp[mi, i, j] * p[mi, i, j]
+                dot += drow[j] * prow[j]
             for j in range(T):
-                dp[mi, i, j] = p[mi, i, j] * (dp[mi, i, j] - dot) * scale
+                drow[j] = prow[j] * (drow[j] - dot) * scale
     return dp
 
 
@@ -568,10 +576,11 @@ def _combine_loop(rows, pos, w, weighted):
     n, K = pos.shape
     c = rows.shape[1]
     out = np.zeros((n, c), dtype=rows.dtype)
+    one = rows.dtype.type(1.0)                  # not 1.0: a float64 weight makes the sum float64
     for i in prange(n):
         for j in range(K):
             r = pos[i, j]
-            wij = w[i, j] if weighted else 1.0
+            wij = w[i, j] if weighted else one
             for col in range(c):
                 out[i, col] += wij * rows[r, col]
     return out
@@ -581,9 +590,10 @@ def _combine_backward_loop(dout, rows, tok, ws):
     R, c = rows.shape
     drows = np.empty_like(rows)
     dws = np.empty(R, dtype=rows.dtype)
+    zero = rows.dtype.type(0.0)
     for r in prange(R):
         t = tok[r]
-        s = 0.0
+        s = zero
         for col in range(c):
             g = dout[t, col]
             drows[r, col] = ws[r] * g
