@@ -3,17 +3,21 @@
 A request runs in two phases on a runtime ``Model`` (fp32, fp16 or int8):
 
     prefill      the prompt once through every block, as ``runtime.infer`` does, storing
-                 each layer's keys and values in a cache preallocated to max_len
+                 each layer's keys and values in a cache preallocated to max_len; the
+                 last block's outputs only at the last position (its logits are the
+                 only ones wanted)
     decode step  ONE new token through every block: x = embed[id] + pos[t]; its query
                  attends over the cached keys and its own; its k, v are appended
 
 Decoding reuses the runtime's own steps (``runtime.linear``, ``runtime.moe``,
 ``ops.rmsnorm_forward``), so an int8 model quantizes its activations exactly as
-``infer`` does. Prefill is ``infer``'s computation, bit for bit. A decode step
-differs from ``infer`` on the same prefix only in how the float attention of the
-last query is summed (one row here, a whole (T, T) block there): about 1e-7
-relative in fp32. In an int8 model such a difference can, rarely, move an
-activation across a rounding boundary of its uint8 code; see the tests.
+``infer`` does. Prefill is ``infer``'s computation up to its last block, whose
+last position is computed as a decode step is (``prefill(every_position=True)``
+is ``infer``, bit for bit). A decode step differs from ``infer`` on the same
+prefix only in how the float attention of the last query is summed (one row
+here, a whole (T, T) block there): about 1e-7 relative in fp32. In an int8
+model such a difference can, rarely, move an activation across a rounding
+boundary of its uint8 code; see the tests.
 
 Beyond max_len. Positions are learned and absolute (``pos`` has max_len rows), so
 the cache cannot slide. The cache holds at most max_len tokens; when the next
@@ -162,23 +166,36 @@ def _moe_k(model, moe_top_k):
     return int(moe_top_k)
 
 
-def prefill(model, ids, cache: KVCache, moe_top_k=None):
+def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
     """Run ids (B, T) from position 0, filling the cache; -> logits of the last position (B, V).
 
-    Equal bit for bit to runtime.infer(model, ids, moe_top_k)[:, -1]."""
+    Only the last position's logits are asked for, so the last block computes k and v at every
+    position (the cache needs them) but its query, attention, wo, MoE, the final norm and the
+    head at the last position only, as llama.cpp does for the tokens whose logits are not
+    requested: a quarter of a 4-block prefill's expert work is skipped. That last query
+    attends over the block's exact keys and values by `attend`, as a decode step does, so the
+    logits equal the full forward's to the decode tolerance and the cache bit for bit.
+    every_position=True runs the last block on every position instead: then the logits equal
+    runtime.infer(model, ids, moe_top_k)[:, -1] bit for bit."""
     cfg = model.cfg
     if cfg.mode != "lm" or not cfg.causal:
         raise ValueError("prefill: a KV cache needs a causal language model")
     ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k)
     k = _moe_k(model, moe_top_k)
     B, T = ids.shape
+    H, d = cfg.n_heads, cfg.d_model
     if B != cache.k.shape[1]:
         raise ValueError(f"prefill: {B} sequences for a cache of batch {cache.k.shape[1]}")
     x = model.w["embed"][ids] + model.w["pos"][:T]                # (B, T, d)
     for i in range(cfg.n_layers):
         q, kk, vv = _qkv(model, x, i)                             # (B, T, d) each
         _store(cache, i, kk, vv, 0)
-        o, _ = ops.attention_forward(q, kk, vv, cfg.n_heads, True)  # (B, T, d); prefill attends exactly
+        if i == cfg.n_layers - 1 and not every_position:          # from here on, the last position only
+            o = attend(_heads(q[:, -1:], H), _heads(kk, H), _heads(vv, H))   # (B, H, 1, D)
+            o = o.transpose(0, 2, 1, 3).reshape(B, 1, d)          # (B, 1, d)
+            x = x[:, -1:]                                         # (B, 1, d)
+        else:
+            o, _ = ops.attention_forward(q, kk, vv, cfg.n_heads, True)  # (B, T, d); prefill attends exactly
         x = x + runtime.linear(model, o, f"blocks.{i}.attn_out", f"blocks.{i}.wo")
         x = _ffn(model, x, i, k)
     cache.length = T

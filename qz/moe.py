@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels
 from .ops import swiglu_backward, swiglu_forward
-from .quant import QWeight, act_codes, cat_out, fake_quant_act_backward, minmax
+from .quant import QWeight, act_codes, fake_quant_act_backward, minmax
 
 
 # ----------------------------------------------------------------------------
@@ -88,6 +88,27 @@ def dispatch(idx, E):
     return order, bounds, tok, pos.reshape(N, K)
 
 
+def swiglu_inputs(x, w1, w3, e, a, b, rescale=None):
+    """a = x @ w1[e] and b = x @ w3[e], SwiGLU's two inputs, written into a and b (rows, f).
+
+    Two matmuls, not one with a fused [w1 | w3]: concatenating that matrix copies every
+    expert's weights on every call (8 MB a layer in the char LM), and a and b in arrays of
+    their own are what the SwiGLU kernel reads fastest (kernels.swiglu_forward). The runtime
+    calls this too, so its fp32 logits round exactly as model.forward's.
+    rescale (fake-quant model): (s1, s3), the per-channel factors of a and b."""
+    np.matmul(x, w1[e], out=a)                                    # (rows, f)
+    np.matmul(x, w3[e], out=b)                                    # (rows, f)
+    if rescale is not None:
+        a *= rescale[0]
+        b *= rescale[1]
+
+
+def swiglu_inputs_backward(da, db, w1, w3, e, dx):
+    """da, db (rows, f) -> dx (rows, d) = da w1[e]^T + db w3[e]^T, written into dx."""
+    np.matmul(da, w1[e].T, out=dx)
+    dx += db @ w3[e].T
+
+
 def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     # h: (N, d), w1/w3: (E, d, f), w2: (E, f, d), idx/w: (N, K) -> out (N, d)
     # Fake-quant model: h is (h_c, scale), the ffn_in codes (quant.act_codes) and their
@@ -100,19 +121,20 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
         h, in_scale = h
     dt = h.dtype.type
     N, K = idx.shape
-    E, d, f = w1.w_q.shape if quantized else w1.shape
+    w1_m, w3_m, w2_m = (w1.w_q, w3.w_q, w2.w_q) if quantized else (w1, w3, w2)   # what the matmuls read
+    E, d, f = w1_m.shape
     order, bounds, tok, pos = dispatch(idx, E)
-    w13 = cat_out(w1, w3)                                         # (E, d, 2f): a and b in one matmul
-    w13_m, w2_m = (w13.w_q, w2.w_q) if quantized else (w13, w2)  # what the matmuls read
     u = h[tok]                                                    # (R, d) gathered
-    ab = np.empty((N * K, 2 * f), dtype=h.dtype)
+    a = np.empty((N * K, f), dtype=h.dtype)                       # (R, f) u @ w1[e], row block by block
+    b = np.empty((N * K, f), dtype=h.dtype)                       # (R, f) u @ w3[e]
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:                                               # skip experts with no tokens
-            np.matmul(u[lo:hi], w13_m[e], out=ab[lo:hi])
+            rescale = None
             if quantized:
-                ab[lo:hi] *= dt(in_scale) * w13.scale[e].reshape(-1)
-    m, sw_cache = swiglu_forward(ab)                              # (R, f)
+                rescale = (dt(in_scale) * w1.scale[e].reshape(-1), dt(in_scale) * w3.scale[e].reshape(-1))
+            swiglu_inputs(u[lo:hi], w1_m, w3_m, e, a[lo:hi], b[lo:hi], rescale)
+    m, sw_cache = swiglu_forward(a, b)                            # (R, f)
     mid_mask = mid_range = None
     if observe:
         mid_range = _stat(observe)(m)                             # what the ffn_mid observer sees
@@ -131,37 +153,37 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
     ws = w.reshape(-1)[order]                                     # (R,) gate weight of each row
     if quantized:
         # the backward is the float one on x_hat = x_c * scale and W_hat = w_q * s
-        u, m, w13, w2 = u * dt(in_scale), m_c * dt(mid_q[0]), w13.hat, w2.hat
-    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, mid_range)
+        u, m, w1, w3, w2 = u * dt(in_scale), m_c * dt(mid_q[0]), w1.hat, w3.hat, w2.hat
+    return out, (u, m, y, ws, tok, pos, bounds, sw_cache, w1, w3, w2, mid_mask, mid_range)
 
 
 def experts_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw (N, K), dw1, dw3 (E, d, f), dw2 (E, f, d)
-    u, m, y, ws, tok, pos, bounds, sw_cache, w13, w2, mid_mask, _ = cache
-    E, d, f2 = w13.shape
+    u, m, y, ws, tok, pos, bounds, sw_cache, w1, w3, w2, mid_mask, _ = cache
+    E = w1.shape[0]
     dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
     dw = dws[pos]                                                 # (N, K) d loss / d gate weight
     dm = np.empty_like(m)
-    dw13, dw2 = np.empty_like(w13), np.empty_like(w2)
+    dw1, dw3, dw2 = np.empty_like(w1), np.empty_like(w3), np.empty_like(w2)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
             np.matmul(dy[lo:hi], w2[e].T, out=dm[lo:hi])
             np.matmul(m[lo:hi].T, dy[lo:hi], out=dw2[e])
         else:                                                     # an expert with no tokens: 0
-            dw13[e], dw2[e] = 0.0, 0.0
+            dw1[e], dw3[e], dw2[e] = 0.0, 0.0, 0.0
     if mid_mask is not None:
         dm = fake_quant_act_backward(dm, mid_mask)                # clipped STE
-    dab = swiglu_backward(dm, sw_cache)                           # (R, 2f) = [da | db]
+    da, db = swiglu_backward(dm, sw_cache)                        # (R, f) each
     du = np.empty_like(u)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
-            np.matmul(dab[lo:hi], w13[e].T, out=du[lo:hi])
-            np.matmul(u[lo:hi].T, dab[lo:hi], out=dw13[e])
+            swiglu_inputs_backward(da[lo:hi], db[lo:hi], w1, w3, e, du[lo:hi])
+            np.matmul(u[lo:hi].T, da[lo:hi], out=dw1[e])
+            np.matmul(u[lo:hi].T, db[lo:hi], out=dw3[e])
     dh = kernels.combine(du, pos)                                 # each token sums its K rows
-    f = f2 // 2
-    return dh, dw, dw13[:, :, :f], dw13[:, :, f:], dw2             # dw1, dw3: views, no copy
+    return dh, dw, dw1, dw3, dw2
 
 
 # ----------------------------------------------------------------------------
@@ -177,15 +199,17 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
     if quantized:
         h, in_scale = h
     dt = h.dtype.type
-    w13 = cat_out(w1, w3)                                         # (S, d, 2f)
-    w13_m, w2_m = (w13.w_q, w2.w_q) if quantized else (w13, w2)
-    out = np.zeros((h.shape[0], w2_m.shape[2]), dtype=h.dtype)
+    w1_m, w3_m, w2_m = (w1.w_q, w3.w_q, w2.w_q) if quantized else (w1, w3, w2)
+    S, d, f = w1_m.shape
+    out = None
     per, mid_range = [], None
-    for s in range(w13_m.shape[0]):
-        ab = h @ w13_m[s]                                         # (N, 2f)
+    for s in range(S):
+        a, b = np.empty((h.shape[0], f), dtype=h.dtype), np.empty((h.shape[0], f), dtype=h.dtype)  # (N, f)
+        rescale = None
         if quantized:
-            ab *= dt(in_scale) * w13.scale[s].reshape(-1)
-        m, sw_cache = swiglu_forward(ab)                          # (N, f)
+            rescale = (dt(in_scale) * w1.scale[s].reshape(-1), dt(in_scale) * w3.scale[s].reshape(-1))
+        swiglu_inputs(h, w1_m, w3_m, s, a, b, rescale)
+        m, sw_cache = swiglu_forward(a, b)                        # (N, f)
         if observe:
             lo, hi = _stat(observe)(m)
             mid_range = (lo, hi) if mid_range is None else (min(lo, mid_range[0]), max(hi, mid_range[1]))
@@ -197,28 +221,30 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
             m = m_c * dt(mid_q[0])                                # m_hat, for the backward
         else:
             y = m @ w2_m[s]                                       # (N, d)
-        out += y
+        out = y if out is None else out + y                       # S = 1: no zero-filled sum
         per.append((m, sw_cache, mask))
     if quantized:
-        h, w13, w2 = h * dt(in_scale), w13.hat, w2.hat            # backward on x_hat and W_hat
-    return out, (h, w13, w2, per, mid_range)
+        h, w1, w3, w2 = h * dt(in_scale), w1.hat, w3.hat, w2.hat  # backward on x_hat and W_hat
+    return out, (h, w1, w3, w2, per, mid_range)
 
 
 def shared_backward(dout, cache):
     # dout: (N, d) -> dh (N, d), dw1, dw3 (S, d, f), dw2 (S, f, d)
-    u, w13, w2, per, _ = cache
-    dh = np.zeros_like(u)
-    dw13, dw2 = np.empty_like(w13), np.empty_like(w2)
+    u, w1, w3, w2, per, _ = cache
+    dh = None
+    dw1, dw3, dw2 = np.empty_like(w1), np.empty_like(w3), np.empty_like(w2)
     for s, (m, sw_cache, mask) in enumerate(per):
         dm = dout @ w2[s].T                                       # (N, f)
         np.matmul(m.T, dout, out=dw2[s])
         if mask is not None:
             dm = fake_quant_act_backward(dm, mask)
-        dab = swiglu_backward(dm, sw_cache)                       # (N, 2f)
-        dh += dab @ w13[s].T
-        np.matmul(u.T, dab, out=dw13[s])
-    f = w13.shape[2] // 2
-    return dh, dw13[:, :, :f], dw13[:, :, f:], dw2
+        da, db = swiglu_backward(dm, sw_cache)                    # (N, f) each
+        du = np.empty_like(u)
+        swiglu_inputs_backward(da, db, w1, w3, s, du)
+        dh = du if dh is None else dh + du
+        np.matmul(u.T, da, out=dw1[s])
+        np.matmul(u.T, db, out=dw3[s])
+    return dh, dw1, dw3, dw2
 
 
 def _stat(observe):
@@ -246,7 +272,7 @@ def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observ
     shared_cache = None
     if shared is not None:
         s_out, shared_cache = shared_forward(h_e, *shared, mid_q, observe)
-        out = out + s_out
+        out += s_out                                              # out is combine's fresh array
     stats = {
         "load": np.bincount(idx.reshape(-1), minlength=wg.shape[1]),  # slots per expert
         "probs": probs,                                           # gate entropy: model.forward_stats
@@ -265,7 +291,7 @@ def moe_backward(dout, daux, cache):
     grads = {"w1": dw1, "w3": dw3, "w2": dw2}
     if shared_cache is not None:
         dh_s, sdw1, sdw3, sdw2 = shared_backward(dout, shared_cache)
-        dh_e = dh_e + dh_s
+        dh_e += dh_s                                              # dh_e is combine's fresh array
         grads.update({"shared.w1": sdw1, "shared.w3": sdw3, "shared.w2": sdw2})
     if in_mask is not None:
         dh_e = fake_quant_act_backward(dh_e, in_mask)             # clipped STE on the experts' input

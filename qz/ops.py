@@ -96,18 +96,17 @@ def attention_backward(do, cache):
 
 
 # ----------------------------------------------------------------------------
-# SwiGLU's gating: m = silu(a) * b, with ab = [a | b] = u @ [w1 | w3]
+# SwiGLU's gating: m = silu(a) * b, with a = u @ w1 and b = u @ w3
 # ----------------------------------------------------------------------------
-def swiglu_forward(ab):
-    # ab: (N, 2f) -> m: (N, f); the sigmoid of a is cached for the backward pass
-    m, sig = kernels.swiglu_forward(ab)
-    return m, (ab, sig)
+def swiglu_forward(a, b):
+    # a, b: (N, f) -> m: (N, f); the backward recomputes sigmoid(a) (kernels.swiglu_forward)
+    return kernels.swiglu_forward(a, b), (a, b)
 
 
 def swiglu_backward(dm, cache):
-    # dm: (N, f) -> dab: (N, 2f) = [da | db]
-    ab, sig = cache
-    return kernels.swiglu_backward(dm, ab, sig)
+    # dm: (N, f) -> da, db: (N, f)
+    a, b = cache
+    return kernels.swiglu_backward(dm, a, b)
 
 
 # ----------------------------------------------------------------------------

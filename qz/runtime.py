@@ -27,7 +27,7 @@ from . import checkpoint, kernels, ops, parallel
 from .config import Config
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
-from .moe import dispatch
+from .moe import dispatch, swiglu_inputs
 from .quant import QWeight, cat_out, int8_linear, pack_qweight, weight_axis
 
 __all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear", "experts", "moe",
@@ -63,9 +63,11 @@ def prepare(params, cfg: Config, precision: str = "fp32", ranges=None, meta=None
 def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -> Model:
     """Export tensors -> the layout `infer` reads.
 
-    fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1|w3 into (E, d, 2f).
+    fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1 and w3 kept apart
+    (moe.swiglu_inputs multiplies by each, as the training model does, so the logits are its own).
     int8: quantized matrices packed for the integer kernels (quant.pack_qweight: int8 (in, out),
-    scales, column sums, the VNNI layout), expert stacks packed as stacks; embed and pos
+    scales, column sums, the VNNI layout), expert stacks packed as stacks, w1|w3 fused into
+    (E, d, 2f) (integer products are exact, so fusing changes no value); embed and pos
     dequantized once (they are looked up, not multiplied); float parameters as float32.
     """
     if precision not in PRECISIONS:
@@ -96,7 +98,10 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
         w[p + "wo"] = pack(get(p + "wo"))
         groups = [""] + (["shared."] if cfg.n_shared_experts else [])
         for g in groups:
-            w[p + g + "w13"] = pack(cat_out(get(p + g + "w1"), get(p + g + "w3")))
+            if int8:
+                w[p + g + "w13"] = pack(cat_out(get(p + g + "w1"), get(p + g + "w3")))
+            else:
+                w[p + g + "w1"], w[p + g + "w3"] = get(p + g + "w1"), get(p + g + "w3")
             w[p + g + "w2"] = pack(get(p + g + "w2"))
     w["final_norm"] = get("final_norm")
     w["head.weight"], w["head.bias"] = pack(get("head.weight")), get("head.bias")
@@ -135,24 +140,25 @@ def linear(model, x, observer, key, bias=None):
 def experts(model, h, idx, gw, p, observer_in, observer_mid):
     # h: (N, d) float32, idx / gw: (N, K) expert ids and gate weights -> (N, d)
     # p: "blocks.{i}." or "blocks.{i}.shared."; the same steps as moe.experts_forward
-    w13, w2 = model.w[p + "w13"], model.w[p + "w2"]
-    int8 = model.precision == "int8"
-    E = w13[2].shape[0] if int8 else w13.shape[0]          # int8: (w, scale, colsum, w4)
+    w2 = model.w[p + "w2"]
+    E = w2[2].shape[0] if model.precision == "int8" else w2.shape[0]   # int8: (w, scale, colsum, w4)
     order, bounds, tok, pos = dispatch(idx, E)
-    if int8:   # one kernel call per matrix for all experts; tokens quantized once
-        (w, s, colsum, w4), (w_2, s_2, colsum_2, w4_2) = w13, w2
+    if model.precision == "int8":   # one kernel call per matrix for all experts; tokens quantized once
+        (w, s, colsum, w4), (w_2, s_2, colsum_2, w4_2) = model.w[p + "w13"], w2
         ab = kernels.int8_experts(h, tok, bounds, w, colsum, s, *model.act[observer_in], w4)    # (R, 2f)
-        m, _ = ops.swiglu_forward(ab)                                                           # (R, f)
+        f = ab.shape[1] // 2
+        m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])                                         # (R, f)
         rows = np.arange(len(tok))                                # m's rows are already grouped
         y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid], w4_2)  # (R, d)
         return kernels.combine(y, pos, gw)
+    w1, w3 = model.w[p + "w1"], model.w[p + "w3"]
     u = h[tok]                                                    # (R, d) gathered
-    ab = np.empty((len(tok), w13.shape[2]), np.float32)           # (R, 2f)
+    a, b = np.empty((len(tok), w1.shape[2]), np.float32), np.empty((len(tok), w1.shape[2]), np.float32)  # (R, f)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:                                               # skip experts with no tokens
-            np.matmul(u[lo:hi], w13[e], out=ab[lo:hi])
-    m, _ = ops.swiglu_forward(ab)                                 # (R, f)
+            swiglu_inputs(u[lo:hi], w1, w3, e, a[lo:hi], b[lo:hi])
+    m, _ = ops.swiglu_forward(a, b)                               # (R, f)
     y = np.empty((len(tok), h.shape[1]), np.float32)              # (R, d)
     for e in range(E):
         lo, hi = bounds[e], bounds[e + 1]
@@ -167,25 +173,31 @@ def moe(model, h, i, k):
     _, idx, gw = kernels.route(h @ model.w[p + "gate"], k)        # the gate stays float
     m = experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
     if model.cfg.n_shared_experts:
-        m = m + shared(model, h, p)
+        m += shared(model, h, p)                                  # m: combine's fresh array
     return m
 
 
 def shared(model, h, p):
     # h: (N, d) -> (N, d): every token through every shared expert, weight 1 (moe.shared_forward)
-    w13, w2 = model.w[p + "shared.w13"], model.w[p + "shared.w2"]
-    out = np.zeros_like(h)
+    w2 = model.w[p + "shared.w2"]
+    out = None
     if model.precision == "int8":
-        (w, sc, cs, w4), (w_2, sc_2, cs_2, w4_2) = w13, w2
+        (w, sc, cs, w4), (w_2, sc_2, cs_2, w4_2) = model.w[p + "shared.w13"], w2
         for s in range(cs.shape[0]):
             pick = (lambda a: None if a is None else a[s])
             ab = kernels.int8_linear(h, pick(w), cs[s], sc[s], *model.act[p + "ffn_in"], None, pick(w4))
-            m, _ = ops.swiglu_forward(ab)
-            out += kernels.int8_linear(m, pick(w_2), cs_2[s], sc_2[s], *model.act[p + "ffn_mid"], None, pick(w4_2))
+            f = ab.shape[1] // 2
+            m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])
+            y = kernels.int8_linear(m, pick(w_2), cs_2[s], sc_2[s], *model.act[p + "ffn_mid"], None, pick(w4_2))
+            out = y if out is None else out + y
         return out
-    for s in range(w13.shape[0]):
-        m, _ = ops.swiglu_forward(h @ w13[s])                     # (N, f)
-        out += m @ w2[s]
+    w1, w3 = model.w[p + "shared.w1"], model.w[p + "shared.w3"]
+    for s in range(w1.shape[0]):
+        a, b = np.empty((h.shape[0], w1.shape[2]), np.float32), np.empty((h.shape[0], w1.shape[2]), np.float32)
+        swiglu_inputs(h, w1, w3, s, a, b)                         # (N, f) each
+        m, _ = ops.swiglu_forward(a, b)                           # (N, f)
+        y = m @ w2[s]                                             # (N, d)
+        out = y if out is None else out + y                       # the order of moe.shared_forward
     return out
 
 

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qz
+from qz import governor
 from qz import model as qm
 from qz import runtime
 from qz.cli import main
@@ -103,7 +104,8 @@ def test_prefill_is_infer_bit_for_bit_and_batched_decode_matches(precision):
     m, rng = built(cfg, precision, 3), np.random.default_rng(3)
     ids = rng.integers(0, 256, (3, 5))                            # (B, T)
     cache = new_cache(cfg, batch=3)
-    np.testing.assert_array_equal(prefill(m, ids, cache), runtime.infer(m, ids)[:, -1], err_msg=precision)
+    np.testing.assert_array_equal(prefill(m, ids, cache, every_position=True), runtime.infer(m, ids)[:, -1],
+                                  err_msg=precision)
     for _ in range(cfg.max_len - 5):                             # fill the cache to max_len
         nxt = rng.integers(0, 256, 3)
         got = decode_step(m, nxt, cache)                          # (B, V)
@@ -114,6 +116,24 @@ def test_prefill_is_infer_bit_for_bit_and_batched_decode_matches(precision):
         decode_step(m, nxt, cache)
 
 
+@given(seeds, st.sampled_from(["fp32", "fp16", "int8"]), st.integers(0, 1), st.integers(1, 2),
+       st.integers(1, 3), st.integers(1, 8))
+def test_last_position_prefill_keeps_the_cache_and_the_last_logits(seed, precision, S, k, B, T):
+    """The default prefill runs the last block at the last position only: the cache must be the
+    full prefill's bit for bit (every k and v is still computed), and the logits the full
+    prefill's (= infer's) to the decode tolerance (the last query attends as a decode step)."""
+    cfg = tiny(S)
+    m = built(cfg, precision, seed % 1000, shrink=0.7)
+    ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (B, T))
+    last, full = new_cache(cfg, batch=B), new_cache(cfg, batch=B)
+    got, want = prefill(m, ids, last, moe_top_k=k), prefill(m, ids, full, moe_top_k=k, every_position=True)
+    assert got.shape == want.shape == (B, cfg.vocab_size) and last.length == full.length == T
+    np.testing.assert_array_equal(last.k, full.k, err_msg="keys")
+    np.testing.assert_array_equal(last.v, full.v, err_msg="values")
+    tol = TOL["int8_flip"] if precision == "int8" else TOL["decode_f32"]
+    assert rel(got, want) <= tol, f"{precision} S={S} k={k} B={B} T={T}: {rel(got, want)}"
+
+
 def test_beyond_max_len_refills_the_last_half():
     m = built(tiny(max_len=6), "fp32", 0)
     dec = Decoder(m)
@@ -122,7 +142,8 @@ def test_beyond_max_len_refills_the_last_half():
     assert dec.window == seq[-6:]                                 # a long prompt keeps its last max_len
     refilled = dec.feed(7)                                        # 7 tokens > max_len: keep the last 3
     assert dec.window == seq[-2:] + [7] and dec.refills == 1 and dec.cache.length == 3
-    np.testing.assert_array_equal(refilled, runtime.infer(m, np.array([seq[-2:] + [7]]))[0, -1])
+    # a refill is a prefill: its last position is computed as a decode step is (see the next test)
+    assert rel(refilled, runtime.infer(m, np.array([seq[-2:] + [7]]))[0, -1]) <= TOL["decode_f32"]
     nxt = dec.feed(8)                                             # then decode steps again
     assert dec.refills == 1 and dec.cache.length == 4
     assert rel(nxt, runtime.infer(m, np.array([seq[-2:] + [7, 8]]))[0, -1]) <= TOL["decode_f32"]
@@ -324,7 +345,9 @@ def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
     (["--battery", "15", "--charging", "no"], "low_power", "int8", 1, None),
     (["--battery", "3", "--charging", "no"], "critical", "int8", 1, 1),
 ])
-def test_cli_generate_under_the_governor(tmp_path, capsys, overrides, mode, precision, k, threads):
+def test_cli_generate_under_the_governor(tmp_path, capsys, overrides, mode, precision, k, threads, monkeypatch):
+    # the overrides name the mode; this host's real CPU load must not (>= 90 % busy is low_power)
+    monkeypatch.setattr(governor, "busy_share", lambda before, after: 0.1)
     files = _lm_files(tmp_path)
     assert main(["generate", *files, "--prompt", "ab", "--max-new-tokens", "4", "--temperature", "0",
                  "--governor", "auto", *overrides, "--json"]) == 0

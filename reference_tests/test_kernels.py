@@ -50,13 +50,21 @@ def test_rmsnorm(n, c, dtype):
 @pytest.mark.parametrize("f", SIZES)
 def test_swiglu(n, f, dtype):
     rng = np.random.default_rng(n * 100 + f)
-    ab = np.concatenate([6 * rng.standard_normal((n, f)), rng.standard_normal((n, f))], axis=1).astype(dtype)
+    a, b = (6 * rng.standard_normal((n, f))).astype(dtype), rng.standard_normal((n, f)).astype(dtype)
     dm = rng.standard_normal((n, f)).astype(dtype)
-    m1, s1 = kernels.swiglu_forward_jit(ab)
-    m2, s2 = kernels.swiglu_forward_ref(ab)
-    close(m1, m2, dtype, "swiglu m")
-    close(s1, s2, dtype, "swiglu sigmoid")
-    close(kernels.swiglu_backward_jit(dm, ab, s2), kernels.swiglu_backward_ref(dm, ab, s2), dtype, "swiglu dab")
+    close(kernels.swiglu_forward_jit(a, b), kernels.swiglu_forward_ref(a, b), dtype, "swiglu m")
+    for x, y, name in zip(kernels.swiglu_backward_jit(dm, a, b), kernels.swiglu_backward_ref(dm, a, b), ("da", "db")):
+        close(x, y, dtype, f"swiglu {name}")
+
+
+@pytest.mark.skipif(not kernels.USE_NUMBA, reason="compares the jitted kernel's layouts")
+def test_swiglu_reads_strided_halves_as_their_contiguous_copies():
+    # the int8 runtime passes the two halves of one (R, 2f) product; the fake-quant model
+    # passes contiguous arrays: both must give the same bits
+    rng = np.random.default_rng(0)
+    ab = rng.standard_normal((7, 66)).astype(np.float32)
+    a, b = ab[:, :33], ab[:, 33:]
+    np.testing.assert_array_equal(kernels.swiglu_forward(a, b), kernels.swiglu_forward(a.copy(), b.copy()))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

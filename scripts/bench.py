@@ -282,9 +282,9 @@ def forward_gemms(cfg, B, T, k):
     rows = max(1, round(N * k / E))                       # average rows per routed expert
     g += [("wqkv", 1, N, d, 3 * d, L), ("scores", B * H, T, D, T, L), ("p@v", B * H, T, T, D, L),
           ("wo", 1, N, d, d, L), ("gate", 1, N, d, E, L),
-          ("expert w1|w3", 1, rows, d, 2 * f, L * E), ("expert w2", 1, rows, f, d, L * E)]
+          ("expert w1, w3", 1, rows, d, f, 2 * L * E), ("expert w2", 1, rows, f, d, L * E)]   # w1, w3: two products
     if S:
-        g += [("shared w1|w3", 1, N, d, 2 * f, L * S), ("shared w2", 1, N, f, d, L * S)]
+        g += [("shared w1, w3", 1, N, d, f, 2 * L * S), ("shared w2", 1, N, f, d, L * S)]
     g.append(("head", 1, N if cfg.mode == "lm" else B, d, V, 1))
     return g
 
