@@ -291,6 +291,39 @@ def test_fit_length():
     np.testing.assert_array_equal(audio.fit_length(x, 5), x, err_msg="exact length")
 
 
+def test_noise_floor_is_the_quietest_tenth_of_10ms_frames():
+    # 100 frames of 10 ms, frame j a constant of amplitude levels[j] (its RMS), in shuffled order
+    levels = np.linspace(0.01, 1.0, 100)
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.permutation(levels), audio.NOISE_FRAME) * rng.choice([-1.0, 1.0], 100 * audio.NOISE_FRAME)
+    assert audio.noise_floor(x) == pytest.approx(np.quantile(levels, 0.1), rel=1e-6)
+    assert audio.noise_floor(np.zeros(3000)) == 0.0
+    assert audio.noise_floor(np.full(50, 0.5)) == pytest.approx(0.5)     # shorter than one frame: its RMS
+
+
+@pytest.mark.parametrize("length", [800, 16000, 23456])
+def test_fit_clip_is_fit_length_plus_a_fixed_dither_at_the_clip_floor(length):
+    rng = np.random.default_rng(length)
+    x = (0.003 * rng.standard_normal(length)).astype(np.float32)          # a quiet room ...
+    x[length // 3: length // 2] += 0.5 * np.sin(np.arange(length // 2 - length // 3))   # ... and a loud word
+    y = audio.fit_clip(x)
+    assert y.shape == (audio.CLIP_SAMPLES,) and y.dtype == np.float32
+    dither = y.astype(np.float64) - audio.fit_length(x)
+    np.testing.assert_allclose(dither / audio.noise_floor(x),
+                               np.random.default_rng(audio.PAD_SEED).standard_normal(audio.CLIP_SAMPLES),
+                               rtol=1e-4, atol=1e-4, err_msg="the dither: fixed white noise at the floor")
+    assert 0.002 < audio.noise_floor(x) < 0.004                          # the room's level, not the word's
+    np.testing.assert_array_equal(audio.fit_clip(x), y, err_msg="determinism")
+
+
+def test_fit_clip_leaves_digital_silence_silent_and_fills_padding():
+    np.testing.assert_array_equal(audio.fit_clip(np.zeros(5000, np.float32)), np.zeros(audio.CLIP_SAMPLES))
+    x = (0.01 * np.random.default_rng(2).standard_normal(4000)).astype(np.float32)
+    y = audio.fit_clip(x)
+    pad = y[:(audio.CLIP_SAMPLES - 4000) // 2]                             # the padding before the clip
+    assert 0.5 * audio.noise_floor(x) < np.sqrt(np.mean(pad.astype(np.float64) ** 2)) < 2 * audio.noise_floor(x)
+
+
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
 @pytest.mark.parametrize("seconds", [0.05, 1.0, 2.3])
 def test_feature_shapes(rate, seconds):

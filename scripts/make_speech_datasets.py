@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Build data/speech_commands.npz and data/spoken_digits.npz: synthetic speech from espeak-ng.
+"""Build data/speech_commands.npz and data/spoken_digits.npz: synthetic speech from espeak-ng, flite and festival.
 
-Every clip is one word spoken by espeak-ng, turned into the model's input by
+Every clip is one word spoken by a synthesiser, turned into the model's input by
 the same call that runs on a user's wav file, ``qz.audio.features``:
 
     espeak-ng -v <accent>+<variant> -s <speed> -p <pitch> -a <amplitude> -w tmp.wav <word>
-    -> qz.audio.read_wav -> resample to 16 kHz -> trim the silence espeak adds
-    -> place at a random offset in a 1 s window (a word longer than 1 s is cropped, centred)
-    -> random gain (word peak -30 .. -3 dBFS) -> + synthetic noise at 5 .. 20 dB SNR
+      (or, for 40 % of the training words, a flite / festival voice built from recordings,
+       its waveform warped: see NATURAL_VOICES)
+    -> qz.audio.read_wav -> resample to 16 kHz -> trim the silence the synthesiser adds
+    -> 70 %: place at a random offset in a 1 s window (a word longer than 1 s is cropped, centred)
+             -> random gain (word peak -30 .. -3 dBFS) -> + synthetic noise at 5 .. 20 dB SNR
+       30 %: a short recording cut close around the word, cleaner (15 .. 40 dB SNR), left
+             for the front-end to pad (qz.audio.fit_clip), as users' own trimmed wav files are
     -> int16 quantisation (qz.audio.quantize16) -> qz.audio.features -> (49, 13) float16
 
 so a wav written from a stored clip gives exactly the stored features (up to
@@ -23,7 +27,8 @@ fail or give no audio are dropped, and so is every pair whose audio is
 byte-identical to an earlier pair's (the order: ``default`` first, then
 variant names case-insensitively, then accents), so no voice can sit in two
 splits under two names. A variant with no pair left is dropped. The report
-lists what was dropped and why.
+lists what was dropped and why. The natural voices (flite, festival: five
+real speakers) are too few to split and all train.
 
 Splits are BY VARIANT: the variants are split 70/15/15 into train / val /
 test (stratified by the gender espeak-ng lists), and every accent of a
@@ -74,6 +79,22 @@ SNR_DB = (5.0, 20.0)        # word power (over the trimmed word) / noise power (
 SILENCE_DBFS = (-60.0, -16.0)   # noise RMS of _silence_ clips: the range the word clips' noise spans
 TRIM_DB = -50.0             # silence trim threshold relative to the word peak
 HUM_PROB = 0.25             # chance of a mains hum in the noise
+TRIMMED_SHARE = 0.3         # share of clips made as a short, trimmed recording (zero-padded by the front-end)
+TRIMMED_SNR_DB = (15.0, 40.0)   # those recordings are cleaner: close-talking, little background
+TRIMMED_MARGIN = 0.1        # s of recording kept around the word, at most, on each side
+NATURAL_SHARE = 0.4         # share of training word clips spoken by a voice built from recordings
+
+# Voices built from recordings of real people (diphone concatenation, HTS and clustergen
+# statistical voices): they carry a human glottal source and real coarticulation, which
+# espeak-ng's formant synthesis does not. (engine, voice, speaker, gender): one speaker may
+# have voices in both engines (kal, slt); they are few, so all of them go to the training split.
+NATURAL_VOICES = [("flite", "kal16", "kal", "M"), ("flite", "awb", "awb", "M"), ("flite", "rms", "rms", "M"),
+                  ("flite", "slt", "slt", "F"), ("festival", "kal_diphone", "kal", "M"),
+                  ("festival", "ked_diphone", "ked", "M"), ("festival", "cmu_us_slt_arctic_hts", "slt", "F")]
+STRETCH = (0.75, 1.35)      # natural voices: duration stretch (1 = the voice's own rate)
+F0_MEAN = {"M": (80.0, 200.0), "F": (140.0, 260.0)}   # natural voices: target mean pitch in Hz
+WARP = (0.88, 1.14)         # natural voices: the waveform resampled by this factor (formants,
+                            # pitch and tempo move together, as for a shorter or longer vocal tract)
 
 
 # ---------------------------------------------------------------- espeak-ng
@@ -111,6 +132,80 @@ def synth(voice, word, speed, pitch, amplitude, wav_path):
             os.remove(wav_path)
     x = audio.resample(x, sr, audio.SAMPLE_RATE)
     return x if np.max(np.abs(x), initial=0.0) > 0 else None
+
+
+# ---------------------------------------------------------------- flite and festival
+
+def natural_voices_available():
+    """-> the NATURAL_VOICES this machine can synthesise (flite -lv; festival's voice folders)."""
+    have = set()
+    try:
+        out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=True).stdout
+        have |= {("flite", v) for v in out.split(":")[-1].split()}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for root in ("/usr/share/festival/voices", "/usr/lib/festival/voices"):
+        for dirpath, dirnames, _ in os.walk(root):
+            have |= {("festival", d) for d in dirnames}
+    return [v for v in NATURAL_VOICES if v[:2] in have]
+
+
+def flite_synth(voice, word, stretch, f0, wav_path):
+    """-> float32 samples at 16 kHz, or None when flite fails."""
+    cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}",
+           "--setf", f"int_f0_target_mean={f0:.1f}", "-t", word, "-o", wav_path]
+    try:
+        subprocess.run(cmd, capture_output=True, check=True, timeout=60)
+        x, sr = audio.read_wav(wav_path)
+    except (subprocess.SubprocessError, audio.AudioError):
+        return None
+    finally:
+        if os.path.exists(wav_path):
+            os.remove(wav_path)
+    return audio.resample(x, sr, audio.SAMPLE_RATE)
+
+
+def festival_batch(voice, items, tmp, tag):
+    """items [(word, stretch, f0)] in one festival process (its start-up costs ~0.5 s) -> [samples | None].
+
+    Diphone voices take a duration stretch and an LR-intonation target mean pitch; the HTS
+    voice ignores both (its variety comes from the waveform warp)."""
+    lines, paths = [f"(voice_{voice})"], []
+    for i, (word, stretch, f0) in enumerate(items):
+        path = os.path.join(tmp, f"{tag}-{i}.wav")
+        paths.append(path)
+        lines.append(f"(Parameter.set 'Duration_Stretch {stretch:.3f})")
+        lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.1f}) (target_f0_std {0.15 * f0:.1f}) "
+                     "(model_f0_mean 170) (model_f0_std 34)))")
+        lines.append(f'(set! utt (Utterance Text "{word}")) (utt.synth utt) (utt.save.wave utt "{path}" \'riff)')
+    script = os.path.join(tmp, f"{tag}.scm")
+    with open(script, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        subprocess.run(["festival", "-b", script], capture_output=True, check=True, timeout=600)
+    except subprocess.SubprocessError:
+        pass                                            # whatever was written is used, the rest is None
+    out = []
+    for path in paths:
+        try:
+            x, sr = audio.read_wav(path)
+            out.append(audio.resample(x, sr, audio.SAMPLE_RATE))
+        except audio.AudioError:
+            out.append(None)
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+    os.remove(script)
+    return out
+
+
+def warp(x, factor):
+    """(N,) -> (about N / factor,): read the waveform `factor` times faster (linear interpolation).
+
+    factor > 1 raises formants and pitch and shortens the word, as a shorter vocal tract
+    speaking faster would: a new voice from an old one, in the waveform (VTLP's cousin)."""
+    t = np.arange(0.0, len(x) - 1, factor)
+    return np.interp(t, np.arange(len(x)), x).astype(np.float32)
 
 
 # ---------------------------------------------------------------- voices: probe, dedupe, split
@@ -227,7 +322,16 @@ def trim(x):
 
 
 def make_clip(word, rng):
-    """word (N,) at 16 kHz, or None for silence -> (16000,) quantised clip."""
+    """word (N,) at 16 kHz, or None for silence -> a quantised clip: (16000,), or shorter when trimmed.
+
+    Two recording styles. Most clips are a 1 s window with the word at a random offset
+    in background noise. A share (TRIMMED_SHARE) is a short, cleaner recording cut
+    close around the word, as users' own wav files and the Free Spoken Digit Dataset
+    are: the front-end (qz.audio.fit_clip) pads those to 1 s and dithers them at their
+    own noise floor, a clip the model must therefore have seen in training.
+    """
+    if rng.random() < TRIMMED_SHARE:
+        return trimmed_recording(word, rng)
     n = audio.CLIP_SAMPLES
     noise = background_noise(rng, n)
     if word is None:
@@ -245,6 +349,21 @@ def make_clip(word, rng):
     return audio.quantize16(clip)
 
 
+def trimmed_recording(word, rng):
+    """A short recording: the word with up to TRIMMED_MARGIN s either side, noise at
+    TRIMMED_SNR_DB over the recording only; for silence, 0.25..1 s of noise. Not padded."""
+    n, sr = audio.CLIP_SAMPLES, audio.SAMPLE_RATE
+    if word is None:
+        m = int(rng.integers(n // 4, n + 1))
+        return audio.quantize16(background_noise(rng, m) * 10 ** (rng.uniform(*SILENCE_DBFS) / 20))
+    w = trim(word).astype(np.float64)
+    w *= 10 ** (rng.uniform(*PEAK_DBFS) / 20) / np.max(np.abs(w))
+    left, right = (int(v) for v in rng.integers(0, int(TRIMMED_MARGIN * sr) + 1, 2))
+    rec = np.concatenate([np.zeros(left), w, np.zeros(right)])
+    rec += background_noise(rng, len(rec)) * np.sqrt(np.mean(w**2)) * 10 ** (-rng.uniform(*TRIMMED_SNR_DB) / 20)
+    return audio.quantize16(audio.fit_length(rec, n) if len(rec) > n else rec)
+
+
 # ---------------------------------------------------------------- data sets
 
 def clip_jobs(name, ds_id, labels, counts, seed):
@@ -257,12 +376,10 @@ def clip_jobs(name, ds_id, labels, counts, seed):
     return jobs
 
 
-def synth_job(job, words_of, pools, tmp):
-    """Draw the voice and word for one clip and synthesise it (runs in a worker thread)."""
+def espeak_job(job, words_of, pools, tmp):
+    """Draw an espeak-ng voice and the word for one clip and synthesise it (runs in a worker thread)."""
     name, split, c, i, key = job
     words = words_of[c]
-    if not words:
-        return None                                                   # _silence_
     rng = np.random.default_rng(key)
     for attempt in range(10):                                         # a pair may fail: draw again
         voice = pools[split][rng.integers(len(pools[split]))]
@@ -271,22 +388,81 @@ def synth_job(job, words_of, pools, tmp):
         amp = rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1)
         x = synth(voice, word, speed, pitch, amp, os.path.join(tmp, f"{name}-{split}-{c}-{i}-{attempt}.wav"))
         if x is not None:
-            return x
+            return x, voice
     raise RuntimeError(f"espeak-ng failed 10 times for {job}")
 
 
-def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress):
+def natural_plan(job, words_of, natural):
+    """-> (engine, voice, word, stretch, f0, warp factor) for a training word clip that draws a
+    natural voice (share NATURAL_SHARE), else None. A pure function of the clip's key."""
+    name, split, c, i, key = job
+    rng = np.random.default_rng(key + (3,))
+    if split != "train" or not natural or not words_of[c] or rng.random() >= NATURAL_SHARE:
+        return None
+    engine, voice, _, gender = natural[rng.integers(len(natural))]
+    word = words_of[c][rng.integers(len(words_of[c]))]
+    return (engine, voice, word, float(rng.uniform(*STRETCH)), float(rng.uniform(*F0_MEAN[gender])),
+            float(rng.uniform(*WARP)))
+
+
+def synthesise(pool, tmp, jobs, words_of, pools, natural, progress):
+    """-> [(samples, voice name) or None for silence], in job order.
+
+    Natural-voice clips: flite one process per clip, festival one process per batch of 50
+    clips of a voice; a natural clip that fails falls back to an espeak-ng voice."""
+    plans = [natural_plan(j, words_of, natural) for j in jobs]
+    out = [None] * len(jobs)
+    futures = {}
+    fest = {}
+    for n, (job, plan) in enumerate(zip(jobs, plans)):
+        if plan is None:
+            if words_of[job[2]]:
+                futures[pool.submit(espeak_job, job, words_of, pools, tmp)] = [n]
+        elif plan[0] == "flite":
+            engine, voice, word, stretch, f0, _ = plan
+            futures[pool.submit(flite_synth, voice, word, stretch, f0,
+                                os.path.join(tmp, f"{job[0]}-{job[1]}-{job[2]}-{job[3]}.wav"))] = [n]
+        else:
+            fest.setdefault(plan[1], []).append(n)
+    for voice, ns in sorted(fest.items()):
+        for b in range(0, len(ns), 50):
+            chunk = ns[b:b + 50]
+            futures[pool.submit(festival_batch, voice, [plans[n][2:5] for n in chunk], tmp,
+                                f"fest-{jobs[chunk[0]][0]}-{voice}-{b}")] = chunk
+    for _ in range(sum(not words_of[j[2]] for j in jobs)):   # silence clips: nothing to synthesise
+        progress()
+    for fut in cf.as_completed(futures):
+        got = fut.result()
+        for n, r in zip(futures[fut], got if isinstance(got, list) else [got]):
+            out[n] = r
+            progress()
+    for n, (job, plan) in enumerate(zip(jobs, plans)):
+        if plan is not None:
+            x = out[n]
+            # the waveform warp is the plan's last element; a failed natural clip -> espeak-ng
+            out[n] = (warp(x, plan[5]), f"{plan[0]}/{plan[1]}") if x is not None and len(x) else \
+                espeak_job(job, words_of, pools, tmp)
+    return out
+
+
+def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress, natural=()):
     jobs = clip_jobs(name, ds_id, labels, counts, seed)
     x = {s: [] for s in SPLITS}
     y = {s: [] for s in SPLITS}
     clips = {s: [] for s in SPLITS}
-    n_cropped = n_words = 0
-    for job, word in zip(jobs, pool.map(lambda j: synth_job(j, words_of, pools, tmp), jobs)):
+    n_cropped = n_words = n_trimmed = 0
+    voices_used = {s: set() for s in SPLITS}
+    spoken = synthesise(pool, tmp, jobs, words_of, pools, natural, progress)
+    for job, said in zip(jobs, spoken):
         _, split, c, i, key = job
-        if word is not None:
+        word = None
+        if said is not None:
+            word, voice = said
+            voices_used[split].add(voice)
             n_words += 1
             n_cropped += len(trim(word)) > audio.CLIP_SAMPLES
-        clip = make_clip(word, np.random.default_rng(key + (1,)))     # (16000,) quantised
+        clip = make_clip(word, np.random.default_rng(key + (1,)))     # (16000,) or shorter, quantised
+        n_trimmed += len(clip) < audio.CLIP_SAMPLES
         x[split].append(audio.features(clip, audio.SAMPLE_RATE))      # (49, 13) float32
         y[split].append(c)
         clips[split].append(clip)
@@ -302,7 +478,10 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
                 row = int(np.flatnonzero(ys == c)[0])
                 first_clips[label] = (clips[split][order[row]], xs[row])
     out["labels"] = np.array(labels)
-    return out, first_clips, f"{n_cropped} of {n_words} words longer than 1 s (centre-cropped)"
+    n_natural = sum(1 for v in voices_used["train"] if v.startswith(("flite/", "festival/")))
+    notes = (f"{n_cropped} of {n_words} words longer than 1 s (centre-cropped); {n_trimmed} of {len(jobs)} "
+             f"clips are trimmed recordings; {n_natural} natural voices used in train")
+    return out, first_clips, notes, voices_used
 
 
 def main(argv=None):
@@ -316,17 +495,26 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="every random choice derives from it (default 0)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "data"),
                     help="where the .npz files and wav/ go (default: the repository's data/)")
-    ap.add_argument("--commands", type=int, nargs=3, default=[700, 100, 100], metavar=("TRAIN", "VAL", "TEST"),
-                    help="speech_commands clips per class in each split (default 700 100 100)")
+    ap.add_argument("--commands", type=int, nargs=3, default=[1200, 100, 100], metavar=("TRAIN", "VAL", "TEST"),
+                    help="speech_commands clips per class in each split (default 1200 100 100)")
     ap.add_argument("--digits", type=int, nargs=3, default=[100, 40, 40], metavar=("TRAIN", "VAL", "TEST"),
                     help="spoken_digits clips per class in each split (default 100 40 40)")
-    ap.add_argument("--jobs", type=int, default=2, help="espeak-ng processes at once (default 2; output is the same)")
+    ap.add_argument("--jobs", type=int, default=2, help="synthesis processes at once (default 2; output is the same)")
+    ap.add_argument("--espeak-only", action="store_true",
+                    help="no flite/festival voices (the shipped data uses them: apt-get install flite festival "
+                         "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)")
     args = ap.parse_args(argv)
 
     t0 = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)        # noqa: E731
     version = espeak_version()
     log(version)
+    natural = [] if args.espeak_only else natural_voices_available()
+    missing = sorted(set(NATURAL_VOICES) - set(natural))
+    if missing and not args.espeak_only:
+        sys.exit("make_speech_datasets: missing voices " + ", ".join(f"{e}/{v}" for e, v, *_ in missing)
+                 + " (apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts, "
+                   "or --espeak-only)")
     os.makedirs(os.path.join(args.out_dir, "wav"), exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, cf.ThreadPoolExecutor(args.jobs) as pool:
         v = probe_voices(pool, tmp, log)
@@ -342,17 +530,19 @@ def main(argv=None):
         total = sum(len(labels) * sum(counts.values()) for _, _, labels, _, counts in specs)
         done, t1 = [0], time.time()
 
-        def progress():
+        def progress():       # called once per clip synthesised and once per clip featurised
             done[0] += 1
-            if done[0] % 250 == 0 or done[0] == total:
+            if done[0] % 500 == 0 or done[0] == 2 * total:
                 rate = done[0] / (time.time() - t1)
-                log(f"clips {done[0]}/{total}  {rate:.0f}/s  ETA {(total - done[0]) / rate:.0f} s")
+                log(f"clip steps {done[0]}/{2 * total}  {rate:.0f}/s  ETA {(2 * total - done[0]) / rate:.0f} s")
 
         report = []
         for name, ds_id, labels, words_of, counts in specs:
-            arrays, first, cropped = build(pool, tmp, name, ds_id, labels, words_of, counts, pools, args.seed, progress)
-            for s in SPLITS:
-                arrays[f"voice_{s}"] = np.array(sorted(pools[s]))
+            arrays, first, cropped, used = build(pool, tmp, name, ds_id, labels, words_of, counts, pools, args.seed,
+                                                 progress, natural)
+            for s in SPLITS:   # the pool each split draws from, natural voices included (train only)
+                nat = [f"{e}/{vo}" for e, vo, *_ in natural] if s == "train" else []
+                arrays[f"voice_{s}"] = np.array(sorted(pools[s]) + nat)
             path = os.path.join(args.out_dir, f"{name}.npz")
             np.savez_compressed(path, **arrays)
             for label, (clip, row) in first.items():                 # wav files + the round-trip check
@@ -367,6 +557,7 @@ def main(argv=None):
             report.append(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB; {counts_txt}; per class {bal}; {cropped}")
 
     print(version)
+    print(f"natural voices (train only): {', '.join(f'{e}/{vo} ({spk}, {g})' for e, vo, spk, g in natural) or 'none'}")
     print(f"accents ({len(v['accents'])}): {' '.join(v['accents'])}")
     print(f"accents that fail: {' '.join(v['failed_accents'])}")
     print(f"exact duplicate accents dropped: {v['accent_dups'] or 'none'}")
