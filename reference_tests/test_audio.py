@@ -302,16 +302,17 @@ def test_noise_floor_is_the_quietest_tenth_of_10ms_frames():
 
 
 @pytest.mark.parametrize("length", [800, 16000, 23456])
-def test_fit_clip_is_fit_length_plus_a_fixed_dither_at_the_clip_floor(length):
+def test_fit_clip_is_fit_length_plus_a_fixed_dither_below_the_clip_floor(length):
     rng = np.random.default_rng(length)
     x = (0.003 * rng.standard_normal(length)).astype(np.float32)          # a quiet room ...
     x[length // 3: length // 2] += 0.5 * np.sin(np.arange(length // 2 - length // 3))   # ... and a loud word
     y = audio.fit_clip(x)
     assert y.shape == (audio.CLIP_SAMPLES,) and y.dtype == np.float32
     dither = y.astype(np.float64) - audio.fit_length(x)
-    np.testing.assert_allclose(dither / audio.noise_floor(x),
+    level = audio.noise_floor(x) * 10 ** (audio.DITHER_DB / 20)
+    np.testing.assert_allclose(dither / level,
                                np.random.default_rng(audio.PAD_SEED).standard_normal(audio.CLIP_SAMPLES),
-                               rtol=1e-4, atol=1e-4, err_msg="the dither: fixed white noise at the floor")
+                               rtol=1e-4, atol=1e-4, err_msg="the dither: fixed white noise DITHER_DB below the floor")
     assert 0.002 < audio.noise_floor(x) < 0.004                          # the room's level, not the word's
     np.testing.assert_array_equal(audio.fit_clip(x), y, err_msg="determinism")
 
@@ -321,7 +322,8 @@ def test_fit_clip_leaves_digital_silence_silent_and_fills_padding():
     x = (0.01 * np.random.default_rng(2).standard_normal(4000)).astype(np.float32)
     y = audio.fit_clip(x)
     pad = y[:(audio.CLIP_SAMPLES - 4000) // 2]                             # the padding before the clip
-    assert 0.5 * audio.noise_floor(x) < np.sqrt(np.mean(pad.astype(np.float64) ** 2)) < 2 * audio.noise_floor(x)
+    level = audio.noise_floor(x) * 10 ** (audio.DITHER_DB / 20)
+    assert 0.5 * level < np.sqrt(np.mean(pad.astype(np.float64) ** 2)) < 2 * level
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
