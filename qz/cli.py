@@ -726,7 +726,7 @@ def build_parser():
                        "end to end, and write report.json (plus curves.png with matplotlib).")
     d.add_argument("--data-dir", default="data", help="where the shipped data sets are (default data)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--steps", type=int, default=3000, help="command-model training steps (default 3000)")
+    d.add_argument("--steps", type=int, default=6000, help="command-model training steps (default 6000)")
     d.add_argument("--finetune-steps", type=int, default=1500,
                    help="at most this many fine-tuning steps (early stopping usually ends it sooner)")
     d.add_argument("--seed", type=int, default=0)

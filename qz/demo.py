@@ -39,7 +39,7 @@ DIGITS = "spoken_digits.npz"
 
 
 class DemoOptions:
-    def __init__(self, data_dir="data", out_dir="runs/demo", steps=3000, finetune_steps=1500, seed=0,
+    def __init__(self, data_dir="data", out_dir="runs/demo", steps=6000, finetune_steps=1500, seed=0,
                  batch_size=32, lr=3e-3, qat_steps=400, vtlp=0.15):
         self.data_dir, self.out_dir = Path(data_dir), Path(out_dir)
         self.vtlp = vtlp              # VTLP warp of the command model's training clips (0: off)

@@ -122,6 +122,13 @@ def voice_id(accent, variant):
 def synth(voice, word, speed, pitch, amplitude, wav_path):
     """-> float32 samples at 16 kHz, or None when espeak-ng fails or gives no audio."""
     cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude), "-w", wav_path, word]
+    x = run_to_wav(cmd, wav_path)
+    return x if x is not None and np.max(np.abs(x), initial=0.0) > 0 else None
+
+
+def run_to_wav(cmd, wav_path):
+    """Run a synthesiser command that writes wav_path -> its float32 samples at 16 kHz, or None
+    when it fails; the file is removed either way."""
     try:
         subprocess.run(cmd, capture_output=True, check=True, timeout=60)
         x, sr = audio.read_wav(wav_path)
@@ -130,8 +137,7 @@ def synth(voice, word, speed, pitch, amplitude, wav_path):
     finally:
         if os.path.exists(wav_path):
             os.remove(wav_path)
-    x = audio.resample(x, sr, audio.SAMPLE_RATE)
-    return x if np.max(np.abs(x), initial=0.0) > 0 else None
+    return audio.resample(x, sr, audio.SAMPLE_RATE)
 
 
 # ---------------------------------------------------------------- flite and festival
@@ -154,15 +160,7 @@ def flite_synth(voice, word, stretch, f0, wav_path):
     """-> float32 samples at 16 kHz, or None when flite fails."""
     cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}",
            "--setf", f"int_f0_target_mean={f0:.1f}", "-t", word, "-o", wav_path]
-    try:
-        subprocess.run(cmd, capture_output=True, check=True, timeout=60)
-        x, sr = audio.read_wav(wav_path)
-    except (subprocess.SubprocessError, audio.AudioError):
-        return None
-    finally:
-        if os.path.exists(wav_path):
-            os.remove(wav_path)
-    return audio.resample(x, sr, audio.SAMPLE_RATE)
+    return run_to_wav(cmd, wav_path)
 
 
 def festival_batch(voice, items, tmp, tag):
