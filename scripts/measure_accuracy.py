@@ -7,6 +7,7 @@ never looks at its test split to choose anything.
     python scripts/measure_accuracy.py lm_topk       # the small LM trained at top-2 and at top-8 (not in all)
     python scripts/measure_accuracy.py commands      # spoken commands, unseen voices (+ baseline)
     python scripts/measure_accuracy.py finetune      # digits fine-tuned from the command model
+    python scripts/measure_accuracy.py styles        # both by recording style (1 s in noise / trimmed)
     python scripts/measure_accuracy.py fsdd          # real speech (../shared/data/fsdd-dev), per speaker
     python scripts/measure_accuracy.py all
 
@@ -263,9 +264,41 @@ def task_fsdd(args):
     write("fsdd", res)
 
 
+def trimmed_rows(name, split):
+    """-> bool (N,): which rows of a split of data/<name>.npz are trimmed recordings (the rest are
+    1 s clips in noise). Not stored in the .npz: the generator's own choice, re-drawn from the same
+    per-clip seed and put in the same row order (scripts/make_speech_datasets.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_speech_datasets as mk
+    ds_id, labels = {"speech_commands": (0, mk.COMMAND_LABELS), "spoken_digits": (1, mk.DIGITS)}[name]
+    with np.load(ROOT / "data" / f"{name}.npz", allow_pickle=False) as z:
+        n = len(z["y" if split == "train" else f"y_{split}"]) // len(labels)
+    s_id = mk.SPLITS.index(split)
+    jobs = [j for j in mk.clip_jobs(name, ds_id, labels, {s: n for s in mk.SPLITS}, 0) if j[1] == split]
+    trimmed = np.array([np.random.default_rng(j[4] + (1,)).random() < mk.TRIMMED_SHARE for j in jobs])
+    return trimmed[np.random.default_rng([0, ds_id, s_id, 2000]).permutation(len(trimmed))]
+
+
+def task_styles(args):
+    """Accuracy of the saved command and digits models by recording style (1 s in noise / trimmed),
+    on validation and test voices. Run after `commands` and `finetune`."""
+    res = {"task": "accuracy by recording style"}
+    for name, path in (("speech_commands", command_model_path()), ("spoken_digits", OUT / "digits_finetuned.safetensors")):
+        params, cfg, meta = qz.load(path)
+        for split in ("val", "test"):
+            data = apply_input_norm(load_split(ROOT / "data" / f"{name}.npz", split), meta["input_norm"])
+            trimmed = trimmed_rows(name, split)
+            for style, rows in (("1s", ~trimmed), ("trimmed", trimmed)):
+                acc = evaluate(params, cfg, data.subset(np.flatnonzero(rows)), 512)["accuracy"]
+                res[f"{name}_{split}_{style}"] = {"n": int(rows.sum()), "accuracy": acc}
+                print(name, split, style, int(rows.sum()), round(acc, 4), flush=True)
+    write("styles", res)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=["digits", "lm", "lm_topk", "commands", "int8", "finetune", "fsdd", "all"])
+    ap.add_argument("task", choices=["digits", "lm", "lm_topk", "commands", "int8", "finetune", "styles", "fsdd",
+                                         "all"])
     ap.add_argument("--steps", type=int, default=6000, help="command-model steps (as the demo)")
     ap.add_argument("--lm-steps", type=int, default=2000)
     ap.add_argument("--lm-topk-steps", type=int, default=800, help="steps of each lm_topk model (batch 8 x 128)")
@@ -273,7 +306,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     keep_freed_memory()
     OUT.mkdir(parents=True, exist_ok=True)    # before the first checkpoint is written, not after
-    tasks = ["digits", "lm", "commands", "int8", "finetune", "fsdd"] if args.task == "all" else [args.task]
+    tasks = ["digits", "lm", "commands", "int8", "finetune", "styles", "fsdd"] if args.task == "all" else [args.task]
     for t in tasks:
         print(f"== {t}", flush=True)
         globals()[f"task_{t}"](args)
