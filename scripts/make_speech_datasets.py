@@ -319,16 +319,31 @@ def trim(x):
     return x[max(0, loud[0] - margin):loud[-1] + 1 + margin]
 
 
+def clip_rng(key):
+    """The generator of a clip's recording: style, placement, gain and noise (make_clip)."""
+    return np.random.default_rng(key + (1,))
+
+
+def draws_trimmed(rng):
+    """make_clip's first draw: is this clip a trimmed recording? (also read by measure_accuracy)"""
+    return rng.random() < TRIMMED_SHARE
+
+
+def row_order(seed, ds_id, s_id, n):
+    """The shuffle that puts a split's n clips (in clip_jobs order) into their .npz rows."""
+    return np.random.default_rng([seed, ds_id, s_id, 2000]).permutation(n)
+
+
 def make_clip(word, rng):
     """word (N,) at 16 kHz, or None for silence -> a quantised clip: (16000,), or shorter when trimmed.
 
     Two recording styles. Most clips are a 1 s window with the word at a random offset
     in background noise. A share (TRIMMED_SHARE) is a short, cleaner recording cut
     close around the word, as users' own wav files and the Free Spoken Digit Dataset
-    are: the front-end (qz.audio.fit_clip) pads those to 1 s and dithers them at their
+    are: the front-end (qz.audio.fit_clip) pads those to 1 s and dithers them below their
     own noise floor, a clip the model must therefore have seen in training.
     """
-    if rng.random() < TRIMMED_SHARE:
+    if draws_trimmed(rng):
         return trimmed_recording(word, rng)
     n = audio.CLIP_SAMPLES
     noise = background_noise(rng, n)
@@ -459,7 +474,7 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
             voices_used[split].add(voice)
             n_words += 1
             n_cropped += len(trim(word)) > audio.CLIP_SAMPLES
-        clip = make_clip(word, np.random.default_rng(key + (1,)))     # (16000,) or shorter, quantised
+        clip = make_clip(word, clip_rng(key))                        # (16000,) or shorter, quantised
         n_trimmed += len(clip) < audio.CLIP_SAMPLES
         x[split].append(audio.features(clip, audio.SAMPLE_RATE))      # (49, 13) float32
         y[split].append(c)
@@ -467,7 +482,7 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
         progress()
     out, first_clips = {}, {}
     for s_id, split in enumerate(SPLITS):
-        order = np.random.default_rng([seed, ds_id, s_id, 2000]).permutation(len(y[split]))
+        order = row_order(seed, ds_id, s_id, len(y[split]))
         xs, ys = np.stack(x[split])[order], np.array(y[split], np.int64)[order]   # (N, 49, 13), (N,)
         suffix = "" if split == "train" else f"_{split}"
         out["x" + suffix], out["y" + suffix] = xs.astype(np.float16), ys

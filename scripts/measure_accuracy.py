@@ -266,8 +266,8 @@ def task_fsdd(args):
 
 def trimmed_rows(name, split):
     """-> bool (N,): which rows of a split of data/<name>.npz are trimmed recordings (the rest are
-    1 s clips in noise). Not stored in the .npz: the generator's own choice, re-drawn from the same
-    per-clip seed and put in the same row order (scripts/make_speech_datasets.py)."""
+    1 s clips in noise). Not stored in the .npz: re-drawn by the generator's own functions
+    (scripts/make_speech_datasets.py: clip_rng, draws_trimmed, row_order), data seed 0."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import make_speech_datasets as mk
     ds_id, labels = {"speech_commands": (0, mk.COMMAND_LABELS), "spoken_digits": (1, mk.DIGITS)}[name]
@@ -275,8 +275,8 @@ def trimmed_rows(name, split):
         n = len(z["y" if split == "train" else f"y_{split}"]) // len(labels)
     s_id = mk.SPLITS.index(split)
     jobs = [j for j in mk.clip_jobs(name, ds_id, labels, {s: n for s in mk.SPLITS}, 0) if j[1] == split]
-    trimmed = np.array([np.random.default_rng(j[4] + (1,)).random() < mk.TRIMMED_SHARE for j in jobs])
-    return trimmed[np.random.default_rng([0, ds_id, s_id, 2000]).permutation(len(trimmed))]
+    trimmed = np.array([mk.draws_trimmed(mk.clip_rng(j[4])) for j in jobs])
+    return trimmed[mk.row_order(0, ds_id, s_id, len(trimmed))]
 
 
 def task_styles(args):
