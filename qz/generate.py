@@ -152,7 +152,7 @@ def _qkv(model, x, i):
 
 
 def _head(model, x):
-    # x: (B, d) -> logits (B, V)
+    # x: (B, d) -> logits (B, V); or (B, T, d) -> (B, T, V)
     x, _ = ops.rmsnorm_forward(x, model.w["final_norm"])
     return runtime.linear(model, x, "head_in", "head.weight", model.w["head.bias"])
 
@@ -175,8 +175,9 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
     requested: a quarter of a 4-block prefill's expert work is skipped. That last query
     attends over the block's exact keys and values by `attend`, as a decode step does, so the
     logits equal the full forward's to the decode tolerance and the cache bit for bit.
-    every_position=True runs the last block on every position instead: then the logits equal
-    runtime.infer(model, ids, moe_top_k)[:, -1] bit for bit."""
+    every_position=True runs the last block and the head on every position instead: then the
+    logits equal runtime.infer(model, ids, moe_top_k)[:, -1] bit for bit (a BLAS product's
+    bits can depend on its row count, so the head must see the same rows as infer's)."""
     cfg = model.cfg
     if cfg.mode != "lm" or not cfg.causal:
         raise ValueError("prefill: a KV cache needs a causal language model")
@@ -199,6 +200,8 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
         x = x + runtime.linear(model, o, f"blocks.{i}.attn_out", f"blocks.{i}.wo")
         x = _ffn(model, x, i, k)
     cache.length = T
+    if every_position:   # the head on every row too: the same GEMM as infer's, so the same bits
+        return _head(model, x)[:, -1]                             # (B, V)
     return _head(model, x[:, -1])                                 # (B, V)
 
 

@@ -24,9 +24,20 @@ EPS = 1e-5  # RMSNorm epsilon, SPEC §2.3
 # ----------------------------------------------------------------------------
 # linear: y = x @ W (+ b), weights stored (in, out)
 # ----------------------------------------------------------------------------
+def matmul(x, w):
+    """x (..., in) @ w (in, out) -> (..., out) as ONE 2-D GEMM over all leading axes.
+
+    NumPy runs a 3-D @ 2-D product as one BLAS call per leading index, each too
+    small to use both cores well: (32, 49, 64) @ (64, 192) took 972 us that way and
+    329 us as a (1568, 64) @ (64, 192) product (PyTorch folds the axes the same way)."""
+    if x.ndim == 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def linear_forward(x, w, b=None):
     # x: (..., in), w: (in, out), b: (out,) -> y: (..., out)
-    y = x @ w
+    y = matmul(x, w)
     if b is not None:
         y = y + b
     return y, (x, w, b is not None)
@@ -35,7 +46,7 @@ def linear_forward(x, w, b=None):
 def linear_backward(dy, cache):
     # dx = dy W^T; dW = x^T dy summed over every leading axis; db = sum dy
     x, w, has_b = cache
-    dx = dy @ w.T
+    dx = matmul(dy, w.T)
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
     dw = x2.T @ dy2

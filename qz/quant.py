@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels
+from .ops import matmul
 
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
@@ -202,7 +203,7 @@ def qlinear_forward(x_c, a_scale, qw, b=None):
     x_c: (..., in), qw: QWeight with w_q (in, out), scale (1, out) -> y (..., out)
     """
     dt = x_c.dtype.type
-    y = x_c @ qw.w_q
+    y = matmul(x_c, qw.w_q)                                     # one 2-D GEMM (ops.matmul)
     y *= dt(a_scale) * qw.scale.reshape(-1)
     if b is not None:
         y += b

@@ -133,7 +133,7 @@ def linear(model, x, observer, key, bias=None):
     if model.precision == "int8":
         scale, zp = model.act[observer]
         return int8_linear(x, model.w[key], scale, zp, bias)
-    y = x @ model.w[key]
+    y = ops.matmul(x, model.w[key])                               # the float model's GEMM
     return y if bias is None else y + bias
 
 
