@@ -100,6 +100,21 @@ def test_route_with_ties(n, e, dtype):
               dtype, "route backward")
 
 
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("K", [1, 2, 3])
+@pytest.mark.parametrize("E", [1, 4, 8])
+def test_dispatch(N, K, E):
+    # the counting sort equals NumPy's stable argsort exactly, experts with no tokens included
+    rng = np.random.default_rng(N * 100 + K * 10 + E)
+    idx = rng.integers(0, max(1, E - 1), (N, K))      # the last expert never chosen (E > 1)
+    got, want = kernels.dispatch_jit(idx, E), kernels.dispatch_ref(idx, E)
+    for g, w, name in zip(got, want, ("order", "bounds", "tok", "pos")):
+        assert g.dtype == w.dtype and np.array_equal(g, w), f"dispatch {name}: {g} vs {w}"
+    order, bounds, tok, pos = got
+    assert np.array_equal(idx.reshape(-1)[order], np.repeat(np.arange(E), np.diff(bounds)))  # grouped by expert
+    assert np.array_equal(order[pos.reshape(-1)], np.arange(N * K))                        # pos inverts order
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N", SIZES)
 @pytest.mark.parametrize("K", [1, 2, 3])
