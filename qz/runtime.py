@@ -154,16 +154,17 @@ def experts(model, h, idx, gw, p, observer_in, observer_mid):
     w1, w3 = model.w[p + "w1"], model.w[p + "w3"]
     u = h[tok]                                                    # (R, d) gathered
     a, b = np.empty((len(tok), w1.shape[2]), np.float32), np.empty((len(tok), w1.shape[2]), np.float32)  # (R, f)
+    spans = bounds.tolist()
     for e in range(E):
-        lo, hi = bounds[e], bounds[e + 1]
+        lo, hi = spans[e], spans[e + 1]
         if lo < hi:                                               # skip experts with no tokens
             swiglu_inputs(u[lo:hi], w1, w3, e, a[lo:hi], b[lo:hi])
     m, _ = ops.swiglu_forward(a, b)                               # (R, f)
     y = np.empty((len(tok), h.shape[1]), np.float32)              # (R, d)
     for e in range(E):
-        lo, hi = bounds[e], bounds[e + 1]
+        lo, hi = spans[e], spans[e + 1]
         if lo < hi:
-            np.matmul(m[lo:hi], w2[e], out=y[lo:hi])
+            np.dot(m[lo:hi], w2[e], out=y[lo:hi])                 # as moe.experts_forward
     return kernels.combine(y, pos, gw)                            # (N, d)
 
 
