@@ -27,7 +27,8 @@ __all__ = [
     "softmax", "rmsnorm_forward", "rmsnorm_backward",
     "swiglu_forward", "swiglu_backward", "attention_forward", "attention_backward",
     "route", "route_backward", "combine", "combine_backward",
-    "int8_matmul", "int8_linear", "int8_experts", "int8_pack_vnni", "VNNI",
+    "int8_matmul", "int8_linear", "int8_experts", "int8_pack", "int8_pack_vnni", "int8_pack_avx2",
+    "VNNI", "AVX2",
 ]
 
 try:  # numba is optional
@@ -816,146 +817,263 @@ else:  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------
-# the VNNI path: vpdpbusd, 64 u8 x s8 products summed into 16 int32 lanes per
-# instruction. LLVM does not produce it from the loops above (it widens to
-# int32 and uses vpmulld, or vpdpwssd in a dot-product order, and keeps the
-# accumulators in memory), so the microkernel is written as LLVM IR through a
-# numba intrinsic: a tile of 4 activation rows x 32 output channels held in 8
-# zmm accumulators (allocas that LLVM promotes to registers) over the whole
-# input, four inputs per step. Weights are repacked once, at load, to
-# (K/4, C, 4) groups: lane c of a 64-byte vector holds w[4t..4t+3, c].
-# Results are integers, so it equals the loops above bit for bit.
-# Used only where the CPU has AVX-512 VNNI (QZ_INT8_VNNI=0 turns it off).
+# SIMD microkernels for the int8 linear layer. LLVM does not find good code for
+# it from the loops above (it widens to int32 and uses vpmulld, or a dot-product
+# order, and keeps the accumulators in memory), so the inner tile is written as
+# LLVM IR through a numba intrinsic: 4 activation rows x NV vectors of output
+# channels, the accumulators in registers (entry-block allocas that LLVM
+# promotes), over the whole input. Weights are repacked once, at load, so that
+# one vector load reads G consecutive inputs of each of its lanes' channels:
+#
+#   VNNI (AVX-512 VNNI): vpdpbusd, 64 u8 x s8 products summed into 16 int32
+#        lanes per instruction. G = 4: weights (K/4, C, 4), codes as 4 bytes.
+#   AVX2 (no VNNI): vpmaddwd, 16 i16 x i16 products summed in pairs into 8 int32
+#        lanes. G = 2: weights (K/2, C, 2) int8, sign-extended to i16 in the
+#        register (vpmovsxbw), so memory stays one byte a weight; codes as two
+#        uint16 in an int32, broadcast. A code (0..255) times a weight (-128..127)
+#        fits in i16 x i16, and a pair of products in int32: no saturation
+#        (vpmaddubsw, the u8 x s8 instruction, saturates a pair at 32767).
+#
+# Both add integers, so they equal the loops above bit for bit. Used where the
+# CPU has the instructions; QZ_INT8_VNNI=0 / QZ_INT8_AVX2=0 turn them off.
 # ----------------------------------------------------------------------------
-VNNI_W = 32                                   # output channels per tile (2 x 16 lanes)
+VNNI_W = 32                                   # output channels per VNNI tile (2 x 16 lanes)
+AVX2_W = 16                                   # output channels per AVX2 tile (2 x 8 lanes)
+
+
+def _host_features():
+    try:
+        import llvmlite.binding as llvm
+        return llvm.get_host_cpu_features()
+    except Exception:  # pragma: no cover - an llvmlite without the query: stay on the portable loop
+        return {}
 
 
 def _cpu_has_vnni():
     if _nb is None or os.environ.get("QZ_INT8_VNNI", "1") == "0":
         return False
-    try:
-        import llvmlite.binding as llvm
-        feats = llvm.get_host_cpu_features()
-        return bool(feats.get("avx512vnni") and feats.get("avx512bw") and feats.get("avx512f"))
-    except Exception:  # pragma: no cover - an llvmlite without the query: stay on the portable loop
+    feats = _host_features()
+    return bool(feats.get("avx512vnni") and feats.get("avx512bw") and feats.get("avx512f"))
+
+
+def _cpu_has_avx2():
+    if _nb is None or os.environ.get("QZ_INT8_AVX2", "1") == "0":
         return False
+    return bool(_host_features().get("avx2"))
 
 
 VNNI = USE_NUMBA and _cpu_has_vnni()
+AVX2 = USE_NUMBA and not VNNI and _cpu_has_avx2()   # the VNNI kernel wins where both run
 
 
-def int8_pack_vnni(w):
-    """w (..., K, C) int8 -> (..., K4 * Cp * 4) int8 in vpdpbusd order, K padded to a multiple of 4
-    and C to a multiple of VNNI_W with zero weights (they add nothing)."""
+def _pack_groups(w, g, width):
+    # w (..., K, C) int8 -> (..., K/g, Cp, g) flattened; K padded to a multiple of g and C to one
+    # of width, with zero weights (they add nothing)
     *lead, k, c = w.shape
-    k4, cp = (k + 3) // 4, (c + VNNI_W - 1) // VNNI_W * VNNI_W
-    wp = np.zeros((*lead, k4 * 4, cp), np.int8)
+    kg, cp = (k + g - 1) // g, (c + width - 1) // width * width
+    wp = np.zeros((*lead, kg * g, cp), np.int8)
     wp[..., :k, :c] = w
-    wp = wp.reshape(*lead, k4, 4, cp).swapaxes(-1, -2)           # (..., K4, Cp, 4)
+    wp = wp.reshape(*lead, kg, g, cp).swapaxes(-1, -2)           # (..., K/g, Cp, g)
     return np.ascontiguousarray(wp).reshape(*lead, -1)
 
 
-if VNNI:
+def int8_pack_vnni(w):
+    """w (..., K, C) int8 -> (..., K4 * Cp * 4) int8 in vpdpbusd order (K4 = ceil(K / 4), Cp: C to 32s)."""
+    return _pack_groups(w, 4, VNNI_W)
+
+
+def int8_pack_avx2(w):
+    """w (..., K, C) int8 -> (..., K2 * Cp * 2) int8 in vpmaddwd order (K2 = ceil(K / 2), Cp: C to 16s)."""
+    return _pack_groups(w, 2, AVX2_W)
+
+
+def int8_pack(w):
+    """The weights in the order this CPU's int8 microkernel reads, or None (the portable loop)."""
+    if VNNI:
+        return int8_pack_vnni(w)
+    if AVX2:
+        return int8_pack_avx2(w)
+    return None
+
+
+if VNNI or AVX2:
     from llvmlite import ir as _ir
     from numba.core import cgutils as _cg
     from numba.extending import intrinsic as _intrinsic
 
-    _V16 = _ir.VectorType(_ir.IntType(32), 16)
-    _NV = VNNI_W // 16
-
-    @_intrinsic
-    def _vnni_tile(typingctx, q32, r0, ldq, w4, woff, wstride, k4, out, ooff, ldo):
-        """out[ooff + r * ldo + 16 v + l] = sum_t dpbusd(q32[(r0 + r) * ldq + t], w4[woff + t * wstride + 64 v + 4 l ...])
-        for rows r < 4 and lane vectors v < NV: one tile of int32 accumulators."""
-        sig = _nb.types.void(q32, r0, ldq, w4, woff, wstride, k4, out, ooff, ldo)
-
+    def _tile_codegen(g, lanes, nv, madd_name, widen, nrows):
+        """LLVM IR of one tile: out[ooff + r * ldo + lanes v + l] (int32) = sum over t < kg of
+        madd(code group of row r0 + r, input group t; weights of lane l of vector v), r < nrows, v < nv.
+        q32: int32 view of the codes, one group per element (ldq per row); w: packed int8, group t
+        of the tile at woff + t * wstride, vector v 4 * lanes bytes further (g bytes a lane)."""
         def codegen(context, builder, signature, args):
-            qv, r0v, ldqv, wv, woffv, wsv, k4v, outv, ooffv, ldov = args
+            qv, r0v, ldqv, wv, woffv, wsv, kgv, outv, ooffv, ldov = args
             qa = context.make_array(signature.args[0])(context, builder, qv)
             wa = context.make_array(signature.args[3])(context, builder, wv)
             oa = context.make_array(signature.args[7])(context, builder, outv)
             i64, i32 = _ir.IntType(64), _ir.IntType(32)
-            dp = _cg.get_or_insert_function(builder.module, _ir.FunctionType(_V16, [_V16, _V16, _V16]),
-                                            "llvm.x86.avx512.vpdpbusd.512")
+            acc_t = _ir.VectorType(i32, lanes)                     # int32 accumulators
+            # operands: vpdpbusd reads 4 bytes a lane as i32 lanes; vpmaddwd reads <16 x i16>
+            op_t = acc_t if g == 4 else _ir.VectorType(_ir.IntType(16), lanes * g)
+            wload_t = _ir.VectorType(_ir.IntType(8), lanes * g) if widen else acc_t
+            if g == 4:   # vpdpbusd(acc, codes, weights) -> acc
+                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [acc_t, acc_t, acc_t]),
+                                                madd_name)
+            else:        # vpmaddwd(codes, weights) -> pair sums, added to acc
+                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [op_t, op_t]), madd_name)
             accs = []
-            for _ in range(4 * _NV):
-                a = _cg.alloca_once(builder, _V16)            # entry-block alloca: promoted to a register
-                builder.store(_ir.Constant(_V16, None), a)
+            for _ in range(nrows * nv):
+                a = _cg.alloca_once(builder, acc_t)                # entry-block alloca: promoted to a register
+                builder.store(_ir.Constant(acc_t, None), a)
                 accs.append(a)
-            undef = _ir.Constant(_V16, _ir.Undefined)
-            splat = _ir.Constant(_V16, [0] * 16)
-            with _cg.for_range(builder, k4v) as loop:
+            undef = _ir.Constant(acc_t, _ir.Undefined)
+            splat = _ir.Constant(acc_t, [0] * lanes)
+            with _cg.for_range(builder, kgv) as loop:
                 t = loop.index
                 base = builder.add(woffv, builder.mul(t, wsv))
-                wvec = [builder.load(builder.bitcast(builder.gep(wa.data, [builder.add(base, _ir.Constant(i64, 64 * v))]),
-                                                     _V16.as_pointer()), align=1) for v in range(_NV)]
-                for r in range(4):
+                wvec = []
+                for v in range(nv):
+                    ptr = builder.gep(wa.data, [builder.add(base, _ir.Constant(i64, lanes * g * v))])
+                    raw = builder.load(builder.bitcast(ptr, wload_t.as_pointer()), align=1)
+                    wvec.append(builder.sext(raw, op_t) if widen else raw)   # vpmovsxbw
+                for r in range(nrows):
                     qp = builder.gep(qa.data, [builder.add(builder.mul(builder.add(r0v, _ir.Constant(i64, r)), ldqv), t)])
-                    a4 = builder.shuffle_vector(builder.insert_element(undef, builder.load(qp, align=4),
-                                                                       _ir.Constant(i32, 0)), undef, splat)
-                    for v in range(_NV):
-                        acc = accs[r * _NV + v]
-                        builder.store(builder.call(dp, [builder.load(acc), a4, wvec[v]]), acc)
-            for r in range(4):
-                for v in range(_NV):
-                    at = builder.add(builder.add(ooffv, builder.mul(_ir.Constant(i64, r), ldov)), _ir.Constant(i64, 16 * v))
+                    a = builder.shuffle_vector(builder.insert_element(undef, builder.load(qp, align=4),
+                                                                      _ir.Constant(i32, 0)), undef, splat)
+                    for v in range(nv):
+                        acc = accs[r * nv + v]
+                        if g == 4:
+                            builder.store(builder.call(fn, [builder.load(acc), a, wvec[v]]), acc)
+                        else:
+                            pair = builder.call(fn, [builder.bitcast(a, op_t), wvec[v]])
+                            builder.store(builder.add(builder.load(acc), pair), acc)
+            for r in range(nrows):
+                for v in range(nv):
+                    at = builder.add(builder.add(ooffv, builder.mul(_ir.Constant(i64, r), ldov)),
+                                     _ir.Constant(i64, lanes * v))
                     op = builder.gep(oa.data, [at])
-                    builder.store(builder.load(accs[r * _NV + v]), builder.bitcast(op, _V16.as_pointer()), align=4)
+                    builder.store(builder.load(accs[r * nv + v]), builder.bitcast(op, acc_t.as_pointer()), align=4)
             return context.get_dummy_value()
-        return sig, codegen
+        return codegen
+
+    def _row_codegen(g, lanes, madd_name, widen):
+        """LLVM IR for one row in the other loop order: for each input group t, for each output
+        vector v, out[ooff + lanes v + l] += madd(codes of row r, group t; weights of lane l).
+        The accumulators live in `out` (L1), and the weights stream in memory order, once; with
+        one row there is nothing to share a weight load with, and a 4-row tile did 4x the work
+        down 2 KB strides (a decode step ran 1.5x slower than the portable loop)."""
+        def codegen(context, builder, signature, args):
+            qv, rv, ldqv, wv, kgv, cpv, outv, ooffv = args
+            qa = context.make_array(signature.args[0])(context, builder, qv)
+            wa = context.make_array(signature.args[3])(context, builder, wv)
+            oa = context.make_array(signature.args[6])(context, builder, outv)
+            i64, i32 = _ir.IntType(64), _ir.IntType(32)
+            acc_t = _ir.VectorType(i32, lanes)
+            op_t = acc_t if g == 4 else _ir.VectorType(_ir.IntType(16), lanes * g)
+            wload_t = _ir.VectorType(_ir.IntType(8), lanes * g) if widen else acc_t
+            if g == 4:
+                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [acc_t, acc_t, acc_t]),
+                                                madd_name)
+            else:
+                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [op_t, op_t]), madd_name)
+            undef = _ir.Constant(acc_t, _ir.Undefined)
+            splat = _ir.Constant(acc_t, [0] * lanes)
+            nvec = builder.udiv(cpv, _ir.Constant(i64, lanes))
+            with _cg.for_range(builder, kgv) as outer:
+                t = outer.index
+                qp = builder.gep(qa.data, [builder.add(builder.mul(rv, ldqv), t)])
+                a = builder.shuffle_vector(builder.insert_element(undef, builder.load(qp, align=4),
+                                                                  _ir.Constant(i32, 0)), undef, splat)
+                base = builder.mul(builder.mul(t, cpv), _ir.Constant(i64, g))
+                with _cg.for_range(builder, nvec) as inner:
+                    v = inner.index
+                    ptr = builder.gep(wa.data, [builder.add(base, builder.mul(v, _ir.Constant(i64, lanes * g)))])
+                    raw = builder.load(builder.bitcast(ptr, wload_t.as_pointer()), align=1)
+                    wvec = builder.sext(raw, op_t) if widen else raw
+                    optr = builder.bitcast(builder.gep(oa.data, [builder.add(ooffv, builder.mul(v, _ir.Constant(i64, lanes)))]),
+                                           acc_t.as_pointer())
+                    acc = builder.load(optr, align=4)
+                    if g == 4:
+                        new = builder.call(fn, [acc, a, wvec])
+                    else:
+                        new = builder.add(acc, builder.call(fn, [builder.bitcast(a, op_t), wvec]))
+                    builder.store(new, optr, align=4)
+            return context.get_dummy_value()
+        return codegen
+
+    if VNNI:
+        _G, _TILE_W, _SPEC = 4, VNNI_W, (4, 16, VNNI_W // 16, "llvm.x86.avx512.vpdpbusd.512", False)
+    else:
+        _G, _TILE_W, _SPEC = 2, AVX2_W, (2, 8, AVX2_W // 8, "llvm.x86.avx2.pmadd.wd", True)
+    _codegen4, _codegen_row = _tile_codegen(*_SPEC, nrows=4), _row_codegen(*_SPEC[:2], *_SPEC[3:])
+
+    @_intrinsic
+    def _simd_tile(typingctx, q32, r0, ldq, w, woff, wstride, kg, out, ooff, ldo):
+        return _nb.types.void(q32, r0, ldq, w, woff, wstride, kg, out, ooff, ldo), _codegen4
+
+    @_intrinsic
+    def _simd_row(typingctx, q32, r, ldq, w, kg, cp, out, ooff):
+        # one row, all Cp outputs, added into out[ooff:ooff + Cp] (see _row_codegen)
+        return _nb.types.void(q32, r, ldq, w, kg, cp, out, ooff), _codegen_row
 
     @_nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _quantize_padded(x, rows, a_scale, zp, k4):
-        # x rows `rows` -> uint8 codes, 4 rows per tile and K padded with zero codes (x zero weights = 0)
+    def _quantize_padded(x, rows, a_scale, zp, kg):
+        # x rows `rows` -> uint8 codes, 4 rows per tile and K padded to kg groups with zero codes
+        # (x zero weights = 0); as int32 groups: 4 codes (VNNI) or 2 codes widened to uint16 (AVX2)
         n, k = rows.shape[0], x.shape[1]
-        q = np.zeros(((n + 3) // 4 * 4, k4 * 4), dtype=np.uint8)
+        q = np.zeros(((n + 3) // 4 * 4, kg * _G), dtype=np.uint8)
         for i in range(n):
             src = rows[i]
             for t in range(k):
                 r = np.rint(x[src, t] / a_scale + zp)
                 q[i, t] = np.uint8(min(max(r, np.float32(0.0)), np.float32(255.0)))
-        return q
+        if _G == 4:
+            return q.reshape(-1).view(np.int32)
+        return q.astype(np.uint16).reshape(-1).view(np.int32)
 
     @_nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _vnni_rescale(q, n, w4, k4, colsum, w_scale, a_scale, zp, bias, has_bias, y, y0):
+    def _simd_rescale(q32, n, w, kg, colsum, w_scale, a_scale, zp, bias, has_bias, y, y0):
         # y[y0 + i, :] = (acc[i, :] - zp colsum) * (a_scale * w_scale) (+ bias), tile by tile
         c = y.shape[1]
-        cp = w4.shape[0] // (k4 * 4)
-        q32 = q.reshape(-1).view(np.int32)
-        acc = np.empty((q.shape[0], cp), dtype=np.int32)          # tiles land here, then one rescale pass
-        for i0 in range(0, q.shape[0], 4):
-            for j0 in range(0, cp, VNNI_W):
-                _vnni_tile(q32, np.int64(i0), np.int64(k4), w4, np.int64(j0 * 4), np.int64(cp * 4), np.int64(k4),
+        cp = w.shape[0] // (kg * _G)
+        rows = q32.shape[0] // kg
+        acc = np.empty((rows, cp), dtype=np.int32)                # tiles land here, then one rescale pass
+        full = n // 4 * 4
+        for i0 in range(0, full, 4):
+            for j0 in range(0, cp, _TILE_W):
+                _simd_tile(q32, np.int64(i0), np.int64(kg), w, np.int64(j0 * _G), np.int64(cp * _G), np.int64(kg),
                            acc.reshape(-1), np.int64(i0 * cp + j0), np.int64(cp))
+        for i in range(full, n):                                  # the 1-3 rows left, one at a time
+            acc[i, :] = 0
+            _simd_row(q32, np.int64(i), np.int64(kg), w, np.int64(kg), np.int64(cp), acc.reshape(-1), np.int64(i * cp))
         izp = np.int32(zp)
         for i in range(n):
             for j in range(c):
                 yv = np.float32(acc[i, j] - izp * colsum[j]) * (a_scale * w_scale[j])
                 y[y0 + i, j] = yv + bias[j] if has_bias else yv
 
-
     @_nb.njit(cache=True, nogil=True, error_model="numpy")
-    def int8_linear_vnni(x, w4, colsum, w_scale, a_scale, zp, bias, has_bias):
+    def int8_linear_simd(x, wp, colsum, w_scale, a_scale, zp, bias, has_bias):
         n, k = x.shape
-        k4 = (k + 3) // 4
+        kg = (k + _G - 1) // _G
         y = np.empty((n, colsum.shape[0]), dtype=np.float32)
-        q = _quantize_padded(x, np.arange(n), a_scale, zp, k4)
-        _vnni_rescale(q, n, w4, k4, colsum, w_scale, a_scale, zp, bias, has_bias, y, 0)
+        q32 = _quantize_padded(x, np.arange(n), a_scale, zp, kg)
+        _simd_rescale(q32, n, wp, kg, colsum, w_scale, a_scale, zp, bias, has_bias, y, 0)
         return y
 
     @_nb.njit(cache=True, nogil=True, error_model="numpy")
-    def int8_experts_vnni(x, tok, bounds, w4, colsum, w_scale, a_scale, zp):
-        k4 = (x.shape[1] + 3) // 4
+    def int8_experts_simd(x, tok, bounds, wp, colsum, w_scale, a_scale, zp):
+        kg = (x.shape[1] + _G - 1) // _G
         y = np.empty((tok.shape[0], colsum.shape[1]), dtype=np.float32)
-        for e in range(w4.shape[0]):
+        for e in range(wp.shape[0]):
             lo, hi = bounds[e], bounds[e + 1]
             if lo == hi:
                 continue
-            q = _quantize_padded(x, tok[lo:hi], a_scale, zp, k4)   # this expert's rows, gathered
-            _vnni_rescale(q, hi - lo, w4[e], k4, colsum[e], w_scale[e], a_scale, zp, w_scale[e], False, y, lo)
+            q32 = _quantize_padded(x, tok[lo:hi], a_scale, zp, kg)   # this expert's rows, gathered
+            _simd_rescale(q32, hi - lo, wp[e], kg, colsum[e], w_scale[e], a_scale, zp, w_scale[e], False, y, lo)
         return y
 else:
-    int8_linear_vnni = int8_experts_vnni = None
+    int8_linear_simd = int8_experts_simd = None
 
 
 def int8_matmul(q, w, colsum, zp):
@@ -966,10 +1084,10 @@ def int8_matmul(q, w, colsum, zp):
 
 def int8_linear(x, w, colsum, w_scale, a_scale, zp, bias=None, w4=None):
     """y = int8 linear layer of x (N, K) float32 with w (K, C) int8; see the block comment.
-    w4: the same weights packed by int8_pack_vnni (used where the CPU has VNNI)."""
-    if USE_NUMBA and VNNI and w4 is not None:
+    w4: the same weights packed by int8_pack (used where the CPU has VNNI or AVX2)."""
+    if USE_NUMBA and (VNNI or AVX2) and w4 is not None:
         b = bias if bias is not None else w_scale
-        return int8_linear_vnni(np.ascontiguousarray(x, np.float32), w4, colsum, w_scale, np.float32(a_scale),
+        return int8_linear_simd(np.ascontiguousarray(x, np.float32), w4, colsum, w_scale, np.float32(a_scale),
                                 np.float32(zp), b, bias is not None)
     if USE_NUMBA:
         b = bias if bias is not None else w_scale
@@ -980,8 +1098,8 @@ def int8_linear(x, w, colsum, w_scale, a_scale, zp, bias=None, w4=None):
 
 def int8_experts(x, tok, bounds, w, colsum, w_scale, a_scale, zp, w4=None):
     """Every expert's int8 linear layer on its routed rows, in one call: -> (R, C) float32."""
-    if USE_NUMBA and VNNI and w4 is not None:
-        return int8_experts_vnni(np.ascontiguousarray(x, np.float32), tok, bounds, w4, colsum, w_scale,
+    if USE_NUMBA and (VNNI or AVX2) and w4 is not None:
+        return int8_experts_simd(np.ascontiguousarray(x, np.float32), tok, bounds, w4, colsum, w_scale,
                                  np.float32(a_scale), np.float32(zp))
     if USE_NUMBA:
         return int8_experts_jit(np.ascontiguousarray(x, np.float32), tok, bounds, w, colsum, w_scale,

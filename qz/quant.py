@@ -220,7 +220,8 @@ def pack_linear(w):
 
 def pack_qweight(qw, lean=False):
     """QWeight (..., in, out) -> (w int8 (..., in, out), w_scale float32 (..., out), colsum int32 (..., out),
-    w4: the same int8 weights in the VNNI kernel's order, or None where the CPU has no VNNI).
+    w4: the same int8 weights in the order of this CPU's SIMD microkernel (kernels.int8_pack: VNNI
+    or AVX2), or None where there is none).
 
     colsum folds the activation zero point in once: sum_k (q_k - zp) w_kc =
     sum_k q_k w_kc - zp colsum_c. The scales are the fake-quant model's own
@@ -228,9 +229,9 @@ def pack_qweight(qw, lean=False):
     lean: keep one copy of the weights, the layout this process's kernels read (the runtime)."""
     w = np.ascontiguousarray(qw.w_q).astype(np.int8)
     colsum = w.astype(np.int32).sum(axis=-2).astype(np.int32)
-    w4 = kernels.int8_pack_vnni(w) if kernels.VNNI else None
+    w4 = kernels.int8_pack(w)
     if lean and w4 is not None and kernels.USE_NUMBA:
-        w = None                      # only the VNNI kernel will read these weights
+        w = None                      # only the SIMD kernel will read these weights
     return w, np.ascontiguousarray(np.squeeze(qw.scale, axis=-2)).astype(np.float32), colsum, w4
 
 

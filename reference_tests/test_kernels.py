@@ -187,17 +187,20 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
 
 
 
-@pytest.mark.skipif(not kernels.VNNI, reason="no AVX-512 VNNI on this CPU")
-@pytest.mark.parametrize("n,k,c", [(1, 1, 1), (3, 7, 5), (4, 64, 16), (5, 64, 33), (12, 64, 256), (49, 13, 64),
-                                   (9, 129, 65)])
-def test_vnni_kernels_equal_ref_bit_for_bit(n, k, c):
-    """The vpdpbusd microkernel: awkward sizes (rows not a multiple of 4, inputs not of 4, outputs
-    not of 32) give the reference's floats exactly; a bias, and all-edge codes (0 and 255)."""
+SIMD_CASES = [(1, 1, 1), (3, 7, 5), (4, 64, 16), (5, 64, 33), (12, 64, 256), (49, 13, 64), (9, 129, 65)]
+
+
+@pytest.mark.skipif(not (kernels.VNNI or kernels.AVX2), reason="neither AVX-512 VNNI nor AVX2 on this CPU")
+@pytest.mark.parametrize("n,k,c", SIMD_CASES)
+def test_simd_kernels_equal_ref_bit_for_bit(n, k, c):
+    """This CPU's int8 microkernel (vpdpbusd or vpmaddwd): awkward sizes (rows not a multiple of 4,
+    inputs not of the group, outputs not of the tile) give the reference's floats exactly; a bias,
+    and all-edge codes (0 and 255) against weights of -127 and 127."""
     rng = np.random.default_rng(10 * n + k + c)
     x, scale, zp = _int8_case(rng, n, k, c)
     x[-1, -1] = 1e6                                                    # clips to 255
     w, s, colsum, _ = quant.pack_linear(rng.standard_normal((k, c)).astype(np.float32))
-    w4 = kernels.int8_pack_vnni(w)
+    w4 = kernels.int8_pack(w)
     b = rng.standard_normal(c).astype(np.float32)
     for bias in (None, b):
         np.testing.assert_array_equal(kernels.int8_linear(x, w, colsum, s, scale, zp, bias, w4),
@@ -206,8 +209,37 @@ def test_vnni_kernels_equal_ref_bit_for_bit(n, k, c):
     ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
     from qz.moe import dispatch
     _, bounds, tok, _ = dispatch(rng.integers(0, E - 1, (n, 2)), E)   # expert E-1 gets no tokens
-    np.testing.assert_array_equal(kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack_vnni(ws)),
+    np.testing.assert_array_equal(kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack(ws)),
                                   kernels.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
+
+
+def test_int8_pack_layouts():
+    """Lane l of vector v, group t of the packed weights holds w[g t .. g t + g - 1, tile column];
+    padding (K to the group, C to the tile) is zero."""
+    w = np.random.default_rng(3).integers(-127, 128, (5, 19)).astype(np.int8)
+    for pack, g, width in ((kernels.int8_pack_vnni, 4, kernels.VNNI_W), (kernels.int8_pack_avx2, 2, kernels.AVX2_W)):
+        kg, cp = -(-5 // g), -(-19 // width) * width
+        p = pack(w).reshape(kg, cp, g)
+        for t in range(kg):
+            for c in range(cp):
+                for j in range(g):
+                    want = w[g * t + j, c] if g * t + j < 5 and c < 19 else 0
+                    assert p[t, c, j] == want, (pack.__name__, t, c, j)
+
+
+@pytest.mark.skipif(not (kernels.VNNI and kernels.USE_NUMBA), reason="the AVX2 kernel runs by default here")
+def test_avx2_kernel_on_a_vnni_cpu():
+    """Where VNNI wins, the AVX2 kernel is still checked: in a child process with QZ_INT8_VNNI=0."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np; from qz import kernels, quant; assert kernels.AVX2\n"
+            "rng = np.random.default_rng(0); x = rng.standard_normal((9, 129)).astype(np.float32)\n"
+            "w, s, cs, w4 = quant.pack_linear(rng.standard_normal((129, 65)).astype(np.float32))\n"
+            "a, b = kernels.int8_linear(x, w, cs, s, 0.05, 100, None, w4), kernels.int8_linear_ref(x, w, cs, s, 0.05, 100)\n"
+            "assert np.array_equal(a, b)\n")
+    env = dict(os.environ, QZ_INT8_VNNI="0")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
 
 
 # ----------------------------------------------------------------------------
