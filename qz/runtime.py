@@ -66,7 +66,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1 and w3 kept apart
     (moe.swiglu_inputs multiplies by each, as the training model does, so the logits are its own).
     int8: quantized matrices packed for the integer kernels (quant.pack_qweight: int8 (in, out),
-    scales, column sums, the VNNI layout), expert stacks packed as stacks, w1|w3 fused into
+    scales, column sums, the SIMD layout: VNNI or AVX2), expert stacks packed as stacks, w1|w3 fused into
     (E, d, 2f) (integer products are exact, so fusing changes no value); embed and pos
     dequantized once (they are looked up, not multiplied); float parameters as float32.
     """
