@@ -17,6 +17,7 @@ d = H * D, E experts, K chosen per token, R = N * K routed rows, f expert width.
 from __future__ import annotations
 
 import os
+import types as _types
 
 import numpy as np
 
@@ -1052,7 +1053,15 @@ if VNNI or AVX2:
                 yv = np.float32(acc[i, j] - izp * colsum[j]) * (a_scale * w_scale[j])
                 y[y0 + i, j] = yv + bias[j] if has_bias else yv
 
-    @_nb.njit(cache=True, nogil=True, error_model="numpy")
+    def _as_path(fn):
+        """fn under a name of this path's own (int8_linear_avx2, ...), then jitted and cached.
+        Numba names a cache file after the function and keys it by the CPU, not by the globals
+        the code froze: without this, QZ_INT8_VNNI=0 on a VNNI CPU would load the VNNI build."""
+        name = fn.__name__.replace("simd", "vnni" if VNNI else "avx2")
+        g = _types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+        g.__qualname__ = name
+        return _nb.njit(cache=True, nogil=True, error_model="numpy")(g)
+
     def int8_linear_simd(x, wp, colsum, w_scale, a_scale, zp, bias, has_bias):
         n, k = x.shape
         kg = (k + _G - 1) // _G
@@ -1061,7 +1070,6 @@ if VNNI or AVX2:
         _simd_rescale(q32, n, wp, kg, colsum, w_scale, a_scale, zp, bias, has_bias, y, 0)
         return y
 
-    @_nb.njit(cache=True, nogil=True, error_model="numpy")
     def int8_experts_simd(x, tok, bounds, wp, colsum, w_scale, a_scale, zp):
         kg = (x.shape[1] + _G - 1) // _G
         y = np.empty((tok.shape[0], colsum.shape[1]), dtype=np.float32)
@@ -1072,6 +1080,8 @@ if VNNI or AVX2:
             q32 = _quantize_padded(x, tok[lo:hi], a_scale, zp, kg)   # this expert's rows, gathered
             _simd_rescale(q32, hi - lo, wp[e], kg, colsum[e], w_scale[e], a_scale, zp, w_scale[e], False, y, lo)
         return y
+
+    int8_linear_simd, int8_experts_simd = _as_path(int8_linear_simd), _as_path(int8_experts_simd)
 else:
     int8_linear_simd = int8_experts_simd = None
 
