@@ -902,120 +902,114 @@ if VNNI or AVX2:
     from numba.core import cgutils as _cg
     from numba.extending import intrinsic as _intrinsic
 
-    def _tile_codegen(g, lanes, nv, madd_name, widen, nrows):
-        """LLVM IR of one tile: out[ooff + r * ldo + lanes v + l] (int32) = sum over t < kg of
-        madd(code group of row r0 + r, input group t; weights of lane l of vector v), r < nrows, v < nv.
-        q32: int32 view of the codes, one group per element (ldq per row); w: packed int8, group t
-        of the tile at woff + t * wstride, vector v 4 * lanes bytes further (g bytes a lane)."""
-        def codegen(context, builder, signature, args):
-            qv, r0v, ldqv, wv, woffv, wsv, kgv, outv, ooffv, ldov = args
-            qa = context.make_array(signature.args[0])(context, builder, qv)
-            wa = context.make_array(signature.args[3])(context, builder, wv)
-            oa = context.make_array(signature.args[7])(context, builder, outv)
-            i64, i32 = _ir.IntType(64), _ir.IntType(32)
-            acc_t = _ir.VectorType(i32, lanes)                     # int32 accumulators
+    if VNNI:   # group of 4 codes, 16 int32 lanes, 2 vectors a tile
+        _G, _LANES, _MADD = 4, 16, "llvm.x86.avx512.vpdpbusd.512"
+        _TILE_W = VNNI_W
+    else:      # group of 2 codes, 8 int32 lanes, 2 vectors a tile
+        _G, _LANES, _MADD = 2, 8, "llvm.x86.avx2.pmadd.wd"
+        _TILE_W = AVX2_W
+    _NV = _TILE_W // _LANES
+
+    class _Ops:
+        """The IR steps both kernels below share, for this CPU's instruction."""
+
+        def __init__(self, builder):
+            self.b = builder
+            self.acc_t = _ir.VectorType(_ir.IntType(32), _LANES)               # int32 accumulators
             # operands: vpdpbusd reads 4 bytes a lane as i32 lanes; vpmaddwd reads <16 x i16>
-            op_t = acc_t if g == 4 else _ir.VectorType(_ir.IntType(16), lanes * g)
-            wload_t = _ir.VectorType(_ir.IntType(8), lanes * g) if widen else acc_t
-            if g == 4:   # vpdpbusd(acc, codes, weights) -> acc
-                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [acc_t, acc_t, acc_t]),
-                                                madd_name)
-            else:        # vpmaddwd(codes, weights) -> pair sums, added to acc
-                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [op_t, op_t]), madd_name)
-            accs = []
-            for _ in range(nrows * nv):
-                a = _cg.alloca_once(builder, acc_t)                # entry-block alloca: promoted to a register
-                builder.store(_ir.Constant(acc_t, None), a)
-                accs.append(a)
-            undef = _ir.Constant(acc_t, _ir.Undefined)
-            splat = _ir.Constant(acc_t, [0] * lanes)
-            with _cg.for_range(builder, kgv) as loop:
-                t = loop.index
-                base = builder.add(woffv, builder.mul(t, wsv))
-                wvec = []
-                for v in range(nv):
-                    ptr = builder.gep(wa.data, [builder.add(base, _ir.Constant(i64, lanes * g * v))])
-                    raw = builder.load(builder.bitcast(ptr, wload_t.as_pointer()), align=1)
-                    wvec.append(builder.sext(raw, op_t) if widen else raw)   # vpmovsxbw
-                for r in range(nrows):
-                    qp = builder.gep(qa.data, [builder.add(builder.mul(builder.add(r0v, _ir.Constant(i64, r)), ldqv), t)])
-                    a = builder.shuffle_vector(builder.insert_element(undef, builder.load(qp, align=4),
-                                                                      _ir.Constant(i32, 0)), undef, splat)
-                    for v in range(nv):
-                        acc = accs[r * nv + v]
-                        if g == 4:
-                            builder.store(builder.call(fn, [builder.load(acc), a, wvec[v]]), acc)
-                        else:
-                            pair = builder.call(fn, [builder.bitcast(a, op_t), wvec[v]])
-                            builder.store(builder.add(builder.load(acc), pair), acc)
-            for r in range(nrows):
-                for v in range(nv):
-                    at = builder.add(builder.add(ooffv, builder.mul(_ir.Constant(i64, r), ldov)),
-                                     _ir.Constant(i64, lanes * v))
-                    op = builder.gep(oa.data, [at])
-                    builder.store(builder.load(accs[r * nv + v]), builder.bitcast(op, acc_t.as_pointer()), align=4)
-            return context.get_dummy_value()
-        return codegen
+            self.op_t = self.acc_t if _G == 4 else _ir.VectorType(_ir.IntType(16), 2 * _LANES)
+            args = [self.acc_t] * 3 if _G == 4 else [self.op_t] * 2
+            self.fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(self.acc_t, args), _MADD)
+            self.undef = _ir.Constant(self.acc_t, _ir.Undefined)
+            self.zeros = _ir.Constant(self.acc_t, [0] * _LANES)
 
-    def _row_codegen(g, lanes, madd_name, widen):
-        """LLVM IR for one row in the other loop order: for each input group t, for each output
-        vector v, out[ooff + lanes v + l] += madd(codes of row r, group t; weights of lane l).
-        The accumulators live in `out` (L1), and the weights stream in memory order, once; with
-        one row there is nothing to share a weight load with, and a 4-row tile did 4x the work
-        down 2 KB strides (a decode step ran 1.5x slower than the portable loop)."""
-        def codegen(context, builder, signature, args):
-            qv, rv, ldqv, wv, kgv, cpv, outv, ooffv = args
-            qa = context.make_array(signature.args[0])(context, builder, qv)
-            wa = context.make_array(signature.args[3])(context, builder, wv)
-            oa = context.make_array(signature.args[6])(context, builder, outv)
-            i64, i32 = _ir.IntType(64), _ir.IntType(32)
-            acc_t = _ir.VectorType(i32, lanes)
-            op_t = acc_t if g == 4 else _ir.VectorType(_ir.IntType(16), lanes * g)
-            wload_t = _ir.VectorType(_ir.IntType(8), lanes * g) if widen else acc_t
-            if g == 4:
-                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [acc_t, acc_t, acc_t]),
-                                                madd_name)
-            else:
-                fn = _cg.get_or_insert_function(builder.module, _ir.FunctionType(acc_t, [op_t, op_t]), madd_name)
-            undef = _ir.Constant(acc_t, _ir.Undefined)
-            splat = _ir.Constant(acc_t, [0] * lanes)
-            nvec = builder.udiv(cpv, _ir.Constant(i64, lanes))
-            with _cg.for_range(builder, kgv) as outer:
-                t = outer.index
-                qp = builder.gep(qa.data, [builder.add(builder.mul(rv, ldqv), t)])
-                a = builder.shuffle_vector(builder.insert_element(undef, builder.load(qp, align=4),
-                                                                  _ir.Constant(i32, 0)), undef, splat)
-                base = builder.mul(builder.mul(t, cpv), _ir.Constant(i64, g))
-                with _cg.for_range(builder, nvec) as inner:
-                    v = inner.index
-                    ptr = builder.gep(wa.data, [builder.add(base, builder.mul(v, _ir.Constant(i64, lanes * g)))])
-                    raw = builder.load(builder.bitcast(ptr, wload_t.as_pointer()), align=1)
-                    wvec = builder.sext(raw, op_t) if widen else raw
-                    optr = builder.bitcast(builder.gep(oa.data, [builder.add(ooffv, builder.mul(v, _ir.Constant(i64, lanes)))]),
-                                           acc_t.as_pointer())
-                    acc = builder.load(optr, align=4)
-                    if g == 4:
-                        new = builder.call(fn, [acc, a, wvec])
-                    else:
-                        new = builder.add(acc, builder.call(fn, [builder.bitcast(a, op_t), wvec]))
-                    builder.store(new, optr, align=4)
-            return context.get_dummy_value()
-        return codegen
+        def codes(self, ptr):
+            """The group of codes at ptr (one int32) in every lane."""
+            b = self.b
+            one = b.insert_element(self.undef, b.load(ptr, align=4), _ir.Constant(_ir.IntType(32), 0))
+            return b.shuffle_vector(one, self.undef, self.zeros)
 
-    if VNNI:
-        _G, _TILE_W, _SPEC = 4, VNNI_W, (4, 16, VNNI_W // 16, "llvm.x86.avx512.vpdpbusd.512", False)
-    else:
-        _G, _TILE_W, _SPEC = 2, AVX2_W, (2, 8, AVX2_W // 8, "llvm.x86.avx2.pmadd.wd", True)
-    _codegen4, _codegen_row = _tile_codegen(*_SPEC, nrows=4), _row_codegen(*_SPEC[:2], *_SPEC[3:])
+        def weights(self, ptr):
+            """One vector of packed weights at byte pointer ptr (AVX2: sign-extended to i16, vpmovsxbw)."""
+            b = self.b
+            if _G == 4:
+                return b.load(b.bitcast(ptr, self.acc_t.as_pointer()), align=1)
+            raw = b.load(b.bitcast(ptr, _ir.VectorType(_ir.IntType(8), 2 * _LANES).as_pointer()), align=1)
+            return b.sext(raw, self.op_t)
+
+        def madd(self, acc, a, w):
+            """acc + each lane's sum of code x weight products."""
+            if _G == 4:
+                return self.b.call(self.fn, [acc, a, w])                        # vpdpbusd adds into acc
+            return self.b.add(acc, self.b.call(self.fn, [self.b.bitcast(a, self.op_t), w]))
+
+    def _tile_codegen(context, builder, signature, args):
+        """One tile: out[ooff + r * ldo + LANES v + l] (int32) = sum over t < kg of the products of
+        row r0 + r's code group t and lane l of vector v's weights, r < 4, v < NV. q32: int32 view
+        of the codes, one group an element (ldq a row); w: packed int8, the tile's group t at
+        woff + t * wstride, vector v 4 LANES bytes further (G bytes a lane)."""
+        qv, r0v, ldqv, wv, woffv, wsv, kgv, outv, ooffv, ldov = args
+        qa = context.make_array(signature.args[0])(context, builder, qv)
+        wa = context.make_array(signature.args[3])(context, builder, wv)
+        oa = context.make_array(signature.args[7])(context, builder, outv)
+        i64 = _ir.IntType(64)
+        ops = _Ops(builder)
+        accs = []
+        for _ in range(4 * _NV):
+            a = _cg.alloca_once(builder, ops.acc_t)                # entry-block alloca: promoted to a register
+            builder.store(_ir.Constant(ops.acc_t, None), a)
+            accs.append(a)
+        with _cg.for_range(builder, kgv) as loop:
+            t = loop.index
+            base = builder.add(woffv, builder.mul(t, wsv))
+            wvec = [ops.weights(builder.gep(wa.data, [builder.add(base, _ir.Constant(i64, _LANES * _G * v))]))
+                    for v in range(_NV)]
+            for r in range(4):
+                a = ops.codes(builder.gep(qa.data, [builder.add(builder.mul(builder.add(r0v, _ir.Constant(i64, r)),
+                                                                            ldqv), t)]))
+                for v in range(_NV):
+                    acc = accs[r * _NV + v]
+                    builder.store(ops.madd(builder.load(acc), a, wvec[v]), acc)
+        for r in range(4):
+            for v in range(_NV):
+                at = builder.add(builder.add(ooffv, builder.mul(_ir.Constant(i64, r), ldov)), _ir.Constant(i64, _LANES * v))
+                op = builder.gep(oa.data, [at])
+                builder.store(builder.load(accs[r * _NV + v]), builder.bitcast(op, ops.acc_t.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    def _row_codegen(context, builder, signature, args):
+        """One row in the other loop order: for each input group t, for each output vector v,
+        out[ooff + LANES v + l] += the products of row r's code group t and lane l's weights.
+        The accumulators live in `out` (L1) and the weights stream in memory order, once: with
+        one row there is nothing to share a weight load with, and a padded 4-row tile did 4x the
+        work down 2 KB strides (a decode step ran 1.5x slower than the portable loop)."""
+        qv, rv, ldqv, wv, kgv, cpv, outv, ooffv = args
+        qa = context.make_array(signature.args[0])(context, builder, qv)
+        wa = context.make_array(signature.args[3])(context, builder, wv)
+        oa = context.make_array(signature.args[6])(context, builder, outv)
+        i64 = _ir.IntType(64)
+        ops = _Ops(builder)
+        nvec = builder.udiv(cpv, _ir.Constant(i64, _LANES))
+        with _cg.for_range(builder, kgv) as outer:
+            t = outer.index
+            a = ops.codes(builder.gep(qa.data, [builder.add(builder.mul(rv, ldqv), t)]))
+            base = builder.mul(builder.mul(t, cpv), _ir.Constant(i64, _G))
+            with _cg.for_range(builder, nvec) as inner:
+                v = inner.index
+                w = ops.weights(builder.gep(wa.data, [builder.add(base, builder.mul(v, _ir.Constant(i64, _LANES * _G)))]))
+                op = builder.gep(oa.data, [builder.add(ooffv, builder.mul(v, _ir.Constant(i64, _LANES)))])
+                optr = builder.bitcast(op, ops.acc_t.as_pointer())
+                builder.store(ops.madd(builder.load(optr, align=4), a, w), optr, align=4)
+        return context.get_dummy_value()
 
     @_intrinsic
     def _simd_tile(typingctx, q32, r0, ldq, w, woff, wstride, kg, out, ooff, ldo):
-        return _nb.types.void(q32, r0, ldq, w, woff, wstride, kg, out, ooff, ldo), _codegen4
+        return _nb.types.void(q32, r0, ldq, w, woff, wstride, kg, out, ooff, ldo), _tile_codegen
 
     @_intrinsic
     def _simd_row(typingctx, q32, r, ldq, w, kg, cp, out, ooff):
         # one row, all Cp outputs, added into out[ooff:ooff + Cp] (see _row_codegen)
-        return _nb.types.void(q32, r, ldq, w, kg, cp, out, ooff), _codegen_row
+        return _nb.types.void(q32, r, ldq, w, kg, cp, out, ooff), _row_codegen
 
     @_nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
     def _quantize_padded(x, rows, a_scale, zp, kg):
