@@ -28,7 +28,9 @@ byte-identical to an earlier pair's (the order: ``default`` first, then
 variant names case-insensitively, then accents), so no voice can sit in two
 splits under two names. A variant with no pair left is dropped. The report
 lists what was dropped and why. The natural voices (flite, festival: five
-real speakers) are too few to split and all train.
+real speakers) are too few to split and all train. ``--random-voices N`` adds N
+espeak-ng variants with random parameters (``random_variant``) to the training
+voices only; the shipped data does not use them (data/README.md says why).
 
 Splits are BY VARIANT: the variants are split 70/15/15 into train / val /
 test (stratified by the gender espeak-ng lists), and every accent of a
@@ -45,6 +47,7 @@ import concurrent.futures as cf
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +86,7 @@ TRIMMED_SHARE = 0.3         # share of clips made as a short, trimmed recording 
 TRIMMED_SNR_DB = (15.0, 40.0)   # those recordings are cleaner: close-talking, little background
 TRIMMED_MARGIN = 0.1        # s of recording kept around the word, at most, on each side
 NATURAL_SHARE = 0.4         # share of training word clips spoken by a voice built from recordings
+RANDOM_SHARE = 0.5          # with --random-voices: share of the other training clips given a random variant
 
 # Voices built from recordings of real people (diphone concatenation, HTS and clustergen
 # statistical voices): they carry a human glottal source and real coarticulation, which
@@ -119,9 +123,13 @@ def voice_id(accent, variant):
     return accent if variant == "default" else f"{accent}+{variant}"
 
 
+ESPEAK_PATH = None          # a private espeak-ng-data copy holding the random variants (--random-voices)
+
+
 def synth(voice, word, speed, pitch, amplitude, wav_path):
     """-> float32 samples at 16 kHz, or None when espeak-ng fails or gives no audio."""
-    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude), "-w", wav_path, word]
+    cmd = ["espeak-ng"] + ([f"--path={ESPEAK_PATH}"] if ESPEAK_PATH else []) + [
+        "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude), "-w", wav_path, word]
     x = run_to_wav(cmd, wav_path)
     return x if x is not None and np.max(np.abs(x), initial=0.0) > 0 else None
 
@@ -290,6 +298,56 @@ def split_variants(variants, gender, seed):
     return {s: sorted(v, key=str.lower) for s, v in out.items()}
 
 
+def random_variant(rng, name):
+    """The text of an espeak-ng variant file with random voice parameters (formant frequencies,
+    strengths and widths in % of the accent's, pitch, voice quality, tone, echo, klatt source):
+    a timbre that none of the shipped variants has, for the training split only."""
+    lines = ["language variant", f"name {name}", f"gender {'female' if rng.random() < 0.5 else 'male'}"]
+    base = rng.uniform(60, 220)
+    lines.append(f"pitch {base:.0f} {base + rng.uniform(20, 120):.0f}")
+    for f in range(9):
+        if f == 0 or rng.random() < 0.8:
+            lines.append(f"formant {f} {rng.uniform(75, 125):.0f} {rng.uniform(60, 150):.0f} {rng.uniform(60, 160):.0f}")
+    if rng.random() < 0.25:
+        lines.append(f"klatt {rng.integers(1, 6)}")
+    lines.append(f"flutter {rng.integers(0, 30)}")
+    lines.append(f"roughness {rng.integers(0, 6)}")
+    lines.append(f"voicing {rng.integers(60, 151)}")
+    lines.append(f"consonants {rng.integers(60, 141)} {rng.integers(60, 141)}")
+    if rng.random() < 0.3:
+        lines.append(f"tone {rng.integers(100, 700)} {rng.integers(50, 256)} {rng.integers(800, 1600)} "
+                     f"{rng.integers(50, 256)} {rng.integers(1800, 3200)} {rng.integers(50, 256)}")
+    if rng.random() < 0.3:
+        lines.append(f"echo {rng.integers(5, 150)} {rng.integers(0, 25)}")
+    if rng.random() < 0.15:
+        lines.append(f"breath {' '.join(str(rng.integers(0, 30)) for _ in range(8))}")
+    return "\n".join(lines) + "\n"
+
+
+def make_random_voices(tmp, n, accents, seed):
+    """Copy espeak-ng's data into tmp, add n random variants (random_variant) -> their voice ids
+    (every accent of every random variant). Existing voices give the same audio from the copy."""
+    global ESPEAK_PATH
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+    src = re.search(r"Data at: (\S+)", out).group(1)
+    dst = os.path.join(tmp, "espeak-ng-data")
+    shutil.copytree(src, dst)
+    # espeak-ng lists at most 349 voice files; drop the other languages' and the MBROLA ones to make room
+    for d in os.listdir(os.path.join(dst, "lang")):
+        path = os.path.join(dst, "lang", d)
+        if d != "gmw":
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    shutil.rmtree(os.path.join(dst, "voices", "mb"), ignore_errors=True)
+    ids = []
+    for i in range(n):
+        name = f"qzrand{i:03d}"
+        with open(os.path.join(dst, "voices", "!v", name), "w") as f:
+            f.write(random_variant(np.random.default_rng([seed, 3000, i]), name))
+        ids += [voice_id(a, name) for a in accents]
+    ESPEAK_PATH = tmp
+    return ids
+
+
 # ---------------------------------------------------------------- augmentation
 
 def colored_noise(rng, n, exponent):
@@ -394,8 +452,11 @@ def espeak_job(job, words_of, pools, tmp):
     name, split, c, i, key = job
     words = words_of[c]
     rng = np.random.default_rng(key)
+    pool = pools[split]
+    if split == "train" and pools.get("random") and np.random.default_rng(key + (4,)).random() < RANDOM_SHARE:
+        pool = pools["random"]          # its own draw: the clips that keep a named voice are unchanged
     for attempt in range(10):                                         # a pair may fail: draw again
-        voice = pools[split][rng.integers(len(pools[split]))]
+        voice = pool[rng.integers(len(pool))]
         word = words[rng.integers(len(words))]
         speed, pitch = rng.integers(SPEED[0], SPEED[1] + 1), rng.integers(PITCH[0], PITCH[1] + 1)
         amp = rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1)
@@ -516,7 +577,13 @@ def main(argv=None):
     ap.add_argument("--espeak-only", action="store_true",
                     help="no flite/festival voices (the shipped data uses them: apt-get install flite festival "
                          "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)")
+    ap.add_argument("--random-voices", type=int, default=0, metavar="N",
+                    help="add N random espeak-ng variants (random formants, pitch, voice quality) to the training "
+                         "voices; RANDOM_SHARE of the espeak-ng training clips use one (default 0, the shipped data; "
+                         "at most 200: espeak-ng lists at most 349 voice files)")
     args = ap.parse_args(argv)
+    if not 0 <= args.random_voices <= 200:
+        ap.error(f"--random-voices: 0..200, got {args.random_voices}")
 
     t0 = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)        # noqa: E731
@@ -534,6 +601,8 @@ def main(argv=None):
         split = split_variants(v["variants"], v["gender"], args.seed)
         pools = {s: [voice_id(a, var) for var in split[s] for a in v["accents"] if (a, var) not in v["bad_pairs"]]
                  for s in SPLITS}
+        if args.random_voices:
+            pools["random"] = make_random_voices(tmp, args.random_voices, v["accents"], args.seed)
         log(f"probed voices in {time.time() - t0:.0f} s: variants train/val/test "
             f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])}")
 
@@ -553,9 +622,10 @@ def main(argv=None):
         for name, ds_id, labels, words_of, counts in specs:
             arrays, first, cropped, used = build(pool, tmp, name, ds_id, labels, words_of, counts, pools, args.seed,
                                                  progress, natural)
-            for s in SPLITS:   # the pool each split draws from, natural voices included (train only)
-                nat = [f"{e}/{vo}" for e, vo, *_ in natural] if s == "train" else []
-                arrays[f"voice_{s}"] = np.array(sorted(pools[s]) + nat)
+            for s in SPLITS:   # the pool each split draws from, random and natural voices included (train only)
+                extra = sorted(pools.get("random", [])) + [f"{e}/{vo}" for e, vo, *_ in natural] \
+                    if s == "train" else []
+                arrays[f"voice_{s}"] = np.array(sorted(pools[s]) + extra)
             path = os.path.join(args.out_dir, f"{name}.npz")
             np.savez_compressed(path, **arrays)
             for label, (clip, row) in first.items():                 # wav files + the round-trip check
