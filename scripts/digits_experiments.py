@@ -39,7 +39,7 @@ def record(row):
 
 def run_base(args):
     """The command model as the demo trains it (qz.demo.train_commands), optionally with VTLP."""
-    path = ROOT / "data" / "speech_commands.npz"
+    path = Path(args.data_dir) / "speech_commands.npz"
     raw_tr, raw_val = load_dataset(path, seed=args.seed)
     norm = fit_input_norm(raw_tr, "cmvn")
     tr = apply_input_norm(raw_tr, norm)
@@ -54,7 +54,7 @@ def run_base(args):
     t0 = time.perf_counter()
     state = train(cfg, tcfg, tr, val, state=state, progress=False, log=None)
     save_training(args.out, cfg, tcfg, state)
-    row = {"kind": "base", "vtlp": args.vtlp, "steps": args.steps, "seed": args.seed, "out": str(args.out),
+    row = {"kind": "base", "data_dir": args.data_dir, "vtlp": args.vtlp, "steps": args.steps, "seed": args.seed, "out": str(args.out),
            "seconds": round(time.perf_counter() - t0, 1), "best_step": state.best["step"],
            "commands_val_accuracy": state.best["accuracy"]}
     if args.test:
@@ -64,7 +64,7 @@ def run_base(args):
 
 
 def run_finetune(args):
-    path = ROOT / "data" / "spoken_digits.npz"
+    path = Path(args.data_dir) / "spoken_digits.npz"
     dtrain, dval = load_split(path, "train"), load_split(path, "val")
     dtest = load_split(path, "test") if args.test else None
     opts = FinetuneOptions(steps=args.steps, patience=20, seeds=args.seeds, seed=args.seed, lr=args.lr,
@@ -73,7 +73,7 @@ def run_finetune(args):
                            **(dict(time_mask=args.specaug[0], feature_mask=args.specaug[1]) if args.specaug else {}))
     out = OUT / f"digits_{args.tag}.safetensors" if args.save else None
     rep = finetune(args.base, dtrain, opts, val=dval, test=dtest, out_path=out, log=print, progress=False)
-    row = {"kind": "finetune", "tag": args.tag, "base": str(args.base), "options": rep["options"],
+    row = {"kind": "finetune", "data_dir": args.data_dir, "tag": args.tag, "base": str(args.base), "options": rep["options"],
            "val_top2": rep["val_accuracy_top2"], "val_top1": rep["val_accuracy_top1"],
            "runs": rep["runs"], "seconds": rep["seconds_total"]}
     if dtest is not None:
@@ -86,6 +86,8 @@ def main():
     ap.add_argument("what", choices=["base", "finetune"])
     ap.add_argument("--base", default=str(ROOT / "runs" / "accuracy" / "commands.safetensors"))
     ap.add_argument("--out", default=str(OUT / "commands.safetensors"))
+    ap.add_argument("--data-dir", default=str(ROOT / "data"), help="where speech_commands.npz and spoken_digits.npz are "
+                    "(default: the shipped data; another build of scripts/make_speech_datasets.py --out-dir)")
     ap.add_argument("--vtlp", type=float, default=0.0)
     ap.add_argument("--mixup", type=float, default=0.0)
     ap.add_argument("--smoothing", type=float, default=0.0)
