@@ -14,6 +14,11 @@ batch 64, lr 1e-3, VTLP 0.25, early stopping on the validation voices, patience
                    so a random head does not distort the features at the start
   --soup           the seeds share one head initialisation, and their weights are averaged
                    at the end (a uniform model soup, Wortsman et al. 2022)
+  --noise LO HI    noise-floor augmentation in the feature domain: the clip's smoothed log-mel
+                   spectrum (inverse DCT of the MFCC) plus noise at its own floor (10th
+                   percentile over frames, per band) raised by LO..HI dB, a random tilt of
+                   +-6 dB across the bands and 2 dB jitter, on half the training clips
+                   (a lower SNR than the clip was recorded at)
   --digits PATH    another build of spoken_digits.npz (scripts/make_speech_datasets.py
                    --out-dir ...), e.g. --espeak-only: its val and test splits are the
                    shipped ones, only the training clips differ
@@ -24,6 +29,7 @@ The figures of the session of 2026-12-07 (third) are in the README (*Accuracy*).
     python scripts/digits_levers.py --share 0.5 --steps 3000
     python scripts/digits_levers.py --lp-steps 300
     python scripts/digits_levers.py --seeds 3 --soup
+    python scripts/digits_levers.py --noise 0 20
     python scripts/digits_levers.py --seeds 3 --digits /tmp/espeak/spoken_digits.npz --test
 """
 import argparse
@@ -38,11 +44,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qz import checkpoint  # noqa: E402
-from qz.data import ArrayData, WarpedData, apply_input_norm, load_split  # noqa: E402
+from qz.audio import N_MELS, _dct_matrix  # noqa: E402
+from qz.data import ArrayData, WarpedData, apply_input_norm, load_split, vtlp_mfcc  # noqa: E402
 from qz.finetune import new_head  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.optim import adamw_init  # noqa: E402
 from qz.train import TrainConfig, TrainState, evaluate, save_training, train  # noqa: E402
+
+
+def noise_floor_mfcc(x, rng, lo_db, hi_db, share=0.5, jitter_db=2.0, tilt_db=6.0):
+    """Raw MFCC clips (N, T, C) with the noise floor of a `share` of them raised by lo_db..hi_db.
+
+    Zero added noise gives back x: the MFCC is log-mel @ d with d's columns orthonormal,
+    so (x @ d.T) @ d = x.
+    """
+    N, T, C = x.shape
+    d = _dct_matrix(N_MELS, C)                                            # (M, C)
+    log_mel = x.astype(np.float64) @ d.T                                  # (N, T, M)
+    floor = np.percentile(log_mel, 10, axis=1, keepdims=True)             # (N, 1, M)
+    nat = np.log(10) / 10                                                 # dB of power -> nats
+    raise_db = rng.uniform(lo_db, hi_db, (N, 1, 1))
+    tilt = rng.uniform(-tilt_db, tilt_db, (N, 1, 1)) * np.linspace(-0.5, 0.5, N_MELS)
+    noise = floor + nat * (raise_db + tilt + jitter_db * rng.standard_normal((N, T, N_MELS)))
+    out = x.astype(np.float64)
+    use = rng.random(N) < share
+    out[use] = np.logaddexp(log_mel[use], noise[use]) @ d
+    return out.astype(x.dtype)
+
+
+class NoisyData(WarpedData):
+    """WarpedData (VTLP, then the input scaling) with noise_floor_mfcc between the two."""
+
+    def __init__(self, raw, norm, low, high, noise_db):
+        super().__init__(raw, norm, low, high)
+        self.noise_db = noise_db
+
+    def batch(self, step, batch_size, seed):
+        x, y = self.raw.batch(step, batch_size, seed)
+        x = vtlp_mfcc(x, np.random.default_rng([seed, step, 5]), self.low, self.high)
+        x = noise_floor_mfcc(x, np.random.default_rng([seed, step, 7]), *self.noise_db)
+        return apply_input_norm(ArrayData(x, y), self.norm).x, y
 
 
 def training_set(digits, commands, share):
@@ -64,6 +105,8 @@ def main():
     ap.add_argument("--share", type=float, default=0.0, help="rehearsal: share of command clips (default 0: off)")
     ap.add_argument("--lp-steps", type=int, default=0, help="LP-FT: head-only steps first (default 0: off)")
     ap.add_argument("--lp-lr", type=float, default=3e-3)
+    ap.add_argument("--noise", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="noise-floor augmentation, dB above the clip's floor (default off)")
     ap.add_argument("--soup", action="store_true", help="average the seeds' weights (one shared head init)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -81,7 +124,10 @@ def main():
     norm = meta["input_norm"]
     dtr, dva, dte = (load_split(a.digits, s) for s in ("train", "val", "test"))
     raw, n_classes = training_set(dtr, load_split(a.commands, "train") if a.share else None, a.share)
-    tr = WarpedData(raw, norm, 1 - a.vtlp, 1 + a.vtlp) if a.vtlp else apply_input_norm(raw, norm)
+    if a.noise:
+        tr = NoisyData(raw, norm, 1 - a.vtlp, 1 + a.vtlp, tuple(a.noise))
+    else:
+        tr = WarpedData(raw, norm, 1 - a.vtlp, 1 + a.vtlp) if a.vtlp else apply_input_norm(raw, norm)
     va, te = apply_input_norm(dva, norm), apply_input_norm(dte, norm)
     runs, models = [], []
     for s in range(a.seed, a.seed + a.seeds):
