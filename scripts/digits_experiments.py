@@ -46,7 +46,8 @@ def run_base(args):
     val = apply_input_norm(raw_val, norm)
     if args.vtlp:
         tr = WarpedData(raw_tr, norm, 1.0 - args.vtlp, 1.0 + args.vtlp)
-    cfg = preset("kws", input_dim=raw_tr.x.shape[2], max_len=raw_tr.x.shape[1], n_classes=len(raw_tr.labels))
+    cfg = preset("kws", input_dim=raw_tr.x.shape[2], max_len=raw_tr.x.shape[1], n_classes=len(raw_tr.labels),
+                 **({"d_model": args.d_model, "d_ff": 2 * args.d_model} if args.d_model else {}))
     tcfg = TrainConfig(steps=args.steps, batch_size=32, lr=3e-3, warmup=100, top_k_choices=(1, 2), seed=args.seed,
                        eval_every=max(args.steps // 20, 1), eval_batches=10 ** 6, patience=10 ** 6, augment=True)
     params = init_params(cfg, seed=args.seed)
@@ -54,7 +55,7 @@ def run_base(args):
     t0 = time.perf_counter()
     state = train(cfg, tcfg, tr, val, state=state, progress=False, log=None)
     save_training(args.out, cfg, tcfg, state)
-    row = {"kind": "base", "data_dir": args.data_dir, "vtlp": args.vtlp, "steps": args.steps, "seed": args.seed, "out": str(args.out),
+    row = {"kind": "base", "data_dir": args.data_dir, "d_model": cfg.d_model, "vtlp": args.vtlp, "steps": args.steps, "seed": args.seed, "out": str(args.out),
            "seconds": round(time.perf_counter() - t0, 1), "best_step": state.best["step"],
            "commands_val_accuracy": state.best["accuracy"]}
     if args.test:
@@ -88,6 +89,8 @@ def main():
     ap.add_argument("--out", default=str(OUT / "commands.safetensors"))
     ap.add_argument("--data-dir", default=str(ROOT / "data"), help="where speech_commands.npz and spoken_digits.npz are "
                     "(default: the shipped data; another build of scripts/make_speech_datasets.py --out-dir)")
+    ap.add_argument("--d-model", type=int, default=0, help="base: a wider kws model (d_ff = 2 d_model; default: "
+                    "the preset's 64)")
     ap.add_argument("--vtlp", type=float, default=0.0)
     ap.add_argument("--mixup", type=float, default=0.0)
     ap.add_argument("--smoothing", type=float, default=0.0)
