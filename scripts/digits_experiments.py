@@ -55,7 +55,8 @@ def run_base(args):
     t0 = time.perf_counter()
     state = train(cfg, tcfg, tr, val, state=state, progress=False, log=None)
     save_training(args.out, cfg, tcfg, state)
-    row = {"kind": "base", "data_dir": args.data_dir, "d_model": cfg.d_model, "vtlp": args.vtlp, "steps": args.steps, "seed": args.seed, "out": str(args.out),
+    row = {"kind": "base", "data_dir": args.data_dir, "d_model": cfg.d_model, "vtlp": args.vtlp, "steps": args.steps,
+           "seed": args.seed, "out": str(args.out),
            "seconds": round(time.perf_counter() - t0, 1), "best_step": state.best["step"],
            "commands_val_accuracy": state.best["accuracy"]}
     if args.test:
@@ -74,7 +75,8 @@ def run_finetune(args):
                            **(dict(time_mask=args.specaug[0], feature_mask=args.specaug[1]) if args.specaug else {}))
     out = OUT / f"digits_{args.tag}.safetensors" if args.save else None
     rep = finetune(args.base, dtrain, opts, val=dval, test=dtest, out_path=out, log=print, progress=False)
-    row = {"kind": "finetune", "data_dir": args.data_dir, "tag": args.tag, "base": str(args.base), "options": rep["options"],
+    row = {"kind": "finetune", "data_dir": args.data_dir, "tag": args.tag, "base": str(args.base),
+           "options": rep["options"],
            "val_top2": rep["val_accuracy_top2"], "val_top1": rep["val_accuracy_top1"],
            "runs": rep["runs"], "seconds": rep["seconds_total"]}
     if dtest is not None:
