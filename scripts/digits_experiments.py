@@ -89,8 +89,9 @@ def main():
     ap.add_argument("what", choices=["base", "finetune"])
     ap.add_argument("--base", default=str(ROOT / "runs" / "accuracy" / "commands.safetensors"))
     ap.add_argument("--out", default=str(OUT / "commands.safetensors"))
-    ap.add_argument("--data-dir", default=str(ROOT / "data"), help="where speech_commands.npz and spoken_digits.npz are "
-                    "(default: the shipped data; another build of scripts/make_speech_datasets.py --out-dir)")
+    ap.add_argument("--data-dir", default=str(ROOT / "data"),
+                    help="where speech_commands.npz and spoken_digits.npz are (default: the shipped data; "
+                         "another build of scripts/make_speech_datasets.py --out-dir)")
     ap.add_argument("--d-model", type=int, default=0, help="base: a wider kws model (d_ff = 2 d_model; default: "
                     "the preset's 64)")
     ap.add_argument("--vtlp", type=float, default=0.0)

@@ -307,7 +307,8 @@ def random_variant(rng, name):
     lines.append(f"pitch {base:.0f} {base + rng.uniform(20, 120):.0f}")
     for f in range(9):
         if f == 0 or rng.random() < 0.8:
-            lines.append(f"formant {f} {rng.uniform(75, 125):.0f} {rng.uniform(60, 150):.0f} {rng.uniform(60, 160):.0f}")
+            freq, strength, width = rng.uniform(75, 125), rng.uniform(60, 150), rng.uniform(60, 160)
+            lines.append(f"formant {f} {freq:.0f} {strength:.0f} {width:.0f}")
     if rng.random() < 0.25:
         lines.append(f"klatt {rng.integers(1, 6)}")
     lines.append(f"flutter {rng.integers(0, 30)}")
