@@ -329,8 +329,7 @@ def make_random_voices(tmp, n, accents, seed):
     """Copy espeak-ng's data into tmp, add n random variants (random_variant) -> their voice ids
     (every accent of every random variant). Existing voices give the same audio from the copy."""
     global ESPEAK_PATH
-    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
-    src = re.search(r"Data at: (\S+)", out).group(1)
+    src = re.search(r"Data at: (\S+)", espeak_version()).group(1)
     dst = os.path.join(tmp, "espeak-ng-data")
     shutil.copytree(src, dst)
     # espeak-ng lists at most 349 voice files; drop the other languages' and the MBROLA ones to make room
