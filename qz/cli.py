@@ -235,11 +235,12 @@ def cmd_eval(args):
     data_path, data_opts, seed = _data_context(meta, args.data, "a data set to evaluate on")
     if args.split != "val":
         from .data import load_split
-        val_data = apply_input_norm(load_split(data_path, args.split), meta.get("input_norm"))
+        raw_data = load_split(data_path, args.split)
     else:
-        _, val_data = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed,
-                                    meta.get("input_norm"))
+        _, raw_data = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed)
+    val_data = apply_input_norm(raw_data, meta.get("input_norm"))
     _check_data_fits(cfg, val_data)
+    warps = _warps(args.warps, cfg)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     ks = [args.top_k] if args.top_k is not None else sorted({1, cfg.top_k})   # --top-k 0 is an error, not unset
@@ -254,15 +255,36 @@ def cmd_eval(args):
                            top_k=k, quant=quant)
             res["seconds"] = round(time.perf_counter() - t0, 3)
             res["precision"] = "fp32" if quant is None else "fake-int8"
+            if warps:             # the same model, its softmax averaged over warped copies of each clip
+                from .tta import warp_accuracy
+                res["warps"] = list(warps)
+                res["accuracy_warps"] = warp_accuracy(params, cfg, raw_data, meta.get("input_norm"), warps,
+                                                      top_k=k, quant=quant)
             results.append(res)
     lines = [f"{args.checkpoint} on {data_path} ({args.split} split, {results[0]['n']:,} predictions)"]
     for r in results:
         lines.append(f"  {r['precision']} top_k {r['top_k']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
                      f"aux {r['aux']:.3f}  gate entropy {', '.join(f'{e:.3f}' for e in r['gate_entropy'])}")
+        if "accuracy_warps" in r:
+            lines.append(f"    with test-time warps {','.join(f'{w:g}' for w in r['warps'])}: "
+                         f"accuracy {r['accuracy_warps']:.4f}")
         for i, load in enumerate(r["expert_load"]):
             lines.append(f"    layer {i} expert load: " + " ".join(f"{x:.2f}" for x in load))
     _emit(args, {"checkpoint": args.checkpoint, "data": data_path, "results": results}, lines)
     return 0
+
+
+def _warps(text, cfg=None):
+    """--warps '0.9,1,1.1' -> a tuple of warp factors (None when not given); speech classifiers only."""
+    if text is None:
+        return None
+    from .tta import parse_warps
+    if cfg is not None and cfg.mode != "classifier":
+        raise UserError("--warps: test-time warps are for classifiers on speech features, not language models")
+    try:
+        return parse_warps(text)
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
 
 
 def cmd_finetune(args):
@@ -276,7 +298,8 @@ def cmd_finetune(args):
         opts = FinetuneOptions(plan=args.plan, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                val_fraction=args.val_fraction, patience=args.patience, seeds=args.seeds,
                                seed=args.seed, eval_every=args.eval_every, top_k_choices=ks,
-                               qat_start=args.qat_start, qat_freeze=args.qat_freeze, vtlp=args.vtlp)
+                               qat_start=args.qat_start, qat_freeze=args.qat_freeze, vtlp=args.vtlp,
+                               warps=_warps(args.warps) or ())
     except ValueError as e:
         raise UserError(str(e)) from None
     checkpoint.load(args.base)                     # a bad base file fails before any data work
@@ -315,6 +338,9 @@ def cmd_finetune(args):
     lines = [f"saved {out} (seed {report['chosen_seed']}), report {report_path}",
              f"validation accuracy (top_k {k}): {report[f'val_accuracy_top{k}']['mean']:.4f} "
              f"+- {report[f'val_accuracy_top{k}']['std']:.4f} over {opts.seeds} seed(s)"]
+    if "val_accuracy_warps" in report:
+        lines.append(f"validation accuracy with test-time warps {','.join(f'{w:g}' for w in opts.warps)}: "
+                     f"{report['val_accuracy_warps']['mean']:.4f} +- {report['val_accuracy_warps']['std']:.4f}")
     if test is not None:
         for key in sorted(x for x in report if x.startswith("test_accuracy")):
             lines.append(f"test accuracy ({key[len('test_accuracy_'):]}): {report[key]['mean']:.4f} "
@@ -609,6 +635,8 @@ Ctrl-C finishes the current step, saves a checkpoint and prints how to resume.
 """
 
 
+WARPS_HELP = ("also score with test-time warps: average the softmax over these vocal tract length warps "
+              "of each clip, e.g. 0.9,1,1.1 (speech features; one forward pass per warp; default: off)")
 FINETUNE_EPILOG = """examples:
   qz finetune runs/commands.safetensors --data my_words/            # my_words/<label>/*.wav
   qz finetune runs/commands.safetensors --data clips/ --include '*_george_*.wav' \\
@@ -678,6 +706,7 @@ def build_parser():
                    help="val: the held-out split training used (default); test: an .npz's x_test/y_test")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--max-batches", type=int, default=None, help="limit the number of batches")
+    e.add_argument("--warps", help=WARPS_HELP)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -712,6 +741,7 @@ def build_parser():
     f.add_argument("--qat-freeze", type=int, default=-1, help="QAT: freeze the observers from this step")
     f.add_argument("--vtlp", type=float, default=0.0, help="warp each training clip's frequency axis by a random "
                    "factor in 1 +- VTLP (MFCC features; unseen voices: 0.25 in the demo, 0 = off)")
+    f.add_argument("--warps", help=WARPS_HELP)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", help="adapted checkpoint (default runs/finetuned_<data>.safetensors)")
     f.add_argument("--report", help="JSON report path (default: next to the checkpoint)")

@@ -29,6 +29,7 @@ from .data import ArrayData, WarpedData, apply_input_norm
 from .export import save_export
 from .optim import adamw_init
 from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
+from .tta import parse_warps, warp_accuracy
 
 __all__ = ["PLANS", "FinetuneOptions", "stratified_split", "new_head", "finetune", "confusion_matrix"]
 
@@ -62,6 +63,7 @@ class FinetuneOptions:
     seed: int = 0
     qat_start: int = -1           # QAT while fine-tuning (SPEC §5): fake-quant int8 from this step (-1: off)
     qat_freeze: int = -1          # ... observers frozen from this step (-1: never)
+    warps: tuple = ()             # also score with test-time warps (qz.tta), e.g. (0.9, 1.0, 1.1); (): off
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -75,6 +77,8 @@ class FinetuneOptions:
         if self.qat_freeze >= 0 and not 0 <= self.qat_start <= self.qat_freeze:
             raise ValueError(f"qat_freeze: {self.qat_freeze} needs qat_start in 0..{self.qat_freeze}, "
                              f"got {self.qat_start}")
+        if self.warps:
+            object.__setattr__(self, "warps", parse_warps(",".join(str(w) for w in self.warps)))  # frozen
 
 
 def stratified_split(y, val_fraction, seed):
@@ -132,7 +136,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     if data.x.shape[1] > cfg0.max_len:
         raise ValueError(f"data: {data.x.shape[1]} frames, the base model takes at most {cfg0.max_len}")
     norm = meta.get("input_norm")
-    raw = data
+    raw, raw_val, raw_test = data, val, test     # the test-time warps run on raw features
     data = apply_input_norm(data, norm)
     test = apply_input_norm(test, norm)
     val = apply_input_norm(val, norm)
@@ -176,6 +180,11 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                 if q is not None:
                     run[f"test_accuracy_fp32_top{k}"] = evaluate(state.params, cfg, test, batch_size=256,
                                                                  top_k=k)["accuracy"]
+        if opts.warps:                # test-time warps at the model's top_k, as the int8 model where QAT ran
+            va_raw = raw_val if raw_val is not None else raw.subset(va_idx)
+            run["val_accuracy_warps"] = warp_accuracy(state.params, cfg, va_raw, norm, opts.warps, quant=q)
+            if test is not None:
+                run["test_accuracy_warps"] = warp_accuracy(state.params, cfg, raw_test, norm, opts.warps, quant=q)
         runs.append(run)
         if log:
             log(f"seed {seed}: val accuracy {run[f'val_accuracy_top{cfg.top_k}']:.4f}"

@@ -52,6 +52,14 @@ def test_train_info_eval_on_features(tmp_path, feats, capsys):
     ev = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--json"])
     assert [r["top_k"] for r in ev["results"]] == [1, 2]
     assert all(0 <= r["accuracy"] <= 1 for r in ev["results"])
+    # test-time warps: warp 1 alone is the model itself; a bad list is a one-line error
+    ev1 = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--warps", "1", "--json"])
+    assert all(r["accuracy_warps"] == pytest.approx(r["accuracy"]) and r["warps"] == [1.0] for r in ev1["results"])
+    ev3 = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--warps", "0.9,1,1.1", "--json"])
+    assert all(0 <= r["accuracy_warps"] <= 1 for r in ev3["results"])
+    assert exit_code(["eval", str(ckpt), "--data", str(feats), "--warps", "0.9,abc"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qz: error: --warps") and len(err.splitlines()) == 1, err
 
 
 def test_train_text_and_resume_matches_one_run(tmp_path, capsys):

@@ -477,6 +477,8 @@ BAD_INPUTS = {
     "eval --split test without one": _p("eval", "@clf", "--data", "@feats", "--split", "test"),
     "eval --batch-size 0": _p("eval", "@clf", "--data", "@feats", "--batch-size", "0"),
     "eval --max-batches 0": _p("eval", "@clf", "--data", "@feats", "--max-batches", "0"),
+    "eval --warps out of range": _p("eval", "@clf", "--data", "@feats", "--warps", "0.9,2"),
+    "eval --warps on an LM": _p("eval", "@lm", "--data", "@text", "--warps", "1"),
     # finetune
     "finetune a text file as base": _p("finetune", "@text", "--data", "@feats"),
     "finetune an LM as base": _p("finetune", "@lm", "--data", "@feats"),
@@ -493,6 +495,7 @@ BAD_INPUTS = {
     "finetune --batch-size 0": _p("finetune", "@clf", "--data", "@feats", "--batch-size", "0"),
     "finetune --top-k-choices x": _p("finetune", "@clf", "--data", "@feats", "--top-k-choices", "x"),
     "finetune unknown plan": _p("finetune", "@clf", "--data", "@feats", "--plan", "most"),
+    "finetune --warps not numbers": _p("finetune", "@clf", "--data", "@feats", "--warps", "a,b"),
     # quantize
     "quantize --calibrate 0": _p("quantize", "@clf", "--calibrate", "0"),
     "quantize --calibrate -3": _p("quantize", "@clf", "--calibrate", "-3"),
