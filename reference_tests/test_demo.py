@@ -39,11 +39,12 @@ def test_demo_runs_end_to_end_and_writes_its_report(small_data, tmp_path):
     for key in ("test_accuracy_top2", "test_accuracy_top1", "logreg_baseline_test_accuracy"):
         assert 0.0 <= saved["commands"][key] <= 1.0
     assert 0.0 <= saved["digits"]["test_accuracy_top2"] <= 1.0
+    assert 0.0 <= saved["digits"]["test_accuracy_warps"] <= 1.0 and saved["digits"]["warps"] == [0.9, 1.0, 1.1]
     assert saved["latency_per_clip"]["clips"] == 22 and saved["latency_per_clip"]["top1_ms"] > 0
     assert (out / "commands_fp32.safetensors").exists() and (out / "digits.safetensors").exists()
     assert saved["model"]["fp32_file_bytes"] == (out / "commands_fp32.safetensors").stat().st_size
     text = "\n".join(summary_lines(report))
-    assert "unseen voices, top_k 1" in text and "fine-tuning" in text
+    assert "unseen voices, top_k 1" in text and "fine-tuning" in text and "test-time warps 0.9,1,1.1" in text
 
 
 def test_demo_without_data_is_a_clear_error(tmp_path):

@@ -3,7 +3,7 @@
 
 The fine-tuning is the recipe of measure_accuracy.py's DIGITS_RECIPE (1500 steps,
 batch 64, lr 1e-3, VTLP 0.25, early stopping on the validation voices, patience
-20 evaluations of 25 steps), written out here so that three levers can be added:
+20 evaluations of 25 steps), written out here so that levers can be added:
 
   --share S        rehearsal: the command model's own training clips join the digits as
                    extra classes (digits 0..9, commands 10..21, the command columns of
@@ -19,6 +19,8 @@ batch 64, lr 1e-3, VTLP 0.25, early stopping on the validation voices, patience
                    percentile over frames, per band) raised by LO..HI dB, a random tilt of
                    +-6 dB across the bands and 2 dB jitter, on half the training clips
                    (a lower SNR than the clip was recorded at)
+  --warp-grids     also score each seed with test-time warps (qz.tta), one grid at a time
+                   (WARP_GRIDS): how measure_accuracy.py's TTA_WARPS was chosen
   --digits PATH    another build of spoken_digits.npz (scripts/make_speech_datasets.py
                    --out-dir ...), e.g. --espeak-only: its val and test splits are the
                    shipped ones, only the training clips differ
@@ -31,6 +33,7 @@ The figures of the session of 2026-12-07 (third) are in the README (*Accuracy*).
     python scripts/digits_levers.py --seeds 3 --soup
     python scripts/digits_levers.py --noise 0 20
     python scripts/digits_levers.py --seeds 3 --digits /tmp/espeak/spoken_digits.npz --test
+    python scripts/digits_levers.py --seeds 3 --warp-grids
 """
 import argparse
 import json
@@ -50,6 +53,7 @@ from qz.finetune import new_head  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.optim import adamw_init  # noqa: E402
 from qz.train import TrainConfig, TrainState, evaluate, save_training, train  # noqa: E402
+from qz.tta import warp_accuracy  # noqa: E402
 
 
 def noise_floor_mfcc(x, rng, lo_db, hi_db, share=0.5, jitter_db=2.0, tilt_db=6.0):
@@ -70,6 +74,11 @@ def noise_floor_mfcc(x, rng, lo_db, hi_db, share=0.5, jitter_db=2.0, tilt_db=6.0
     use = rng.random(N) < share
     out[use] = np.logaddexp(log_mel[use], noise[use]) @ d
     return out.astype(x.dtype)
+
+
+# the test-time warp grids compared for measure_accuracy.py's TTA_WARPS (one pass, two 3-warp grids, 5, 9)
+WARP_GRIDS = {"1": (1.0,), "3n": (0.95, 1.0, 1.05), "3": (0.9, 1.0, 1.1), "5": (0.9, 0.95, 1.0, 1.05, 1.1),
+              "9": tuple(round(0.8 + 0.05 * i, 2) for i in range(9))}
 
 
 class NoisyData(WarpedData):
@@ -116,6 +125,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--test", action="store_true", help="also score the test voices (final candidates only)")
     ap.add_argument("--save", default="", help="write the first seed's model (or the soup) here")
+    ap.add_argument("--warp-grids", action="store_true",
+                    help="also score each seed with the test-time warp grids of WARP_GRIDS (qz.tta)")
     a = ap.parse_args()
     if not 0 <= a.share < 1:
         ap.error(f"--share: in [0, 1), got {a.share}")
@@ -152,6 +163,11 @@ def main():
                **{f"val_top{k}": evaluate(p, c10, va, 256, top_k=k)["accuracy"] for k in (2, 1)}}
         if a.test:
             run["test_top2"] = evaluate(p, c10, te, 256, top_k=2)["accuracy"]
+        if a.warp_grids:          # test-time warps (qz.tta): each grid on the validation (and test) voices
+            for name, grid in WARP_GRIDS.items():
+                run[f"val_warps_{name}"] = warp_accuracy(p, c10, dva, norm, grid)
+                if a.test:
+                    run[f"test_warps_{name}"] = warp_accuracy(p, c10, dte, norm, grid)
         print(json.dumps(run), flush=True)
         runs.append(run)
         models.append(p)
