@@ -78,7 +78,7 @@ class FinetuneOptions:
             raise ValueError(f"qat_freeze: {self.qat_freeze} needs qat_start in 0..{self.qat_freeze}, "
                              f"got {self.qat_start}")
         if self.warps:
-            object.__setattr__(self, "warps", parse_warps(",".join(str(w) for w in self.warps)))  # frozen
+            object.__setattr__(self, "warps", parse_warps(self.warps))    # the dataclass is frozen
 
 
 def stratified_split(y, val_fraction, seed):

@@ -5,9 +5,10 @@ Training with VTLP (``data.vtlp_mfcc``) teaches the model every voice between th
 training voices' warps by 1 +- vtlp. A new voice still lands somewhere in that range,
 and the model is surer of it at some warps than at others; averaging the softmax over
 a small grid of warps (0.9, 1.0, 1.1 by default) lets the surest views decide. It is
-the test-time side of VTLP (Jaitly & Hinton 2013 warp the test clips too) and plain
-test-time augmentation: no weights change, and each warp costs one more forward pass,
-so three warps cost three times the compute of one. Off unless asked for.
+test-time augmentation (as multi-crop evaluation is for images) with the one
+transform the speech models here train with: no weights change, and each warp costs
+one more forward pass, so three warps cost three times the compute of one. Off
+unless asked for.
 
     probs = warp_probs(params, cfg, x_raw, meta["input_norm"])      # x_raw: (N, T, C) raw MFCC
     acc = warp_accuracy(params, cfg, data_raw, meta["input_norm"], warps=(0.9, 1.0, 1.1))
@@ -28,12 +29,14 @@ __all__ = ["DEFAULT_WARPS", "parse_warps", "warp_probs", "warp_accuracy"]
 DEFAULT_WARPS = (0.9, 1.0, 1.1)
 
 
-def parse_warps(text) -> tuple:
-    """'0.9,1,1.1' -> (0.9, 1.0, 1.1); each warp in [0.5, 1.5] (past that, formants leave the band)."""
+def parse_warps(warps) -> tuple:
+    """'0.9,1,1.1' or a sequence of numbers -> (0.9, 1.0, 1.1); each warp in [0.5, 1.5]
+    (past that, most formants leave the 4 kHz band)."""
     try:
-        warps = tuple(float(w) for w in str(text).split(",") if w.strip())
-    except ValueError:
-        raise ValueError(f"warps {text!r}: expected numbers separated by commas, e.g. 0.9,1,1.1") from None
+        items = [w for w in warps.split(",") if w.strip()] if isinstance(warps, str) else list(warps)
+        warps = tuple(float(w) for w in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"warps {warps!r}: expected numbers separated by commas, e.g. 0.9,1,1.1") from None
     if not warps:
         raise ValueError("warps: give at least one warp factor, e.g. 1 (no warp) or 0.9,1,1.1")
     bad = [w for w in warps if not 0.5 <= w <= 1.5]
@@ -51,7 +54,7 @@ def warp_probs(params, cfg, x_raw, norm, warps=DEFAULT_WARPS, top_k=None, quant=
     """
     if cfg.mode != "classifier":
         raise ValueError("warp_probs: needs a classifier model")
-    warps = parse_warps(",".join(str(w) for w in warps))
+    warps = parse_warps(warps)
     x_raw = np.asarray(x_raw, dtype=np.float32)
     if x_raw.ndim != 3:
         raise ValueError(f"warp_probs: expected raw features (N, T, C), got shape {x_raw.shape}")

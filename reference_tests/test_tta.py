@@ -73,7 +73,7 @@ def test_warp_accuracy_is_the_argmax_of_warp_probs(model):
     assert warp_accuracy(params, cfg, ArrayData(x, y), norm) == pytest.approx(np.mean(p.argmax(1) == y))
 
 
-@pytest.mark.parametrize("text", ["", "a,b", "0.9,,2.0", "0.3", "1,1.6"])
+@pytest.mark.parametrize("text", ["", "a,b", "0.9,,2.0", "0.3", "1,1.6", "nan", [float("inf")], 0.9, [None], ()])
 def test_parse_warps_rejects_bad_lists(text):
     with pytest.raises(ValueError):
         parse_warps(text)
@@ -81,7 +81,7 @@ def test_parse_warps_rejects_bad_lists(text):
 
 def test_parse_warps_and_bad_inputs(model):
     params, cfg, norm = model
-    assert parse_warps("0.9, 1,1.1") == (0.9, 1.0, 1.1)
+    assert parse_warps("0.9, 1,1.1") == parse_warps([0.9, 1, "1.1"]) == (0.9, 1.0, 1.1)
     with pytest.raises(ValueError, match="raw features"):
         warp_probs(params, cfg, np.zeros((3, C)), norm)
     lm = qz.Config(d_model=16, n_heads=2, n_layers=1, n_experts=4, top_k=2, d_ff=16, max_len=8, vocab_size=11)
