@@ -19,6 +19,8 @@ batch 64, lr 1e-3, VTLP 0.25, early stopping on the validation voices, patience
                    percentile over frames, per band) raised by LO..HI dB, a random tilt of
                    +-6 dB across the bands and 2 dB jitter, on half the training clips
                    (a lower SNR than the clip was recorded at)
+  --n-train N      fine-tune on a stratified, seeded subset of N training clips: the learning
+                   curve of the bar's "<= 1000 clips"
   --warp-grids     also score each seed with test-time warps (qz.tta), one grid at a time
                    (WARP_GRIDS): how measure_accuracy.py's TTA_WARPS was chosen
   --digits PATH    another build of spoken_digits.npz (scripts/make_speech_datasets.py
@@ -34,6 +36,7 @@ The figures of the session of 2026-12-07 (third) are in the README (*Accuracy*).
     python scripts/digits_levers.py --noise 0 20
     python scripts/digits_levers.py --seeds 3 --digits /tmp/espeak/spoken_digits.npz --test
     python scripts/digits_levers.py --seeds 3 --warp-grids
+    python scripts/digits_levers.py --seeds 3 --n-train 250
 """
 import argparse
 import json
@@ -49,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from qz import checkpoint  # noqa: E402
 from qz.audio import N_MELS, _dct_matrix  # noqa: E402
 from qz.data import ArrayData, WarpedData, apply_input_norm, load_split, vtlp_mfcc  # noqa: E402
-from qz.finetune import new_head  # noqa: E402
+from qz.finetune import new_head, stratified_split  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.optim import adamw_init  # noqa: E402
 from qz.train import TrainConfig, TrainState, evaluate, save_training, train  # noqa: E402
@@ -125,15 +128,22 @@ def main():
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--test", action="store_true", help="also score the test voices (final candidates only)")
     ap.add_argument("--save", default="", help="write the first seed's model (or the soup) here")
+    ap.add_argument("--n-train", type=int, default=0,
+                    help="fine-tune on a stratified subset of this many training clips (a learning curve)")
     ap.add_argument("--warp-grids", action="store_true",
                     help="also score each seed with the test-time warp grids of WARP_GRIDS (qz.tta)")
     a = ap.parse_args()
     if not 0 <= a.share < 1:
         ap.error(f"--share: in [0, 1), got {a.share}")
+    if not 0 <= a.n_train < 1000:
+        ap.error(f"--n-train: a subset of the 1000 training clips, 1..999 (0: all), got {a.n_train}")
     keep_freed_memory()
     p0, cfg0, meta = checkpoint.load(a.base)
     norm = meta["input_norm"]
     dtr, dva, dte = (load_split(a.digits, s) for s in ("train", "val", "test"))
+    if a.n_train:                 # a learning curve: a stratified, seeded subset of the training clips
+        keep, _ = stratified_split(dtr.y, 1.0 - a.n_train / len(dtr), seed=0)
+        dtr = dtr.subset(keep)
     raw, n_classes = training_set(dtr, load_split(a.commands, "train") if a.share else None, a.share)
     if a.noise:
         tr = NoisyData(raw, norm, 1 - a.vtlp, 1 + a.vtlp, tuple(a.noise))
