@@ -59,9 +59,10 @@ def warp_probs(params, cfg, x_raw, norm, warps=DEFAULT_WARPS, top_k=None, quant=
     if x_raw.ndim != 3:
         raise ValueError(f"warp_probs: expected raw features (N, T, C), got shape {x_raw.shape}")
     N, _, C = x_raw.shape
+    x64 = x_raw.astype(np.float64)                     # the warp is applied in float64, as in data.vtlp_mfcc
     total = np.zeros((N, cfg.n_classes), dtype=np.float64)
     for alpha in warps:
-        warped = np.einsum("ntc,cd->ntd", x_raw.astype(np.float64), vtlp_matrix(alpha, C)).astype(np.float32)
+        warped = np.einsum("ntc,cd->ntd", x64, vtlp_matrix(alpha, C)).astype(np.float32)
         x = apply_input_norm(ArrayData(warped, np.zeros(N, dtype=np.int64)), norm).x       # (N, T, C) scaled
         for i in range(0, N, batch_size):
             logits, _ = forward(params, cfg, x[i:i + batch_size], top_k=top_k, quant=quant)   # (b, n_classes)
