@@ -7,6 +7,7 @@ prints machine-readable results on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -287,6 +288,19 @@ def _warps(text, cfg=None):
         raise UserError(f"--{e}") from None
 
 
+def _mix_arg(text):
+    """'DATA[:SHARE]' -> (path or None, share or None); a suffix that is not a number is part of the path."""
+    if not text:
+        return None, None
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, None
+
+
 def cmd_finetune(args):
     from .data import load_labelled
     from .finetune import FinetuneOptions, finetune
@@ -302,8 +316,14 @@ def cmd_finetune(args):
                                warps=_warps(args.warps) or ())
     except ValueError as e:
         raise UserError(str(e)) from None
+    mix_path, share = _mix_arg(args.mix)
+    try:
+        opts = dataclasses.replace(opts, mix_share=share) if share is not None else opts
+    except ValueError as e:
+        raise UserError(f"--mix: {e}") from None
     checkpoint.load(args.base)                     # a bad base file fails before any data work
     data = load_labelled(args.data, include=args.include, frames=args.frames)
+    mix = load_labelled(mix_path, frames=args.frames) if mix_path else None
     test = load_labelled(args.test, include=args.test_include, frames=args.frames) if args.test else None
     val = load_labelled(args.val, include=args.val_include, frames=args.frames) if args.val else None
     if test is not None and data.labels and test.labels and test.labels != data.labels:
@@ -322,7 +342,7 @@ def cmd_finetune(args):
 
     old = {sg: signal.signal(sg, on_signal) for sg in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = finetune(args.base, data, opts, test=test, val=val, out_path=out,
+        report = finetune(args.base, data, opts, test=test, val=val, out_path=out, mix=mix,
                           log=None if args.json else print, progress=not (args.quiet or args.json),
                           should_stop=lambda: stop["flag"])
     finally:
@@ -655,7 +675,9 @@ def build_parser():
                        description="Train a model from scratch or resume one. The model's sizes that "
                        "depend on the data (input_dim, n_classes, vocab_size, max_len) are read off the data.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--data", help=f"an .npz with x and y, or a .txt/.txt.gz (default {DEFAULT_TEXT})")
+    t.add_argument("--data", help="an .npz with x and y, a CSV of features with a label column, a folder of wav "
+                   "files (one sub-folder per label, or files named <label>_*.wav; 49 x 13 MFCC), or a "
+                   f".txt/.txt.gz for a character LM (default {DEFAULT_TEXT})")
     t.add_argument("--preset", help=f"model preset: {', '.join(sorted(PRESETS))} "
                    "(default kws for features, tiny_lm for text)")
     t.add_argument("--config", help="a JSON file with a full model config (instead of --preset)")
@@ -725,6 +747,9 @@ def build_parser():
     f.add_argument("--val-include", default="*.wav", help="glob on the validation folder's wav file names")
     f.add_argument("--test", help="data only evaluated at the end (never used for any choice)")
     f.add_argument("--test-include", default="*.wav", help="glob on the test folder's wav file names")
+    f.add_argument("--mix", metavar="DATA[:SHARE]", help="rehearsal: also train on DATA (e.g. the base model's own "
+                   "data set; its labels must be among the task's), SHARE of every batch (default 0.5), so the "
+                   "model keeps what it knew")
     f.add_argument("--frames", type=int, default=1, help="CSV data: fold features into this many frames")
     f.add_argument("--plan", choices=["head", "light", "all"], default="all",
                    help="what trains: head only, head + gates + norms, or everything (default)")

@@ -198,6 +198,36 @@ class WarpedData:
         return apply_input_norm(self.raw, self.norm).eval_batches(batch_size, max_batches)
 
 
+@dataclass
+class MixedData:
+    """Rehearsal: each training batch takes round(share * B) rows from `extra` (e.g. the base
+    model's own data) and the rest from `main`, so adapting to new data does not erase what the
+    model knew. Both are training sources with batch(step, B, seed) (ArrayData or WarpedData,
+    scaled the same way); each draws its rows from its own seed stream, so resume stays exact.
+    Evaluation batches come from `main` only."""
+    main: object
+    extra: object
+    share: float = 0.5
+    kind: str = "classifier"
+
+    @property
+    def seq_len(self):
+        return self.main.seq_len
+
+    def __len__(self):
+        return len(self.main)
+
+    def batch(self, step, batch_size, seed):
+        n_extra = int(round(self.share * batch_size))
+        n_main = batch_size - n_extra
+        parts = [s.batch(step, n, seed + i) for i, (s, n) in enumerate(((self.main, n_main), (self.extra, n_extra)))
+                 if n > 0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def eval_batches(self, batch_size, max_batches=None):
+        return self.main.eval_batches(batch_size, max_batches)
+
+
 def soft_targets(x, y, n_classes, rng, mixup=0.0, smoothing=0.0):
     """-> (x, (N, n_classes) target probabilities): mixup (Zhang et al. 2018) and label smoothing.
 

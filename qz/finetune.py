@@ -25,7 +25,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config
-from .data import ArrayData, WarpedData, apply_input_norm
+from .data import ArrayData, MixedData, WarpedData, apply_input_norm
 from .export import save_export
 from .optim import adamw_init
 from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
@@ -64,6 +64,8 @@ class FinetuneOptions:
     qat_start: int = -1           # QAT while fine-tuning (SPEC §5): fake-quant int8 from this step (-1: off)
     qat_freeze: int = -1          # ... observers frozen from this step (-1: never)
     warps: tuple = ()             # also score with test-time warps (qz.tta), e.g. (0.9, 1.0, 1.1); (): off
+    mix_share: float = 0.5        # rehearsal (finetune's `mix`): share of each batch drawn from the mix data
+    keep_head: bool = True        # when the task's labels are the base model's, start from its head
 
     def __post_init__(self):
         if self.plan not in PLANS:
@@ -77,6 +79,8 @@ class FinetuneOptions:
         if self.qat_freeze >= 0 and not 0 <= self.qat_start <= self.qat_freeze:
             raise ValueError(f"qat_freeze: {self.qat_freeze} needs qat_start in 0..{self.qat_freeze}, "
                              f"got {self.qat_start}")
+        if not 0 < self.mix_share < 1:
+            raise ValueError(f"mix_share: must be in (0, 1), got {self.mix_share}")
         if self.warps:
             object.__setattr__(self, "warps", parse_warps(self.warps))    # the dataclass is frozen
 
@@ -93,6 +97,24 @@ def stratified_split(y, val_fraction, seed):
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+
+
+def relabelled(data: ArrayData, labels, what="mix"):
+    """`data` with its class ids renumbered to `labels` by name (each of its labels must be one of them)."""
+    names = data.labels or [str(c) for c in range(int(data.y.max()) + 1)]
+    missing = [n for n in names if n not in labels]
+    if missing:
+        raise ValueError(f"{what}: labels {missing} are not among the task's labels {labels}")
+    index = np.array([labels.index(n) for n in names], np.int64)
+    return ArrayData(data.x, index[data.y], data.name, list(labels))
+
+
+def base_head(params, cfg: Config, base_labels, labels):
+    """A copy of params whose head keeps the base model's columns, reordered to `labels` (same set)."""
+    order = np.array([base_labels.index(n) for n in labels])
+    out = {n: p.copy() for n, p in params.items()}
+    out["head.weight"], out["head.bias"] = params["head.weight"][:, order].copy(), params["head.bias"][order].copy()
+    return out, cfg
 
 
 def new_head(params, cfg: Config, n_classes: int, seed: int):
@@ -117,7 +139,8 @@ def confusion_matrix(params, cfg, data, top_k=None, batch_size=128):
 
 
 def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData | None = None,
-             out_path=None, log=print, progress=True, val: ArrayData | None = None, should_stop=None):
+             out_path=None, log=print, progress=True, val: ArrayData | None = None, should_stop=None,
+             mix: ArrayData | None = None):
     """Run the fine-tuning; returns the report dict (and writes out_path when given).
 
     should_stop: a callable polled after every step (a Ctrl-C / SIGTERM flag). When it fires,
@@ -127,6 +150,9 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     `data`, `val` and `test` are raw features; the base model's input scaling is applied here.
     With `val` (e.g. clips of other voices), all of `data` trains and `val` drives early
     stopping and the choice of seed; without it a stratified share of `data` is held out.
+    `mix` (raw features, labels among the task's) is rehearsed: opts.mix_share of every batch.
+    When the task's labels are the base model's labels (in any order) and opts.keep_head, the
+    base model's head is kept (its columns reordered); otherwise a new head starts from random.
     """
     params0, cfg0, meta = checkpoint.load(base_path)
     if cfg0.mode != "classifier":
@@ -142,6 +168,12 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     val = apply_input_norm(val, norm)
     labels = data.labels or [str(c) for c in range(int(data.y.max()) + 1)]
     n_classes = max(len(labels), 2)
+    base_labels = meta.get("labels")
+    keep = bool(opts.keep_head and base_labels and sorted(base_labels) == sorted(labels))
+    if mix is not None:
+        if mix.kind != "classifier" or mix.x.shape[1:] != data.x.shape[1:]:
+            raise ValueError(f"mix: expected features (N, {data.x.shape[1]}, {data.x.shape[2]}), got {mix.x.shape}")
+        mix = relabelled(mix, labels)
     runs, best = [], None
     t_all = time.perf_counter()
     for r in range(opts.seeds):
@@ -154,7 +186,12 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             tr = data.subset(tr_idx)
         if opts.vtlp:     # the warp mixes raw coefficients, so it runs before the input scaling
             tr = WarpedData(raw.subset(tr_idx), norm, 1.0 - opts.vtlp, 1.0 + opts.vtlp)
-        params, cfg = new_head(params0, cfg0, n_classes, seed)
+        if mix is not None:
+            rehearse = WarpedData(mix, norm, 1.0 - opts.vtlp, 1.0 + opts.vtlp) if opts.vtlp else \
+                apply_input_norm(mix, norm)
+            tr = MixedData(tr, rehearse, opts.mix_share)
+        params, cfg = base_head(params0, cfg0, base_labels, labels) if keep else \
+            new_head(params0, cfg0, n_classes, seed)
         tcfg = TrainConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup=opts.warmup,
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
@@ -198,6 +235,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             break
     _, best_run, state, cfg, tcfg, va = best
     report = {"base": str(base_path), "plan": opts.plan, "options": {**opts.__dict__},
+              "head": "base" if keep else "new", "mix": None if mix is None else {"name": mix.name, "n": len(mix)},
               "precision": "int8 (QAT)" if state.ranges else "fp32",
               "labels": labels, "runs": runs, "chosen_seed": best_run["seed"],
               "interrupted": any(r.get("interrupted") for r in runs),

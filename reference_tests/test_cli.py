@@ -190,3 +190,30 @@ def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     assert len(out["results"]) == 2 and out["failed"] == 1        # ... the others were served
     assert all((r["mode"], r["precision"], r["top_k"]) == ("low_power", "int8", 1) for r in out["results"])
     assert captured.err.count("\n") == 1 and "notes.txt" in captured.err
+
+
+def test_finetune_mix_and_train_on_a_wav_folder(tmp_path, feats, capsys):
+    """finetune --mix DATA[:SHARE] rehearses DATA; train --data takes a folder of wav files."""
+    from qz.audio import write_wav
+    from qz.cli import _mix_arg
+    assert _mix_arg("data/x.npz:0.3") == ("data/x.npz", 0.3)
+    assert _mix_arg("data/x.npz") == ("data/x.npz", None)
+    assert _mix_arg("C:/odd:name.npz") == ("C:/odd:name.npz", None)
+    ckpt = tmp_path / "m.safetensors"
+    run_json(capsys, ["train", "--data", str(feats), "--steps", "4", "--out", str(ckpt), "--json", *SMALL])
+    rep = run_json(capsys, ["finetune", str(ckpt), "--data", str(feats), "--mix", f"{feats}:0.25", "--steps", "4",
+                            "--eval-every", "2", "--out", str(tmp_path / "ft.safetensors"), "--json"])
+    assert rep["mix"]["n"] == 60 and rep["options"]["mix_share"] == 0.25
+    assert exit_code(["finetune", str(ckpt), "--data", str(feats), "--mix", f"{feats}:1.5"]) == 1
+    assert "--mix: mix_share" in capsys.readouterr().err
+    wavs = tmp_path / "wavs"
+    for label in ("yes", "no"):
+        (wavs / label).mkdir(parents=True)
+        for i in range(3):
+            t = np.arange(8000) / 16000
+            write_wav(wavs / label / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t
+                                                                       * (2 if label == "yes" else 1)), 16000)
+    res = run_json(capsys, ["train", "--data", str(wavs), "--steps", "2", "--out", str(tmp_path / "w.safetensors"),
+                            "--json", *SMALL])
+    _, cfg, meta = qz.load(tmp_path / "w.safetensors")
+    assert res["step"] == 2 and cfg.input_dim == 13 and meta["labels"] == ["no", "yes"]

@@ -162,3 +162,16 @@ def test_soft_targets_mixup_and_smoothing():
     for i in range(6):                                                  # each row: lam x_i + (1 - lam) x_j
         j = int(np.argmax(np.where(yd == i, -1.0, tm[i]))) if lam[i] < 1 else i
         np.testing.assert_allclose(xm[i], lam[i] * x[i] + (1 - lam[i]) * x[j], atol=1e-5)
+
+
+def test_mixed_data_batches_are_seeded_and_split_by_share():
+    from qz.data import ArrayData, MixedData
+    a = ArrayData(np.zeros((30, 2, 3), np.float32), np.zeros(30, np.int64))
+    b = ArrayData(np.ones((20, 2, 3), np.float32), np.ones(20, np.int64))
+    m = MixedData(a, b, share=0.3)
+    x, y = m.batch(5, 10, seed=4)
+    assert x.shape == (10, 2, 3) and int(y.sum()) == 3 and np.all(x[y == 1] == 1)
+    x2, y2 = m.batch(5, 10, seed=4)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert len(m) == 30 and m.seq_len == 2
+    assert sum(len(yb) for _, yb in m.eval_batches(7)) == 30          # evaluation is the main data only

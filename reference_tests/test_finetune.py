@@ -166,3 +166,52 @@ def test_vtlp_and_soft_targets_change_training_but_still_learn(base, tmp_path):
     assert not np.array_equal(runs["plain"], runs["vtlp"]) and not np.array_equal(runs["plain"], runs["soft"])
     with pytest.raises(ValueError, match="vtlp"):
         FinetuneOptions(vtlp=0.6)
+
+
+def test_base_head_is_kept_reordered_when_the_labels_match(tmp_path):
+    """Same label set as the base (in another order): the base head's columns follow their names."""
+    cfg = qz.Config(d_model=16, n_heads=2, n_layers=1, n_experts=4, top_k=2, d_ff=16, max_len=6,
+                    input_dim=4, n_classes=3)
+    params = qz.init_params(cfg, seed=1)
+    params["head.bias"][:] = [1.0, 2.0, 3.0]
+    path = tmp_path / "base.safetensors"
+    save_training(path, cfg, TrainConfig(steps=1), TrainState(params, adamw_init(params), extra={
+        "input_norm": {"mean": [0.0] * 4, "std": [1.0] * 4}, "labels": ["a", "b", "c"]}))
+    data = make_task(np.random.default_rng(0))
+    data.labels = ["c", "a", "b"]
+    out = tmp_path / "kept.safetensors"
+    rep = finetune(path, data, FinetuneOptions(plan="head", steps=1, lr=1e-12, eval_every=1, patience=0, warmup=0),
+                   out_path=out, log=None, progress=False)
+    got, _, meta = qz.load(out)
+    assert rep["head"] == "base" and meta["labels"] == ["c", "a", "b"]
+    np.testing.assert_allclose(got["head.bias"], [3.0, 1.0, 2.0], atol=1e-6)
+    np.testing.assert_allclose(got["head.weight"], params["head.weight"][:, [2, 0, 1]], atol=1e-6)
+    rep = finetune(path, data, FinetuneOptions(plan="head", steps=1, eval_every=1, patience=0, keep_head=False),
+                   log=None, progress=False)
+    assert rep["head"] == "new"
+
+
+def test_mix_rehearses_its_share_of_every_batch(base, tmp_path, monkeypatch):
+    """--mix: each training batch holds round(share * B) rows of the mix data, relabelled by name."""
+    import qz.finetune as ft
+    path, _ = base
+    rng = np.random.default_rng(3)
+    data = make_task(rng)
+    mix = ArrayData(np.full((50, 6, 4), 7.0, np.float32), np.zeros(50, np.int64), labels=["c2"])
+    seen = []
+    real_train = ft.train
+
+    def spy(cfg, tcfg, tr, va, **kw):
+        x, y = tr.batch(0, tcfg.batch_size, tcfg.seed)
+        seen.append((x, y))
+        return real_train(cfg, tcfg, tr, va, **kw)
+    monkeypatch.setattr(ft, "train", spy)
+    rep = finetune(path, data, FinetuneOptions(steps=4, batch_size=16, eval_every=2, patience=0, mix_share=0.25,
+                                               augment=False), mix=mix, log=None, progress=False)
+    x, y = seen[0]
+    from_mix = np.all(x == 7.0, axis=(1, 2))
+    assert from_mix.sum() == 4 and np.all(y[from_mix] == 2), (from_mix, y)
+    assert rep["mix"]["n"] == 50
+    with pytest.raises(ValueError, match="not among the task's labels"):
+        finetune(path, data, FinetuneOptions(steps=2), mix=ArrayData(mix.x, mix.y, labels=["zz"]), log=None,
+                 progress=False)
