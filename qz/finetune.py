@@ -64,6 +64,7 @@ class FinetuneOptions:
     qat_start: int = -1           # QAT while fine-tuning (SPEC §5): fake-quant int8 from this step (-1: off)
     qat_freeze: int = -1          # ... observers frozen from this step (-1: never)
     warps: tuple = ()             # also score with test-time warps (qz.tta), e.g. (0.9, 1.0, 1.1); (): off
+    ema: float = 0.0              # weight averaging while fine-tuning (TrainConfig.ema; 0: off)
     mix_share: float = 0.5        # rehearsal (finetune's `mix`): share of each batch drawn from the mix data
     keep_head: bool = True        # when the task's labels are the base model's, start from its head
 
@@ -199,7 +200,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                            trainable=PLANS[opts.plan], augment=opts.augment,
                            time_mask=opts.time_mask, feature_mask=opts.feature_mask,
                            mixup=opts.mixup, label_smoothing=opts.label_smoothing,
-                           qat_start=opts.qat_start, qat_freeze=opts.qat_freeze)
+                           qat_start=opts.qat_start, qat_freeze=opts.qat_freeze, ema=opts.ema)
         t0 = time.perf_counter()
         state = train(cfg, tcfg, tr, va, state=TrainState(params, adamw_init(params)),
                       progress=progress, log=None, should_stop=should_stop)

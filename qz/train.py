@@ -57,6 +57,8 @@ class TrainConfig:
     qat_freeze: int = -1          # ... with observers updating until this step, frozen after (-1: never frozen)
     skip_nonfinite: int = 0       # batches with a non-finite loss or gradient that may be skipped (no update)
                                   # before the run stops with TrainingDiverged (0: stop at the first)
+    ema: float = 0.0              # weight averaging: evaluate and keep an exponential moving average of the
+                                  # weights, ema <- ema * decay + (1 - decay) * weights each step (0: off)
 
     def __post_init__(self):
         for key in ("steps", "batch_size"):
@@ -72,6 +74,8 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ValueError(f"ema: must be in [0, 1), got {self.ema!r}")
         for key in ("beta1", "beta2", "min_lr_ratio", "label_smoothing"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
@@ -212,6 +216,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
             # frozen parameters (a fine-tuning plan) keep their values and zero moments
             live = {n: p for n, p in state.params.items() if tcfg.is_trainable(n)}
             adamw_step(live, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.weight_decay)
+            if tcfg.ema:
+                ema_update(state, tcfg.ema)
             if observed:   # observers move toward this batch (they quantize from the next step on)
                 state.ranges = observe_update(state.ranges, observed)
             recent_loss = (recent_loss + [loss])[-20:]          # smoothed over the last 20 steps
@@ -234,6 +240,9 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
     bar.final()
     if val_data is not None and state.step == tcfg.steps:
         _eval_and_log(state, cfg, tcfg, val_data, bar, log)
+    if tcfg.ema and state.step == tcfg.steps:   # a finished run keeps the averaged weights
+        for name, p in state.params.items():
+            p[...] = state.opt["ema." + name]
     if tcfg.patience and state.best is not None:
         for name, value in state.best["params"].items():   # restore the best evaluation's weights
             state.params[name][...] = value
@@ -250,6 +259,22 @@ def _skip_or_stop(state, tcfg, what, bar, log):
     if log:
         bar.final()
         log(f"{what}: batch skipped, no update ({len(state.skipped)} of {tcfg.skip_nonfinite} allowed)")
+
+
+def ema_update(state, decay):
+    """The weight average (TrainConfig.ema) after a step: ema.<name> in the optimizer state, started at
+    the weights themselves, moves by (1 - decay) toward them. It rides in the checkpoint, so resume is exact."""
+    for name, p in state.params.items():
+        avg = state.opt.setdefault("ema." + name, p.copy())
+        avg *= decay
+        avg += (1.0 - decay) * p
+
+
+def scored_params(state, tcfg):
+    """The weights a run is evaluated and kept with: the average (ema) when it is on, else the weights."""
+    if not tcfg.ema or "ema." + next(iter(state.params)) not in state.opt:
+        return state.params
+    return {name: state.opt["ema." + name] for name in state.params}
 
 
 def qat_phase(cfg, tcfg, state, x, k):
@@ -288,20 +313,21 @@ def _no_better_for(state, patience):
 
 
 def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
-    res = evaluate(state.params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
+    params = scored_params(state, tcfg)
+    res = evaluate(params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
                    max_batches=tcfg.eval_batches, quant=quant_of(state))
     res["step"] = state.step
     ks = sorted(set(tcfg.top_k_choices))
     if len(ks) > 1:      # elastic top-k: score the checkpoint at every k the governor may serve it with
         acc = {k: res["accuracy"] if k == res["top_k"] else
-               evaluate(state.params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
+               evaluate(params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
                         max_batches=tcfg.eval_batches, top_k=k, quant=quant_of(state))["accuracy"] for k in ks}
         res.update({f"accuracy_top{k}": a for k, a in acc.items()})
         res["score"] = float(np.mean(list(acc.values())))
     state.history.append(res)
     if tcfg.patience and (state.best is None or _score(res) > state.best["score"]):
         state.best = {"step": state.step, "accuracy": res["accuracy"], "score": _score(res),
-                      "ranges": dict(state.ranges), "params": {n: p.copy() for n, p in state.params.items()}}
+                      "ranges": dict(state.ranges), "params": {n: p.copy() for n, p in params.items()}}
     if log:
         bar.final()
         per_k = "".join(f"  top_k {k} {res[f'accuracy_top{k}']:.4f}" for k in ks if f"accuracy_top{k}" in res)
@@ -329,12 +355,15 @@ def load_training(path):
     except (TypeError, ValueError) as e:
         raise checkpoint.CheckpointError(f"{path}: training options do not validate: {e}") from None
     opt = meta.get("state", {})
-    want = {p + n for n in params for p in ("m.", "v.")}
+    has_ema = any(k.startswith("ema.") for k in opt)     # the weight average starts at the first good step
+    if has_ema and not tcfg.ema:
+        raise checkpoint.CheckpointError(f"{path}: the optimizer state holds a weight average but ema is off")
+    want = {p + n for n in params for p in ("m.", "v.") + (("ema.",) if has_ema else ())}
     if set(opt) != want:
         missing = sorted(want - set(opt))[:1] or sorted(set(opt) - want)[:1]
         raise checkpoint.CheckpointError(f"{path}: optimizer state does not match the parameters ({missing[0]})")
     for name, arr in opt.items():
-        ref = params[name[2:]]
+        ref = params[name.split(".", 1)[1]]
         if arr.shape != ref.shape or arr.dtype != ref.dtype:
             raise checkpoint.CheckpointError(f"{path}: optimizer state {name} has shape/dtype "
                                              f"{arr.shape}/{arr.dtype}, expected {ref.shape}/{ref.dtype}")

@@ -197,3 +197,34 @@ def test_elastic_runs_are_chosen_on_every_k_they_train_with():
     for k in (1, 2):
         res = tr.evaluate(state.params, cfg, data, batch_size=32, max_batches=2, top_k=k)
         assert res["accuracy"] == best[f"accuracy_top{k}"]
+
+
+def test_weight_average_follows_its_recursion_resumes_exactly_and_is_kept(tmp_path):
+    """ema: avg_1 = w_1, avg_t = d avg_{t-1} + (1 - d) w_t after each step; a finished run keeps the
+    average; the average rides in the checkpoint, so N + resume + N equals 2N steps bit for bit."""
+    d = 0.7
+    cfg, tcfg, data = small_setup(steps=6, ema=d)
+    weights, state = [], tr.TrainState(qz.init_params(cfg, seed=1), None)
+    state.opt = tr.adamw_init(state.params)
+    for stop in range(1, 6):                      # the raw weights after steps 1..5 (not finished: not averaged)
+        state = tr.train(cfg, tcfg, data, state=state, stop_at=stop, progress=False, log=None)
+        weights.append({n: p.astype(np.float64) for n, p in state.params.items()})
+    avg = weights[0]
+    for w in weights[1:]:
+        avg = {n: d * avg[n] + (1 - d) * w[n] for n in avg}
+    for name in avg:
+        np.testing.assert_allclose(state.opt["ema." + name], avg[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    path = tmp_path / "mid.safetensors"
+    tr.save_training(path, cfg, tcfg, state)
+    _, _, resumed = tr.load_training(path)
+    resumed = tr.train(cfg, tcfg, data, state=resumed, progress=False, log=None)
+    full = tr.train(cfg, tcfg, data, params=qz.init_params(cfg, seed=1), progress=False, log=None)
+    for name in full.params:
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+        assert np.array_equal(full.params[name], full.opt["ema." + name]), name   # finished: the average is kept
+    assert not np.array_equal(full.params["blocks.0.wq"], weights[-1]["blocks.0.wq"].astype(np.float32))
+    off = tr.TrainConfig.from_dict({**tcfg.to_dict(), "ema": 0.0})
+    with pytest.raises(qz.checkpoint.CheckpointError, match="weight average but ema is off"):
+        tr.save_training(path, cfg, off, state) or tr.load_training(path)
+    with pytest.raises(ValueError, match="ema"):
+        tr.TrainConfig(ema=1.0)
