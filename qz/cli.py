@@ -687,9 +687,10 @@ def build_parser():
                    help="CSV data: fold each row's features into this many frames (8 for 8x8 images)")
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of rows held out when the file has no x_val/y_val (default 0.1)")
-    t.add_argument("--utterance-norm", choices=["none", "cmn", "cmvn"], default="none",
+    t.add_argument("--utterance-norm", choices=["none", "cmn", "cmvn", "speech_cmvn"], default="none",
                    help="per-clip normalisation over time before the global scaling: cmn subtracts each "
-                   "clip's mean, cmvn also divides by its std (helps speech from unseen voices/mics)")
+                   "clip's mean, cmvn also divides by its std (helps speech from unseen voices/mics), "
+                   "speech_cmvn takes both over the clip's speech frames only (what the command model uses)")
     t.add_argument("--no-standardize", action="store_true",
                    help="feed classifier features as they are (default: per-feature mean 0, std 1 from "
                    "the training split, stored in the checkpoint and reused by eval/finetune/run)")

@@ -254,14 +254,32 @@ def feature_stats(data: ArrayData):
     return x.mean(axis=0).astype(np.float32), np.maximum(x.std(axis=0), 1e-6).astype(np.float32)
 
 
+SPEECH_RANGE = 4.6 * np.sqrt(40)     # c0 units: 20 dB below the loudest frame, in each of 40 mel bands
+
+
+def speech_frames(x, span=SPEECH_RANGE):
+    """(N, T, C) MFCC clips -> (N, T) float mask of the frames within `span` of the clip's loudest
+    frame by c0 (the orthonormal DCT's c0 is sqrt(40) x the mean log-mel energy): its speech."""
+    c0 = x[..., 0]
+    return (c0 >= c0.max(axis=1, keepdims=True) - span).astype(np.float64)
+
+
 def utterance_normalized(x, mode):
     """Per-clip normalisation over time, before the global scaling:
     'cmn' subtracts each clip's mean of every feature (cepstral mean normalisation:
-    removes a fixed channel or voice colouring), 'cmvn' also divides by its std."""
+    removes a fixed channel or voice colouring), 'cmvn' also divides by its std;
+    'speech_cmvn' takes both statistics over the clip's speech frames only (speech_frames),
+    so the padding and silence around a short word do not dilute them."""
     if mode in (None, "none"):
         return x
-    if mode not in ("cmn", "cmvn"):
-        raise DataError(f"utterance normalisation {mode!r}: expected none, cmn or cmvn")
+    if mode not in ("cmn", "cmvn", "speech_cmvn"):
+        raise DataError(f"utterance normalisation {mode!r}: expected none, cmn, cmvn or speech_cmvn")
+    if mode == "speech_cmvn":
+        w = speech_frames(x)[..., None]                                        # (N, T, 1)
+        n = w.sum(axis=1, keepdims=True)
+        mean = (w * x).sum(axis=1, keepdims=True) / n                          # (N, 1, C)
+        std = np.sqrt((w * (x - mean) ** 2).sum(axis=1, keepdims=True) / n)
+        return ((x - mean) / np.maximum(std, 1e-3)).astype(np.float32)
     x = x - x.mean(axis=1, keepdims=True)
     if mode == "cmvn":
         x = x / np.maximum(x.std(axis=1, keepdims=True), 1e-3)

@@ -175,3 +175,24 @@ def test_mixed_data_batches_are_seeded_and_split_by_share():
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
     assert len(m) == 30 and m.seq_len == 2
     assert sum(len(yb) for _, yb in m.eval_batches(7)) == 30          # evaluation is the main data only
+
+
+def test_speech_cmvn_takes_its_statistics_from_the_speech_frames_only():
+    """speech_cmvn: mean and std over the frames within SPEECH_RANGE of the loudest c0. A clip whose frames
+    all qualify is plain cmvn; quiet padding (c0 far below) does not move the speech frames' result."""
+    from qz.data import SPEECH_RANGE, speech_frames, utterance_normalized
+    rng = np.random.default_rng(0)
+    speech = rng.standard_normal((3, 20, 13)).astype(np.float32)
+    speech[..., 0] = 50.0 + rng.uniform(-5, 5, (3, 20))                   # all within the range
+    np.testing.assert_allclose(utterance_normalized(speech, "speech_cmvn"), utterance_normalized(speech, "cmvn"),
+                               rtol=1e-5, atol=1e-5)
+    quiet = rng.standard_normal((3, 29, 13)).astype(np.float32)
+    quiet[..., 0] = 50.0 - SPEECH_RANGE - 10.0 + rng.uniform(-5, 5, (3, 29))   # padding: below the range
+    padded = np.concatenate([quiet[:, :10], speech, quiet[:, 10:]], axis=1)   # (3, 49, 13)
+    mask = speech_frames(padded)
+    assert mask[:, 10:30].all() and not mask[:, :10].any() and not mask[:, 30:].any()
+    np.testing.assert_allclose(utterance_normalized(padded, "speech_cmvn")[:, 10:30],
+                               utterance_normalized(speech, "cmvn"), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(utterance_normalized(padded, "cmvn")[:, 10:30], utterance_normalized(speech, "cmvn"))
+    with pytest.raises(DataError, match="speech_cmvn"):
+        utterance_normalized(speech, "loud")
