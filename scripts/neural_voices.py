@@ -43,7 +43,7 @@ import threading
 import numpy as np
 
 SAMPLE_RATE = 16000
-N_MIXES = int(os.environ.get("QZ_KOKORO_MIXES", "40"))   # experiments only; the shipped data: 40
+N_MIXES = 40
 LOCK = threading.Lock()                      # SVOX Pico keeps global state
 KOKORO_BASE = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 # words missing from the misaki lexicons (the two names of the Speech Commands word list)
