@@ -664,6 +664,9 @@ FINETUNE_EPILOG = """examples:
   qz finetune runs/commands.safetensors --data clips/ --include '*_george_*.wav' \\
       --test clips/ --test-include '*_jackson_*.wav' --seeds 3   # train on one speaker, test on another
   qz finetune runs/kws.safetensors --data feats.csv --plan head     # a linear probe on CSV features
+  R=data/speech_commands_real.npz                                  # real speakers, split by speaker
+  qz finetune data/commands_base.safetensors --data $R --val $R:val --test $R:test \
+      --steps 2000 --lr 1e-3 --eval-every 50 --patience 10 --vtlp 0.15 --seeds 3   # the demo's adaptation
 """
 
 
@@ -743,7 +746,8 @@ def build_parser():
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("base", help="the trained classifier checkpoint to start from")
     f.add_argument("--data", required=True, help="a folder of wav files (one sub-folder per label, or files "
-                   "named <label>_*.wav), a CSV of features with a label column, or an .npz with x and y")
+                   "named <label>_*.wav), a CSV of features with a label column, or an .npz with x and y "
+                   "(FILE.npz:val or :test takes that split of it)")
     f.add_argument("--include", default="*.wav", help="glob on wav file names, e.g. '*_george_*.wav'")
     f.add_argument("--val", help="validation data for early stopping and the seed choice (default: a "
                    "stratified --val-fraction of --data)")

@@ -436,8 +436,13 @@ def load_wav_folder(path, include="*.wav"):
 
 
 def load_labelled(path, include="*.wav", frames=1):
-    """A whole labelled set (no split) from a wav folder, a CSV of features or an .npz (x, y)."""
-    path = Path(path)
+    """A whole labelled set (no split) from a wav folder, a CSV of features or an .npz (x, y);
+    `file.npz:val` (or `:test`, `:train`) takes that split of an .npz (x_val, y_val, ...)."""
+    name, _, split = str(path).rpartition(":")
+    if name.endswith(".npz") and split in ("train", "val", "test"):
+        path = Path(name)
+    else:
+        path, split = Path(path), None
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -445,7 +450,7 @@ def load_labelled(path, include="*.wav", frames=1):
     if path.name.endswith((".csv", ".csv.gz")):
         return load_csv(path, frames)
     if path.suffix == ".npz":
-        return load_npz(path)[0]
+        return load_split(path, split) if split else load_npz(path)[0]
     raise DataError(f"{path}: expected a folder of wav files, a .csv(.gz) or an .npz")
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qz.data import DataError, TextData, load_dataset, load_npz
+from qz.data import DataError, TextData, load_dataset, load_labelled, load_npz
 
 
 def write_npz(path, **arrays):
@@ -20,6 +20,21 @@ def test_classifier_npz_with_and_without_val(tmp_path):
     assert sorted(np.concatenate([train.y, val.y]).tolist()) == sorted(y.tolist())
     train, val = load_dataset(write_npz(tmp_path / "b.npz", x=x, y=y, x_val=x[:3], y_val=y[:3]))
     assert len(train) == 20 and len(val) == 3
+
+
+def test_load_labelled_takes_a_named_split_of_an_npz(tmp_path):
+    x = np.random.default_rng(0).standard_normal((6, 5, 3)).astype(np.float32)
+    y = np.arange(6) % 3
+    path = write_npz(tmp_path / "s.npz", x=x, y=y, x_val=x[:2] + 1, y_val=y[:2], x_test=x[:4] - 1, y_test=y[:4],
+                     labels=np.array(["a", "b", "c"]))
+    val, test, whole = load_labelled(f"{path}:val"), load_labelled(f"{path}:test"), load_labelled(path)
+    np.testing.assert_array_equal(val.x, x[:2] + 1)
+    np.testing.assert_array_equal(test.y, y[:4])
+    assert len(whole) == 6 and val.labels == test.labels == ["a", "b", "c"]
+    with pytest.raises(DataError, match="no val split"):
+        load_labelled(f"{write_npz(tmp_path / 't.npz', x=x, y=y)}:val")
+    with pytest.raises(DataError, match="no such file"):
+        load_labelled(f"{tmp_path / 'missing.npz'}:test")
 
 
 @pytest.mark.parametrize("arrays,msg", [
