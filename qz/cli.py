@@ -89,7 +89,7 @@ def _model_config(args, train_data, val_data):
 def _train_config(args, resumed=None):
     d = resumed.to_dict() if resumed is not None else {}
     for key in ("steps", "batch_size", "lr", "warmup", "weight_decay", "clip", "aux_coef", "seed",
-                "eval_every", "eval_batches", "ckpt_every", "qat_start", "qat_freeze"):
+                "eval_every", "eval_batches", "ckpt_every", "qat_start", "qat_freeze", "ema"):
         value = getattr(args, key, None)
         if value is not None:
             d[key] = value
@@ -313,7 +313,7 @@ def cmd_finetune(args):
                                val_fraction=args.val_fraction, patience=args.patience, seeds=args.seeds,
                                seed=args.seed, eval_every=args.eval_every, top_k_choices=ks,
                                qat_start=args.qat_start, qat_freeze=args.qat_freeze, vtlp=args.vtlp,
-                               warps=_warps(args.warps) or ())
+                               warps=_warps(args.warps) or (), ema=args.ema)
     except ValueError as e:
         raise UserError(str(e)) from None
     mix_path, share = _mix_arg(args.mix)
@@ -709,6 +709,8 @@ def build_parser():
     t.add_argument("--aux-coef", type=float, help="load-balancing loss weight (default 0.01)")
     t.add_argument("--top-k-choices", help="elastic top-k: each step draws k from this list, e.g. 1,2")
     t.add_argument("--seed", type=int, help="seed for init, data order and top-k draws (default 0)")
+    t.add_argument("--ema", type=float, help="weight averaging: evaluate and keep an exponential moving average "
+                   "of the weights with this decay, e.g. 0.999 (default 0: off)")
     t.add_argument("--qat-start", type=int, help="quantization-aware training: fake-quant int8 from this step on, "
                    "observers updating (default: off)")
     t.add_argument("--qat-freeze", type=int, help="QAT: freeze the observers' ranges from this step on")
@@ -773,6 +775,8 @@ def build_parser():
     f.add_argument("--qat-freeze", type=int, default=-1, help="QAT: freeze the observers from this step")
     f.add_argument("--vtlp", type=float, default=0.0, help="warp each training clip's frequency axis by a random "
                    "factor in 1 +- VTLP (MFCC features; unseen voices: 0.25 in the demo, 0 = off)")
+    f.add_argument("--ema", type=float, default=0.0, help="weight averaging with this decay, e.g. 0.99 "
+                   "(default 0: off)")
     f.add_argument("--warps", help=WARPS_HELP)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", help="adapted checkpoint (default runs/finetuned_<data>.safetensors)")

@@ -88,6 +88,7 @@ def test_train_text_and_resume_matches_one_run(tmp_path, capsys):
     (["train", "--top-k-choices", "1,x"], "top-k-choices"),
     (["train", "--bogus"], "unrecognized"),
     (["train", "--steps", "abc"], "invalid int"),
+    (["train", "--ema", "1.5", "--steps", "1"], "ema"),
     (["info", "missing.safetensors"], "missing.safetensors"),
     (["eval", "missing.safetensors"], "missing.safetensors"),
 ])
@@ -217,3 +218,23 @@ def test_finetune_mix_and_train_on_a_wav_folder(tmp_path, feats, capsys):
                             "--json", *SMALL])
     _, cfg, meta = qz.load(tmp_path / "w.safetensors")
     assert res["step"] == 2 and cfg.input_dim == 13 and meta["labels"] == ["no", "yes"]
+
+
+def test_train_and_finetune_take_ema(tmp_path, feats, capsys):
+    """--ema keeps an average of the weights (ema.<name> in the optimizer state); finetune passes it on,
+    and its --data/--val/--test take FILE.npz:val-style splits."""
+    from qz.train import load_training
+    ckpt = tmp_path / "m.safetensors"
+    run_json(capsys, ["train", "--data", str(feats), "--steps", "4", "--ema", "0.5", "--out", str(ckpt), "--json",
+                      *SMALL])
+    _, tcfg, state = load_training(ckpt)
+    assert tcfg.ema == 0.5 and any(k.startswith("ema.") for k in state.opt)
+    split = tmp_path / "split.npz"
+    with np.load(feats) as z:
+        np.savez(split, x=z["x"][:40], y=z["y"][:40], x_val=z["x"][40:50], y_val=z["y"][40:50],
+                 x_test=z["x"][50:], y_test=z["y"][50:])
+    rep = run_json(capsys, ["finetune", str(ckpt), "--data", str(split), "--val", f"{split}:val",
+                            "--test", f"{split}:test", "--ema", "0.9", "--steps", "4", "--eval-every", "2",
+                            "--out", str(tmp_path / "ft.safetensors"), "--json"])
+    assert rep["options"]["ema"] == 0.9 and rep["runs"][0]["n_train"] == 40 and rep["runs"][0]["n_val"] == 10
+    assert "test_accuracy_top2" in rep
