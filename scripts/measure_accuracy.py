@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Measure the accuracy bars of the real-task issue, each with a protocol that
-never looks at its test split to choose anything.
+"""Measure the accuracy figures in docs/accuracy.md, each with a protocol that never looks at its
+test split to choose anything.
 
+    python scripts/measure_accuracy.py real          # real speakers: base zero-shot, adapted, int8, baselines
+    python scripts/measure_accuracy.py real_curve    # ... accuracy against the number of real clips
+    python scripts/measure_accuracy.py commands      # retrain the base model; synthetic and real test figures
+    python scripts/measure_accuracy.py finetune      # digits fine-tuned from the base model (synthetic voices)
+    python scripts/measure_accuracy.py fsdd          # real digits (../shared/data/fsdd-dev), per speaker
+    python scripts/measure_accuracy.py styles        # synthetic figures by recording style
     python scripts/measure_accuracy.py digits        # handwritten digits, held-out 20 %
     python scripts/measure_accuracy.py lm            # char LM: bits per character + a sample
     python scripts/measure_accuracy.py lm_topk       # the small LM trained at top-2 and at top-8 (not in all)
-    python scripts/measure_accuracy.py commands      # spoken commands, unseen voices (+ baseline)
-    python scripts/measure_accuracy.py finetune      # digits fine-tuned from the command model
-    python scripts/measure_accuracy.py styles        # both by recording style (1 s in noise / trimmed)
-    python scripts/measure_accuracy.py fsdd          # real speech (../shared/data/fsdd-dev), per speaker
     python scripts/measure_accuracy.py all
 
-Results go to runs/accuracy/<task>.json and are printed. `commands` saves
-the command model that `finetune` and `fsdd` start from.
+Results go to runs/accuracy/<task>.json and are printed. The speech tasks start from the shipped base
+model (data/commands_base.safetensors, or --base); `commands` retrains it into runs/accuracy/ (the
+recipe of scripts/make_base_model.py) and scores the retrained model; `fsdd` and `styles` use the
+digits model that `finetune` saves.
 """
 import argparse
 import json
@@ -27,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import qz  # noqa: E402
 from qz import checkpoint  # noqa: E402
-from qz.data import (ArrayData, apply_input_norm, feature_stats, fit_input_norm, load_dataset,  # noqa: E402
-                     load_split, load_wav_folder)
+from qz.data import (ArrayData, WarpedData, apply_input_norm, feature_stats, fit_input_norm,  # noqa: E402
+                     load_dataset, load_split, load_wav_folder)
 from qz.finetune import FinetuneOptions, confusion_matrix, finetune, stratified_split  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.optim import adamw_init  # noqa: E402
@@ -36,6 +40,7 @@ from qz.train import TrainConfig, TrainState, evaluate, train  # noqa: E402
 
 OUT = ROOT / "runs" / "accuracy"
 FSDD = ROOT.parent / "shared" / "data" / "fsdd-dev"
+REAL = ROOT / "data" / "speech_commands_real.npz"      # real speakers' features, split by speaker
 
 
 def write(task, result):
@@ -129,51 +134,112 @@ def task_lm_topk(args):
 
 
 # ----------------------------------------------------------------------------
-def command_model_path():
-    return OUT / "commands.safetensors"
+def command_model_path(args=None):
+    """The base command model the speech tasks start from: --base, else the shipped
+    data/commands_base.safetensors (`commands` retrains it into runs/accuracy/ as a check)."""
+    return Path(args.base) if args is not None and args.base else ROOT / "data" / "commands_base.safetensors"
 
 
 def task_commands(args):
-    """Spoken commands: checkpoint chosen on validation voices, scored once on unseen test voices."""
-    from qz.demo import DemoOptions, logreg_baseline, train_commands
-    from qz.train import save_training
-    opts = DemoOptions(steps=args.steps, seed=args.seed)
+    """The base command model, retrained (qz.demo.train_base: synthetic commands only, the checkpoint
+    chosen on the real validation speakers), scored on the synthetic test voices and zero-shot on the
+    real test speakers; saved for `finetune` and `fsdd`."""
+    from qz.demo import logreg_baseline, train_base
     t0 = time.perf_counter()
-    cfg, tcfg, state, norm, tr, val, test = train_commands(opts, log=print, progress=False)
+    params, cfg, meta, history = train_base(ROOT / "data", args.steps, args.seed, progress=False)
     seconds = time.perf_counter() - t0
-    save_training(command_model_path(), cfg, tcfg, state)
-    res = {"task": "spoken commands (12 classes), unseen voice variants", "steps": args.steps,
-           "seconds": round(seconds, 1), "best_val_step": state.best["step"], "best_val_accuracy": state.best["accuracy"],
-           "labels": tr.labels, "n_train": len(tr), "n_test": len(test)}
+    checkpoint.save(OUT / "commands.safetensors", params, cfg, **meta)
+    syn = ROOT / "data" / "speech_commands.npz"
+    test = apply_input_norm(load_split(syn, "test"), meta["input_norm"])
+    real_test = apply_input_norm(load_split(REAL, "test"), meta["input_norm"])
+    res = {"task": "base command model: synthetic commands only", "steps": args.steps,
+           "seconds": round(seconds, 1), "best_step": meta["best_step"], "labels": meta["labels"]}
     for k in (2, 1):
-        res[f"test_accuracy_top{k}"] = evaluate(state.params, cfg, test, 512, top_k=k)["accuracy"]
-    res["logreg_baseline_test_accuracy"] = logreg_baseline(ROOT / "data" / "speech_commands.npz")
-    res["confusion_top2"] = confusion_matrix(state.params, cfg, test, top_k=2).tolist()
-    res["curve"] = [{"step": h["step"], "val_accuracy": h["accuracy"]} for h in state.history]
+        res[f"synthetic_test_accuracy_top{k}"] = evaluate(params, cfg, test, 512, top_k=k)["accuracy"]
+        res[f"real_test_accuracy_top{k}"] = evaluate(params, cfg, real_test, 512, top_k=k)["accuracy"]
+    res["synthetic_logreg_test_accuracy"] = logreg_baseline(load_split(syn, "train"), load_split(syn, "test"))
+    res["real_confusion_top2"] = confusion_matrix(params, cfg, real_test, top_k=2).tolist()
+    res["curve"] = [{"step": h["step"], "real_val_accuracy": h["accuracy"]} for h in history]
     write("commands", res)
 
 
-def task_int8(args):
-    """Issue 5 bars on the command model trained by `commands`: QAT int8 vs fp32 on unseen voices
-    (PTQ beside it), file sizes, int8 vs fp32 runtime latency at batch 1 and 32."""
-    from qz.data import apply_input_norm, load_dataset
+def stratified_subset(y, n, seed):
+    """n rows of y (a seeded stratified draw, each class in proportion) -> sorted indices."""
+    keep, _ = stratified_split(y, 1.0 - n / len(y), seed) if n < len(y) else (np.arange(len(y)), None)
+    return keep
+
+
+def task_real(args):
+    """Real people (data/speech_commands_real.npz: Speech Commands test-set speakers, split by speaker):
+    the base model zero-shot; adapted with qz.demo.ADAPT_RECIPE on the training speakers (validation
+    speakers for early stopping and the seed's checkpoint, 3 seeds), scored once on the test speakers at
+    top_k 2 and 1; int8 (PTQ, QAT) of the first seed's model; a logistic regression and a model of the
+    same size trained from scratch on the same real clips alone; per-class accuracy and confusion."""
+    from qz.demo import ADAPT_RECIPE, logreg_baseline
     from qz.demo_quant import quantize_commands
     from qz.train import load_training
-    cfg, tcfg, state = load_training(command_model_path())
-    path = ROOT / "data" / "speech_commands.npz"
-    norm = state.extra["input_norm"]
-    tr, val = (apply_input_norm(d, norm) for d in load_dataset(path, seed=tcfg.seed))
-    test = apply_input_norm(load_split(path, "test"), norm)
-    res = quantize_commands(cfg, tcfg, state, tr, val, test, OUT, qat_steps=400, progress=False)
-    res["task"] = "int8: QAT and PTQ of the command model on the integer runtime"
-    write("int8", res)
+    base = command_model_path(args)
+    params, cfg, meta = checkpoint.load(base)
+    norm, labels = meta["input_norm"], meta["labels"]
+    raw = {s: load_split(REAL, s) for s in ("train", "val", "test")}
+    real = {s: apply_input_norm(d, norm) for s, d in raw.items()}
+    res = {"task": "real speakers, speaker-disjoint", "base": str(base), "labels": labels,
+           "n": {s: len(d) for s, d in raw.items()}, "adapt_recipe": ADAPT_RECIPE}
+    for k in (2, 1):
+        for s in ("val", "test"):
+            res[f"base_{s}_accuracy_top{k}"] = evaluate(params, cfg, real[s], 512, top_k=k)["accuracy"]
+    res["base_confusion_test_top2"] = confusion_matrix(params, cfg, real["test"], top_k=2).tolist()
+    print("base", {k: round(v, 4) for k, v in res.items() if k.startswith("base_") and "confusion" not in k},
+          flush=True)
+    rep = finetune(base, raw["train"], FinetuneOptions(seeds=3, warps=TTA_WARPS, **ADAPT_RECIPE), val=raw["val"],
+                   test=raw["test"], out_path=OUT / "real_adapted.safetensors", log=print, progress=False)
+    for key in ("val_accuracy_top2", "val_accuracy_top1", "test_accuracy_top2", "test_accuracy_top1",
+                "test_accuracy_warps"):
+        res[f"adapted_{key}"] = rep[key]
+    res["adapted_runs"] = rep["runs"]
+    res["adapted_confusion_test_top2"] = rep["confusion"]
+    cm = np.array(rep["confusion"])
+    res["adapted_per_class_test"] = {lab: round(float(cm[i, i] / cm[i].sum()), 4) for i, lab in enumerate(labels)}
+    cfg_a, tcfg_a, state_a = load_training(OUT / "real_adapted.safetensors")
+    res["int8"] = quantize_commands(cfg_a, tcfg_a, state_a, real["train"], real["val"], real["test"], OUT,
+                                    qat_steps=300, progress=False, log=print)
+    res["logreg_test_accuracy"] = logreg_baseline(raw["train"], raw["test"])
+    # from scratch: the same model size and clips, its own input scaling, early stopping on validation speakers
+    accs = []
+    for seed in range(3):
+        own = fit_input_norm(raw["train"], "speech_cmvn")      # the base model's front-end scaling
+        st = fit(qz.preset("kws"), TrainConfig(steps=4000, lr=3e-3, warmup=100, eval_every=100, patience=10,
+                                               eval_batches=10 ** 6, top_k_choices=(1, 2), seed=seed, augment=True),
+                 WarpedData(raw["train"], own, 0.85, 1.15), apply_input_norm(raw["val"], own), seed=seed)
+        accs.append(evaluate(st.params, qz.preset("kws"), apply_input_norm(raw["test"], own), 512)["accuracy"])
+    res["scratch_test_accuracy"] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}
+    print("logreg", round(res["logreg_test_accuracy"], 4), "scratch", res["scratch_test_accuracy"], flush=True)
+    write("real", res)
+
+
+def task_real_curve(args):
+    """Learning curve of the adaptation: the base adapted (ADAPT_RECIPE, one seed per size, seeds 0-2
+    for the full set) on a stratified share of the training speakers' clips; validation and test speakers."""
+    from qz.demo import ADAPT_RECIPE
+    base = command_model_path(args)
+    raw = {s: load_split(REAL, s) for s in ("train", "val", "test")}
+    res = {"task": "adaptation learning curve, real clips", "base": str(base), "points": []}
+    for n in (175, 350, 700, len(raw["train"])):
+        idx = stratified_subset(raw["train"].y, n, 0)
+        rep = finetune(base, raw["train"].subset(idx), FinetuneOptions(**ADAPT_RECIPE), val=raw["val"],
+                       test=raw["test"], log=None, progress=False)
+        point = {"n_clips": len(idx), "val_accuracy": rep["val_accuracy_top2"]["mean"],
+                 "test_accuracy": rep["test_accuracy_top2"]["mean"], "best_step": rep["runs"][0]["best_step"]}
+        res["points"].append(point)
+        print(point, flush=True)
+    write("real_curve", res)
 
 
 # the digits fine-tuning recipe, chosen on the synthetic digits' validation voices (task_finetune);
 # FSDD reuses it unchanged, so nothing about it is chosen on a real speaker
 DIGITS_RECIPE = dict(steps=1500, patience=20, lr=1e-3, batch_size=64, vtlp=0.25)
 # test-time warps (qz.tta), scored beside the one-pass figures; the grid was chosen on the digits'
-# validation voices over the 3 seeds of this recipe (session of 2026-12-07, fourth): one pass 90.2 %,
+# validation voices over the 3 seeds of this recipe (the earlier synthetic data): one pass 90.2 %,
 # 0.95,1,1.05 90.75 %, 0.9,1,1.1 90.8 %, five warps 0.9..1.1 90.6 %, nine warps 0.8..1.2 91.0 % (at three
 # times the cost of three warps, for 0.2 points)
 TTA_WARPS = (0.9, 1.0, 1.1)
@@ -181,7 +247,7 @@ TTA_WARPS = (0.9, 1.0, 1.1)
 
 def task_finetune(args):
     """Spoken digits from the command model: <= 1000 clips, scored on unseen voices; also on real FSDD."""
-    base = command_model_path()
+    base = command_model_path(args)
     path = ROOT / "data" / "spoken_digits.npz"
     dtrain, dval, dtest = load_split(path, "train"), load_split(path, "val"), load_split(path, "test")
     out = OUT / "digits_finetuned.safetensors"
@@ -227,7 +293,7 @@ def task_fsdd(args):
     if not FSDD.exists():
         print(f"skipped: {FSDD} is absent")
         return
-    bases = {"commands": command_model_path(), "digits": OUT / "digits_finetuned.safetensors"}
+    bases = {"commands": command_model_path(args), "digits": OUT / "digits_finetuned.safetensors"}
     speakers = ("george", "jackson")
     data = {s: load_wav_folder(FSDD, include=f"*_{s}_*.wav") for s in speakers}
     res = {"task": "FSDD dev: train on one speaker, test on the other", "recipe": DIGITS_RECIPE, "warps": TTA_WARPS,
@@ -257,7 +323,7 @@ def task_fsdd(args):
                         "confusion_last_seed": rep["confusion"], "seconds": round(time.perf_counter() - t0, 1)}
             print(a, "->", b, key, row[key]["test_accuracy"], "warps", row[key]["test_accuracy_warps"], flush=True)
         # from scratch: same size, same clips, same split and early stopping, its own input scaling
-        norm = fit_input_norm(data[a], "cmvn")          # the same front-end scaling as the base model
+        norm = fit_input_norm(data[a], "speech_cmvn")   # the same front-end scaling as the base model
         accs = []
         for seed in range(3):
             tr_idx, va_idx = stratified_split(data[a].y, 0.2, seed)
@@ -292,7 +358,8 @@ def task_styles(args):
     """Accuracy of the saved command and digits models by recording style (1 s in noise / trimmed),
     on validation and test voices. Run after `commands` and `finetune`."""
     res = {"task": "accuracy by recording style"}
-    for name, path in (("speech_commands", command_model_path()), ("spoken_digits", OUT / "digits_finetuned.safetensors")):
+    for name, path in (("speech_commands", command_model_path(args)),
+                       ("spoken_digits", OUT / "digits_finetuned.safetensors")):
         params, cfg, meta = qz.load(path)
         for split in ("val", "test"):
             data = apply_input_norm(load_split(ROOT / "data" / f"{name}.npz", split), meta["input_norm"])
@@ -306,16 +373,21 @@ def task_styles(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=["digits", "lm", "lm_topk", "commands", "int8", "finetune", "styles", "fsdd",
-                                         "all"])
-    ap.add_argument("--steps", type=int, default=6000, help="command-model steps (as the demo)")
+    ap.add_argument("task", choices=["digits", "lm", "lm_topk", "commands", "real", "real_curve", "finetune",
+                                     "styles", "fsdd", "all"])
+    ap.add_argument("--steps", type=int, default=None, help="base command-model steps (default: the shipped recipe)")
+    ap.add_argument("--base", help="the base command model the speech tasks start from "
+                                   "(default data/commands_base.safetensors)")
     ap.add_argument("--lm-steps", type=int, default=2000)
     ap.add_argument("--lm-topk-steps", type=int, default=800, help="steps of each lm_topk model (batch 8 x 128)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.steps is None:
+        from qz.demo import BASE_RECIPE
+        args.steps = BASE_RECIPE["steps"]
     keep_freed_memory()
     OUT.mkdir(parents=True, exist_ok=True)    # before the first checkpoint is written, not after
-    tasks = ["digits", "lm", "commands", "int8", "finetune", "styles", "fsdd"] if args.task == "all" else [args.task]
+    tasks = ["digits", "lm", "commands", "real", "finetune", "styles", "fsdd"] if args.task == "all" else [args.task]
     for t in tasks:
         print(f"== {t}", flush=True)
         globals()[f"task_{t}"](args)
