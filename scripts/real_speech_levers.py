@@ -6,12 +6,13 @@
     python scripts/real_speech_levers.py adapt [--base CKPT] [--rotate 1] [--mix NPZ:0.3] [--ema 0.99] [--lr 3e-4]
                                                [--vtlp 0.25 --time-mask 10 --feature-mask 3] [--plan light]
                                                [--n-train 700] [--seeds 3] [--warps 0.9,1,1.1]
+                                               [--top-k-choices 1,1,2]
 
 `base` trains the command model on synthetic speech only (preset kws, elastic top-k 1/2, VTLP, the
 shipped recipe's defaults) and scores it zero-shot on real speakers of data/speech_commands_real.npz:
 *dev* = the adaptation folds 0-2 (never trained on here), *val* = fold 3, which also chooses the
 checkpoint (--select synthetic: the synthetic validation voices choose instead). --swa F averages the
-weights of the evaluations in the last F of training (stochastic weight averaging) and reports that.
+weights every steps/40 in the last F of training (stochastic weight averaging) and reports that.
 Data variants are built first with scripts/make_speech_datasets.py --out-dir DIR and its flags
 (--no-channel, --no-neural, --natural-share 0.7, ...) and passed as --data DIR/speech_commands.npz.
 
@@ -66,8 +67,8 @@ def run_base(a):
         keep, _ = stratified_split(raw.y, 1 - a.n_syn / len(raw.y), 0)
         raw = raw.subset(keep)
     norm = fit_input_norm(raw, a.norm)
-    real_dev = apply_input_norm(load_labelled(f"{REAL}:train"), norm)
-    real_val = apply_input_norm(load_labelled(f"{REAL}:val"), norm)
+    real_dev = apply_input_norm(load_labelled(f"{a.real}:train"), norm)
+    real_val = apply_input_norm(load_labelled(f"{a.real}:val"), norm)
     cfg = preset("kws", input_dim=raw.x.shape[2], max_len=raw.x.shape[1], n_classes=len(raw.labels),
                  d_model=a.d_model, d_ff=2 * a.d_model)
     every = max(a.steps // 20, 1)
@@ -80,7 +81,7 @@ def run_base(a):
     src = WarpedData(raw, norm, 1 - a.vtlp, 1 + a.vtlp)
     t0, snaps = time.perf_counter(), []
     if a.swa:                       # train in slices, keep the weights of each evaluation in the last a.swa
-        for stop in range(every, a.steps + 1, every):
+        for stop in range(max(a.steps // 40, 1), a.steps + 1, max(a.steps // 40, 1)):
             state = train(cfg, tcfg, src, select, state=state, stop_at=stop, progress=False, log=None)
             if stop > a.steps * (1 - a.swa):
                 snaps.append({n: v.copy() for n, v in state.params.items()})
@@ -98,7 +99,7 @@ def run_base(a):
 
 
 def run_adapt(a):
-    x, y, fold, labels = real_folds()
+    x, y, fold, labels = real_folds(a.real)
     val_fold = [3, 0, 1, 2][a.rotate]
     tr = (fold != 4) & (fold != val_fold)
     data = ArrayData(x[tr], y[tr], "real adaptation folds", labels)
@@ -115,6 +116,7 @@ def run_adapt(a):
     opts = FinetuneOptions(plan=a.plan, steps=r["steps"], lr=a.lr, batch_size=r["batch_size"], vtlp=a.vtlp,
                            patience=r["patience"], eval_every=r["eval_every"], seeds=a.seeds, seed=a.seed,
                            time_mask=a.time_mask, feature_mask=a.feature_mask, ema=a.ema, warps=warps,
+                           top_k_choices=tuple(int(k) for k in a.top_k_choices.split(",")),
                            **({"mix_share": float(share)} if share else {}))
     rep = finetune(a.base, data, opts, val=val, mix=mix, log=print, progress=False)
     return {"lever": "adapt", "options": vars(a), "val_fold": val_fold, "n_train": len(data),
@@ -149,15 +151,18 @@ def main(argv=None):
     d.add_argument("--ema", type=float, default=0.0)
     d.add_argument("--plan", default="all", choices=["head", "light", "all"])
     d.add_argument("--n-train", type=int, default=0, help="a stratified subset of this many adaptation clips")
+    d.add_argument("--top-k-choices", default="1,2", help="elastic top-k while adapting, e.g. 1,1,2")
     d.add_argument("--seeds", type=int, default=1)
     d.add_argument("--warps", help="also score test-time warps, e.g. 0.9,1,1.1")
     for p in (b, d):
+        p.add_argument("--real", default=str(REAL), help="the real speakers' features (a front-end variant's "
+                       "must match its --data)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--name", help="result file name (default: from the options)")
     a = ap.parse_args(argv)
     res = run_base(a) if a.what == "base" else run_adapt(a)
     name = a.name or "_".join([a.what] + [f"{k}={v}" for k, v in sorted(vars(a).items())
-                                          if k not in ("what", "name", "quiet", "save") and v not in (None, False)
+                                          if k not in ("what", "name", "quiet", "save", "real") and v not in (None, False)
                                           and v != ap._subparsers._group_actions[0].choices[a.what].get_default(k)])
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name.replace('/', '_')}.json").write_text(json.dumps(res, indent=1))
