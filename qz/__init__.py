@@ -1,7 +1,7 @@
 """qz: the reference implementation of Qingzhou-mini, a small Mixture-of-Experts
-transformer for CPU-only, battery-powered devices (see SPEC.md).
+transformer for CPU-only, battery-powered devices (see docs/spec.md).
 
-Public API (SPEC §7)::
+Public API (docs/spec.md §7)::
 
     qz.Config.from_dict(d) / .to_dict()
     qz.init_params(cfg, seed=0, dtype=np.float32) -> dict[str, ndarray]

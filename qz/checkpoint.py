@@ -1,4 +1,4 @@
-"""Checkpoint files: safetensors written and read with NumPy alone (SPEC §6).
+"""Checkpoint files: safetensors written and read with NumPy alone (docs/spec.md §6).
 
 Layout of a safetensors file::
 
@@ -14,7 +14,7 @@ Layout of a safetensors file::
 padding), except that ``__metadata__`` keys are sorted here, where the package
 uses Rust hash order, which changes from run to run.
 
-``read_safetensors`` trusts nothing (SPEC §6): sizes are checked against the
+``read_safetensors`` trusts nothing (docs/spec.md §6): sizes are checked against the
 real file size before anything is allocated; a malformed file raises
 ``CheckpointError`` ("<path>: <failed check>", one bounded line). It is stricter
 than the package: no duplicate keys at any level, no NaN/Infinity/1e999, no
@@ -25,8 +25,8 @@ package versions) are read. Writer misuse (non-str name, complex dtype) raises
 TypeError/ValueError instead. No pickle: arrays come from raw bytes and a fixed
 dtype table.
 
-``save`` / ``load`` (``qz.save`` / ``qz.load``, SPEC §7) add the model layer:
-the parameters of SPEC §2.2 (``param_shapes``), config and user metadata as
+``save`` / ``load`` (``qz.save`` / ``qz.load``, docs/spec.md §7) add the model layer:
+the parameters of docs/spec.md §2.2 (``param_shapes``), config and user metadata as
 JSON strings in ``__metadata__``, training state as ``state.<name>`` tensors.
 """
 from __future__ import annotations
@@ -212,7 +212,7 @@ def _strict_json(text: str):
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file: (name -> writable native-endian array, metadata).
 
-    Generic: any dtype of the table above, any names (SPEC §6). Every malformed
+    Generic: any dtype of the table above, any names (docs/spec.md §6). Every malformed
     input raises CheckpointError; nothing is allocated from a claimed size
     until that size has been checked against the real file size.
     """
@@ -347,7 +347,7 @@ def _utf8_ok(s: str) -> bool:
 
 def save(path, params: dict[str, np.ndarray], cfg: Config, *,
          state: dict[str, np.ndarray] | None = None, **meta) -> None:
-    """Save a model: parameters of SPEC §2.2, config, optional state, JSON metadata.
+    """Save a model: parameters of docs/spec.md §2.2, config, optional state, JSON metadata.
 
     Every check runs before the file is touched: a bad call leaves any old file intact.
     """
@@ -383,7 +383,7 @@ def save(path, params: dict[str, np.ndarray], cfg: Config, *,
 def load(path) -> tuple[dict[str, np.ndarray], Config, dict]:
     """Load a model saved by `save`: (params, cfg, meta); meta["state"] holds the state.
 
-    On top of `read_safetensors` (SPEC §6): a qz format tag, a config that
+    On top of `read_safetensors` (docs/spec.md §6): a qz format tag, a config that
     validates, JSON metadata values, and exactly the parameters of the config,
     float-typed, with the config's shapes. Any failure is a CheckpointError.
     """

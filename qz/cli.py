@@ -452,7 +452,7 @@ def cmd_quantize(args):
 
 
 def cmd_export(args):
-    """Write deployable fp32 / fp16 / int8 files (SPEC §3.3) from a checkpoint."""
+    """Write deployable fp32 / fp16 / int8 files (docs/spec.md §3.3) from a checkpoint."""
     from .export import CARRIED_META, save_export
     params, cfg, meta = checkpoint.load(args.checkpoint)
     precisions = [p for p in ("fp32", "fp16", "int8") if getattr(args, p)] or ["int8"]
@@ -831,8 +831,9 @@ def build_parser():
 
     qp = sub.add_parser("quantize", help="post-training quantization: calibrate int8 activation ranges",
                         description="Run a trained model on N training batches, record each observer's "
-                        "min/max (SPEC §3.2) and save a checkpoint whose fake-int8 model qz eval can score: "
-                        "the baseline that quantization-aware training (qz train --qat-start) is compared with.")
+                        "min/max (docs/spec.md §3.2) and save a checkpoint whose fake-int8 model qz eval "
+                        "can score: the baseline that quantization-aware training (qz train --qat-start) is "
+                        "compared with.")
     qp.add_argument("checkpoint")
     qp.add_argument("--calibrate", type=int, default=16, metavar="N", help="calibration batches (default 16)")
     qp.add_argument("--batch-size", type=int, default=32)
@@ -865,7 +866,8 @@ def build_parser():
     r = sub.add_parser("run", help="classify wav files with a model bundle under the governor",
                        description="Load one model at one or more precisions (exports from qz export, or a "
                        "training checkpoint as fp32) and classify wav files. Each request runs with the "
-                       "governor's plan (SPEC §4): performance = fp32 at the config top_k, balanced = int8, "
+                       "governor's plan (docs/spec.md §4): performance = fp32 at the config top_k, "
+                       "balanced = int8, "
                        "low_power = int8 at top_k 1, critical = int8, top_k 1, one thread. Prints label, "
                        "confidence, mode, precision, top_k and latency per file, then a summary per mode.",
                        epilog="examples:\n  qz run runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "

@@ -1,4 +1,4 @@
-"""Model configuration: a frozen, validated dataclass (SPEC §2.1).
+"""Model configuration: a frozen, validated dataclass (docs/spec.md §2.1).
 
 Exactly one of two modes is set:
 
@@ -9,7 +9,7 @@ Exactly one of two modes is set:
 Bad values raise ``ValueError`` naming the key, so a typo in a JSON config is
 reported where it was made, not deep inside a matmul.
 
-``param_shapes(cfg)`` lists every parameter name and shape of SPEC §2.2; the
+``param_shapes(cfg)`` lists every parameter name and shape of docs/spec.md §2.2; the
 model, the checkpoint reader and ``qz info`` all use it, so the names live in
 one place.
 """
@@ -126,7 +126,7 @@ def preset(name: str, **overrides) -> Config:
 
 
 def param_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-    """Every parameter of SPEC §2.2, in a fixed order: name -> shape."""
+    """Every parameter of docs/spec.md §2.2, in a fixed order: name -> shape."""
     d, E, f, S = cfg.d_model, cfg.n_experts, cfg.d_ff, cfg.n_shared_experts
     shapes: dict[str, tuple[int, ...]] = {}
     if cfg.mode == "lm":

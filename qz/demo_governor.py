@@ -1,4 +1,5 @@
-"""The demo's governor section (SPEC §4): modes on the exported command model, and a simulated discharge.
+"""The demo's governor section (docs/spec.md §4): modes on the exported command model, and a
+simulated discharge.
 
 1. each mode's cost on this machine: estimated energy per request (qz/energy.py),
    measured batch-1 latency, measured accuracy on the unseen-voice test set;

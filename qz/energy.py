@@ -1,4 +1,4 @@
-"""Energy of one inference: counted work times published per-operation energies (SPEC §4).
+"""Energy of one inference: counted work times published per-operation energies (docs/spec.md §4).
 
     work = count_work(cfg, "int8", top_k=1)    # MACs by where they run, weight bytes read
     estimate_energy(work)                      # joules: compute, memory, total
@@ -8,7 +8,7 @@ Per-operation energies are from M. Horowitz, "Computing's energy problem (and
 what we can do about it)", IEEE ISSCC 2014, pp. 10-14 (45 nm, 0.9 V): the
 table ``HOROWITZ_45NM_PJ``.
 
-What is counted, from the Config alone (SPEC §2, §3):
+What is counted, from the Config alone (docs/spec.md §2, §3):
 
 * MACs (multiply-accumulates). In "int8" every quantized linear runs on
   integers (in_proj, wq wk wv wo, the k routed and the shared experts' w1 w3

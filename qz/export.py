@@ -1,11 +1,11 @@
-"""Deployable model files: fp32, fp16 and int8 exports, and their strict loader (SPEC §3.3, §6).
+"""Deployable model files: fp32, fp16 and int8 exports, and their strict loader (docs/spec.md §3.3, §6).
 
 A training checkpoint carries optimizer moments and history; an export holds
 only what inference needs, at one precision:
 
 * ``fp32``: every parameter as float32.
 * ``fp16``: every parameter as float16 (the runtime computes in float32).
-* ``int8``: every quantized weight (SPEC §3.1) as int8 under its own name and
+* ``int8``: every quantized weight (docs/spec.md §3.1) as int8 under its own name and
   shape, its float32 scales under ``{name}.scale`` (the reduced axis removed:
   ``(out,)`` for a linear layer, ``(E, out)`` for an expert stack, ``(rows,)``
   for ``embed`` and ``pos``); everything kept in float as float32; and, in the

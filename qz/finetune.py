@@ -61,7 +61,7 @@ class FinetuneOptions:
     patience: int = 8
     seeds: int = 1
     seed: int = 0
-    qat_start: int = -1           # QAT while fine-tuning (SPEC §5): fake-quant int8 from this step (-1: off)
+    qat_start: int = -1           # QAT while fine-tuning (docs/spec.md §5): fake-quant from here (-1: off)
     qat_freeze: int = -1          # ... observers frozen from this step (-1: never)
     warps: tuple = ()             # also score with test-time warps (qz.tta), e.g. (0.9, 1.0, 1.1); (): off
     ema: float = 0.0              # weight averaging while fine-tuning (TrainConfig.ema; 0: off)

@@ -1,4 +1,4 @@
-"""Text generation from a byte-level language model, with a KV cache (SPEC §2.3, §3.3, §4).
+"""Text generation from a byte-level language model, with a KV cache (docs/spec.md §2.3, §3.3, §4).
 
 A request runs in two phases on a runtime ``Model`` (fp32, fp16 or int8):
 
@@ -330,7 +330,7 @@ def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, k
 def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.8, sample_top_k=None,
              seed=0, moe_top_k=None, precision=None, kv_cache: str = "fp32", plan_fn=None,
              on_token=None) -> Completion:
-    """Continue a prompt with a runtime Model or Bundle, streaming text (SPEC §4).
+    """Continue a prompt with a runtime Model or Bundle, streaming text (docs/spec.md §4).
 
     precision / moe_top_k: None takes them from ``plan_fn()`` (a governor plan with
     .precision and .top_k, read once), else the best precision in the bundle and the

@@ -1,4 +1,4 @@
-"""The governor: device state in, an inference plan out (SPEC §4).
+"""The governor: device state in, an inference plan out (docs/spec.md §4).
 
     sensors  -> DeviceState(battery_pct, charging, temp_c, cpu_util)
     policy(state, previous_mode, seconds_in_mode) -> mode     (pure, with hysteresis)
@@ -354,7 +354,7 @@ def _at_least(x, limit):
 def raw_mode(state: DeviceState, th: Thresholds = Thresholds()) -> str:
     """The mode the state alone asks for, without hysteresis.
 
-    As SPEC §4 says literally, battery < critical_battery is critical even while
+    As docs/spec.md §4 says literally, battery < critical_battery is critical even while
     charging. A known low battery counts unless charging is known True.
     """
     s = state
@@ -407,7 +407,7 @@ def policy(state: DeviceState, previous_mode: str, seconds_in_mode: float,
 class Plan:
     """What a request runs with. top_k None: the model's config top_k; threads None: all.
 
-    precision "fp32" means fp16 where the bundle has no fp32 (SPEC §4); the runner decides.
+    precision "fp32" means fp16 where the bundle has no fp32 (docs/spec.md §4); the runner decides.
     """
     mode: str
     precision: str

@@ -359,7 +359,7 @@ def attention_backward_ref(do, q, k, v, p, n_heads):
 
 def _attention_softmax_loop(s, scale, causal):
     # s: (M, T, T) raw scores -> softmax((s - rowmax) * scale) in place; causal: the
-    # keys after the query get 0 (SPEC's -inf mask) and are never exponentiated
+    # keys after the query get 0 (the spec's -inf mask) and are never exponentiated
     # (sums and constants in s's dtype, as in _softmax_loop)
     M, T, _ = s.shape
     zero, one = s.dtype.type(0.0), s.dtype.type(1.0)
@@ -466,7 +466,7 @@ def attention_backward(do, q, k, v, p, n_heads):
 # ----------------------------------------------------------------------------
 def topk_indices_ref(probs, k):
     # probs: (N, E) -> idx (N, k), best first. A stable sort of -probs keeps
-    # equal values in index order, which is exactly SPEC §2.3's tie rule.
+    # equal values in index order, which is exactly docs/spec.md §2.3's tie rule.
     return np.argsort(-probs, axis=-1, kind="stable")[:, :k].astype(np.int64)
 
 
@@ -671,11 +671,11 @@ def combine_backward(dout, rows, tok, ws):
 
 
 # ----------------------------------------------------------------------------
-# int8 linear (SPEC §3.3)
+# int8 linear (docs/spec.md §3.3)
 #   q   = clip(rint(x / a_scale + zp), 0, 255)                 uint8 codes
 #   acc = sum_k q[n, k] * w[k, c] - zp * colsum(w)[c]          int32, exact
 #   y   = acc * (a_scale * w_scale[c]) (+ b[c])                float32
-# w is int8 in the SPEC's (in, out) layout. These kernels are compiled WITHOUT
+# w is int8 in the spec's (in, out) layout. These kernels are compiled WITHOUT
 # fast-math: the quantization and the rescale must round exactly as NumPy does,
 # so that the int8 runtime equals the fake-quant model bit for bit.
 # ----------------------------------------------------------------------------

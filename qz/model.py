@@ -1,8 +1,8 @@
-"""The Qingzhou-mini model: parameters, forward, loss and gradients (SPEC §2, §7).
+"""The Qingzhou-mini model: parameters, forward, loss and gradients (docs/spec.md §2, §7).
 
 This file only composes the op pairs of ``ops.py`` and ``moe.py``; every
 gradient is written next to its forward there. Parameters are a flat dict of
-arrays keyed by the SPEC's names (``config.param_shapes``).
+arrays keyed by the spec's names (``config.param_shapes``).
 
     logits, aux   = forward(params, cfg, inputs, top_k=None)
     loss, grads   = loss_and_grads(params, cfg, inputs, targets, aux_coef=0.0)
@@ -26,7 +26,7 @@ __all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "for
 # parameters
 # ----------------------------------------------------------------------------
 def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Random parameters with the SPEC's names and shapes.
+    """Random parameters with the spec's names and shapes.
 
     Values are drawn in float64 and cast, so float32 and float64 models from one
     seed hold the same numbers up to rounding. Linear weights are N(0, 1/fan_in)
@@ -97,7 +97,7 @@ def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
 # one transformer block: x + attention(norm(x)), then x + moe(norm(x))
 # ----------------------------------------------------------------------------
 def _qin(x, name, aq, observed):
-    """The activation entering a quantized layer at observer `name` (SPEC §3.2).
+    """The activation entering a quantized layer at observer `name` (docs/spec.md §3.2).
 
     Float model (aq None): x itself. Fake-quant model: (x_c, scale), the integer codes
     and their scale (quant.act_codes), plus the clipped-STE mask for the backward.
@@ -254,7 +254,7 @@ def act_quant_params(cfg, quant):
 
 
 def forward(params, cfg: Config, inputs, top_k=None, quant=None):
-    """Logits and the summed load-balancing loss (SPEC §2.3, §7).
+    """Logits and the summed load-balancing loss (docs/spec.md §2.3, §7).
 
     LM mode: int ids (B, T) -> logits (B, T, vocab_size).
     Classifier mode: features (B, T, input_dim) -> logits (B, n_classes).
@@ -279,7 +279,7 @@ def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None):
 
 
 def observe_ranges(params, cfg: Config, inputs, top_k=None, quant=None, stat=None):
-    """(min, max) of every observed tensor (SPEC §3.2) in one forward pass.
+    """(min, max) of every observed tensor (docs/spec.md §3.2) in one forward pass.
 
     With quant=None the float model is run with pass-through observers (the
     first batch of QAT); with ranges, the fake-quant model (later batches).

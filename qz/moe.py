@@ -1,6 +1,6 @@
 """The Mixture-of-Experts layer: top-k gate, SwiGLU experts, load-balancing loss.
 
-SPEC §2.3, for ``h`` of shape (N, d)::
+docs/spec.md §2.3, for ``h`` of shape (N, d)::
 
     probs = softmax(h @ gate)                       (N, E)
     idx   = top_k experts by probs, ties to the lower index
@@ -253,7 +253,7 @@ def _stat(observe):
 def moe_forward(h, wg, w1, w3, w2, k, shared=None, in_q=None, mid_q=None, observe=False):
     """h: (N, d) -> out (N, d), aux (scalar), stats; shared = (sw1, sw3, sw2) or None.
 
-    in_q / mid_q: (scale, zp) of the ffn_in / ffn_mid observers (SPEC §3.2), or None for
+    in_q / mid_q: (scale, zp) of the ffn_in / ffn_mid observers (docs/spec.md §3.2), or None for
     the float model; with them the expert weights are QWeights. The gate always reads the
     unquantized h; the experts read fake-quant h.
     observe: also report the (min, max) of the experts' input and of their w2 input in stats

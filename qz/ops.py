@@ -1,4 +1,4 @@
-"""Forward/backward pairs for the dense ops of Qingzhou-mini (SPEC §2.3).
+"""Forward/backward pairs for the dense ops of Qingzhou-mini (docs/spec.md §2.3).
 
 Every op is two pure functions in the style of llm.c:
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from . import kernels
 
-EPS = 1e-5  # RMSNorm epsilon, SPEC §2.3
+EPS = 1e-5  # RMSNorm epsilon, docs/spec.md §2.3
 
 
 # ----------------------------------------------------------------------------

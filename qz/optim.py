@@ -1,4 +1,4 @@
-"""AdamW, global-norm gradient clipping, warmup + cosine schedule (SPEC §5).
+"""AdamW, global-norm gradient clipping, warmup + cosine schedule (docs/spec.md §5).
 
 AdamW is Loshchilov & Hutter's decoupled weight decay, as in PyTorch's
 ``torch.optim.AdamW``: the decay shrinks the weight directly (``p -= lr * wd * p``)

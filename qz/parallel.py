@@ -27,7 +27,7 @@ Controlling BLAS's threads needs `threadpoolctl` (the one library that knows
 where each NumPy build keeps its BLAS). Without it, with one core, with
 OPENBLAS_NUM_THREADS=1, with a BLAS other than OpenBLAS, or with QZ_THREADS=1,
 everything runs in the calling thread as before. `limit_threads(1)` is the
-governor's `critical` mode (SPEC §4): one BLAS thread and no splitting while held.
+governor's `critical` mode (docs/spec.md §4): one BLAS thread and no splitting while held.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Post-training quantization: calibrate the activation observers of a trained float model (SPEC §3.2).
+"""Post-training quantization: calibrate the activation observers of a trained float model
+(docs/spec.md §3.2).
 
 The baseline quantization-aware training is compared with. Two observers:
 

@@ -1,4 +1,4 @@
-"""Fake quantization with straight-through gradients, and observers (SPEC §3.1-3.2).
+"""Fake quantization with straight-through gradients, and observers (docs/spec.md §3.1-3.2).
 
 Conventions (each an explicit argument or constant, never a hidden default):
 
@@ -134,7 +134,7 @@ def precision_sizes(params):
     """Bytes of the model at each precision, and bits per quantized weight including scales.
 
     fp32: every parameter as float32. fp16: every parameter as float16.
-    int8 (SPEC §3.3): quantized weights 1 byte each plus one float32 scale per
+    int8 (docs/spec.md §3.3): quantized weights 1 byte each plus one float32 scale per
     output channel (per row for embed and pos, per expert per channel for expert
     stacks); norms, biases and the gate stay float32.
     """
@@ -211,7 +211,7 @@ def qlinear_forward(x_c, a_scale, qw, b=None):
 
 
 # ----------------------------------------------------------------------------
-# the real int8 linear layer (SPEC §3.3)
+# the real int8 linear layer (docs/spec.md §3.3)
 # ----------------------------------------------------------------------------
 def pack_linear(w):
     """W (in, out) float32 -> the integer kernel's operands (see pack_qweight)."""
@@ -236,7 +236,7 @@ def pack_qweight(qw, lean=False):
 
 
 def int8_linear(x, packed, scale, zp, bias=None):
-    """y = x_hat @ W_hat (+ b), computed as integers (SPEC §3.3):
+    """y = x_hat @ W_hat (+ b), computed as integers (docs/spec.md §3.3):
     acc[c] = sum_k q[k] Wq[k, c] - zp colsum[c] (int32), y = acc * scale * s[c] (+ b).
 
     x: (..., in) float32; returns (..., out) float32, equal bit for bit to
@@ -255,7 +255,7 @@ EMA = 0.01
 
 
 def observer_names(cfg):
-    """The observed tensors of SPEC §3.2, in forward order."""
+    """The observed tensors of docs/spec.md §3.2, in forward order."""
     names = ["in"] if cfg.mode == "classifier" else []
     for i in range(cfg.n_layers):
         names += [f"blocks.{i}.attn_in", f"blocks.{i}.attn_out", f"blocks.{i}.ffn_in", f"blocks.{i}.ffn_mid"]

@@ -1,6 +1,6 @@
-"""The inference runtime: a model loaded at fp32, fp16 or int8, and its forward pass (SPEC §3.3).
+"""The inference runtime: a model loaded at fp32, fp16 or int8, and its forward pass (docs/spec.md §3.3).
 
-``infer(model, inputs, top_k)`` is the forward of SPEC §2.3 without caches or
+``infer(model, inputs, top_k)`` is the forward of docs/spec.md §2.3 without caches or
 gradients. In an int8 model every quantized linear layer runs as integers: the
 activation is quantized to uint8 codes once per observer, multiplied with the
 int8 weights into int32 accumulators (``kernels.int8_matmul``, the zero point
@@ -224,7 +224,7 @@ def accuracy(model: Model, data, top_k=None, batch=256):
 
 
 def infer(model: Model, inputs, top_k=None):
-    """Logits of SPEC §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C)."""
+    """Logits of docs/spec.md §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C)."""
     cfg = model.cfg
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
@@ -243,10 +243,10 @@ def infer(model: Model, inputs, top_k=None):
 
 
 # ----------------------------------------------------------------------------
-# a bundle of precisions, served under the governor's plan (SPEC §4)
+# a bundle of precisions, served under the governor's plan (docs/spec.md §4)
 # ----------------------------------------------------------------------------
 # Where a precision is missing, the nearest loaded one serves instead: fp32 falls
-# back to fp16 (SPEC §4), then int8; int8 to fp16, then fp32; fp16 to fp32, then int8.
+# back to fp16 (docs/spec.md §4), then int8; int8 to fp16, then fp32; fp16 to fp32, then int8.
 FALLBACK = {"fp32": ("fp32", "fp16", "int8"), "fp16": ("fp16", "fp32", "int8"), "int8": ("int8", "fp16", "fp32")}
 
 

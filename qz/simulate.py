@@ -1,4 +1,5 @@
-"""Battery simulation: replay a discharge (and a heat-up) against the model under three policies (SPEC §4).
+"""Battery simulation: replay a discharge (and a heat-up) against the model under three policies
+(docs/spec.md §4).
 
 A simulated battery of `capacity_wh` drains at
 

@@ -1,5 +1,5 @@
 """The training loop: AdamW, clipping, warmup + cosine, aux loss, elastic top-k,
-evaluation, checkpoints and exact resume (SPEC §5).
+evaluation, checkpoints and exact resume (docs/spec.md §5).
 
 Exact resume rests on one rule: everything random in step ``s`` (the batch,
 the elastic top-k draw) is derived from ``(seed, s)`` alone. The checkpoint
@@ -53,7 +53,7 @@ class TrainConfig:
     feature_mask: int = 2         # ... the widest feature mask, in coefficients
     mixup: float = 0.0            # classifier: mixup Beta(a, a) within each batch (data.soft_targets; 0: off)
     label_smoothing: float = 0.0  # classifier: share of the target spread over all classes (0: off)
-    qat_start: int = -1           # QAT (SPEC §5): fake-quant from this step on (-1: never) ...
+    qat_start: int = -1           # QAT (docs/spec.md §5): fake-quant from this step on (-1: never) ...
     qat_freeze: int = -1          # ... with observers updating until this step, frozen after (-1: never frozen)
     skip_nonfinite: int = 0       # batches with a non-finite loss or gradient that may be skipped (no update)
                                   # before the run stops with TrainingDiverged (0: stop at the first)
@@ -128,7 +128,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def top_k_for_step(cfg, tcfg, step):
-    """Elastic top-k (SPEC §5): a seeded draw from tcfg.top_k_choices, else cfg.top_k."""
+    """Elastic top-k (docs/spec.md §5): a seeded draw from tcfg.top_k_choices, else cfg.top_k."""
     if not tcfg.top_k_choices:
         return cfg.top_k
     rng = np.random.default_rng([tcfg.seed, step, 2])
@@ -280,7 +280,7 @@ def scored_params(state, tcfg):
 def qat_phase(cfg, tcfg, state, x, k):
     """-> (quant for this step or None, dict to collect observations or None).
 
-    Phases (SPEC §5): float before qat_start; from qat_start, fake-quant with
+    Phases (docs/spec.md §5): float before qat_start; from qat_start, fake-quant with
     observers updating (each batch moves the ranges by an EMA after its step,
     the first QAT batch sets them by a float observation pass); from
     qat_freeze on, the ranges stay as they are.
@@ -336,7 +336,7 @@ def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
 
 
 def save_training(path, cfg, tcfg, state):
-    """A checkpoint with everything `--resume` needs (SPEC §6)."""
+    """A checkpoint with everything `--resume` needs (docs/spec.md §6)."""
     checkpoint.save(path, state.params, cfg, state=state.opt, train=tcfg.to_dict(), step=state.step,
                     rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
                     data_position={"step": state.step, "batch_size": tcfg.batch_size},

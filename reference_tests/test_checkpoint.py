@@ -1,4 +1,4 @@
-"""Tests for qz/checkpoint.py: the safetensors writer/reader and qz.save/qz.load (SPEC §6).
+"""Tests for qz/checkpoint.py: the safetensors writer/reader and qz.save/qz.load (docs/spec.md §6).
 
 Interop tests check against the `safetensors` package (skipped if it is not
 installed): its reader must read our files, ours must read its files, and for

@@ -1,4 +1,4 @@
-"""The frozen, validated Config (qz/config.py, SPEC §2.1)."""
+"""The frozen, validated Config (qz/config.py, docs/spec.md §2.1)."""
 import dataclasses
 
 import pytest

@@ -1,4 +1,4 @@
-"""Counted work and estimated energy of one inference, and RAPL readings (qz/energy.py, SPEC §4)."""
+"""Counted work and estimated energy of one inference, and RAPL readings (qz/energy.py, docs/spec.md §4)."""
 import tempfile
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""fp32 / fp16 / int8 exports and their strict loader (qz/export.py, SPEC §3.3, §6)."""
+"""fp32 / fp16 / int8 exports and their strict loader (qz/export.py, docs/spec.md §3.3, §6)."""
 import json
 import os
 

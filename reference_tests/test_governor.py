@@ -1,4 +1,4 @@
-"""The governor: sensors, traces, overrides, policy, plans (qz/governor.py, SPEC §4)."""
+"""The governor: sensors, traces, overrides, policy, plans (qz/governor.py, docs/spec.md §4)."""
 import json
 import math
 import os
@@ -70,7 +70,7 @@ def test_worse_state_never_gets_more_compute(pair, previous, seconds):
     (DeviceState(temp_c=45.0), "low_power"),
     (DeviceState(cpu_util=0.9), "low_power"),
     (DeviceState(cpu_util=0.89, charging=True), "performance"),
-    (DeviceState(battery_pct=4.9, charging=True), "critical"),               # SPEC literally: even on AC
+    (DeviceState(battery_pct=4.9, charging=True), "critical"),               # the spec literally: even on AC
     (DeviceState(battery_pct=5.0), "low_power"),
     (DeviceState(temp_c=55.0, charging=True), "critical"),
 ])

@@ -1,4 +1,4 @@
-"""The whole model (qz/model.py): gradients, modes, dtypes, input checks (SPEC §2, §7)."""
+"""The whole model (qz/model.py): gradients, modes, dtypes, input checks (docs/spec.md §2, §7)."""
 import numpy as np
 import pytest
 from hypothesis import given

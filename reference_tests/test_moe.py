@@ -1,4 +1,4 @@
-"""The gate, the experts and the load-balancing loss (qz/moe.py, SPEC §2.3)."""
+"""The gate, the experts and the load-balancing loss (qz/moe.py, docs/spec.md §2.3)."""
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st

@@ -1,4 +1,4 @@
-"""No pickle anywhere (SPEC §6): an AST scan of every .py file in qz/ and scripts/.
+"""No pickle anywhere (docs/spec.md §6): an AST scan of every .py file in qz/ and scripts/.
 
 The source is parsed, not grepped, so a comment or docstring that says "no
 pickle" does not trip the scan, and `import pickle as p` still does. Flagged:
@@ -88,7 +88,7 @@ def test_sources_have_no_pickle():
     assert {"qz/checkpoint.py", "qz/data.py"} <= names, f"scan missed files: {sorted(names)[:10]}"
     problems = [p for f in files
                 for p in pickle_problems(f.read_text(encoding="utf-8"), f.relative_to(ROOT).as_posix())]
-    assert not problems, "pickle/eval in the sources (SPEC §6):\n" + "\n".join(problems)
+    assert not problems, "pickle/eval in the sources (docs/spec.md §6):\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("source, what", [

@@ -1,4 +1,4 @@
-"""AdamW, clipping and the schedule (qz/optim.py, SPEC §5)."""
+"""AdamW, clipping and the schedule (qz/optim.py, docs/spec.md §5)."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Post-training calibration with min/max and percentile observers (qz/ptq.py, SPEC §3.2)."""
+"""Post-training calibration with min/max and percentile observers (qz/ptq.py, docs/spec.md §3.2)."""
 import numpy as np
 import pytest
 from hypothesis import given

@@ -1,4 +1,4 @@
-"""Fake quantization, the clipped STE and observers (qz/quant.py, SPEC §3.1-3.2)."""
+"""Fake quantization, the clipped STE and observers (qz/quant.py, docs/spec.md §3.1-3.2)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -159,7 +159,7 @@ def test_clipping_blocks_gradients(seed):
 
 @given(seeds, st.integers(1, 9), st.integers(1, 70), st.integers(1, 20))
 def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
-    """SPEC §3.3: the integer layer's output equals the fake-quant float forward; computed in the
+    """docs/spec.md §3.3: the integer layer's output equals the fake-quant float forward; computed in the
     same order (qlinear_forward), the two agree bit for bit, and both are within float rounding of
     x_hat @ W_hat computed in float64."""
     rng = np.random.default_rng(seed)

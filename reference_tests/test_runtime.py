@@ -1,9 +1,9 @@
-"""The inference runtime at fp32, fp16 and int8 (qz/runtime.py, SPEC §3.3).
+"""The inference runtime at fp32, fp16 and int8 (qz/runtime.py, docs/spec.md §3.3).
 
 The parity bar: the int8 runtime's logits equal the fake-quant float forward.
 Because the fake-quant forward computes in the integer kernel's order
 (quant.qlinear_forward), equality here is exact, which is stronger than the
-1e-5 relative error the SPEC asks for; the relative error is asserted too.
+1e-5 relative error docs/spec.md asks for; the relative error is asserted too.
 """
 from pathlib import Path
 
@@ -126,7 +126,7 @@ class _FixedSensors:
     (dict(battery_pct=3.0, charging=False), "critical", "int8", 1, 1),
 ])
 def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, precision, k, threads, monkeypatch):
-    """SPEC §4: each mode's output equals the matching model function at that mode's top_k;
+    """docs/spec.md §4: each mode's output equals the matching model function at that mode's top_k;
     critical runs on one thread (BLAS and qz.parallel), and the limit ends with the request."""
     from qz import parallel
     from qz.governor import DeviceState, Governor

@@ -1,4 +1,4 @@
-"""Battery simulation of the governed runtime (qz/simulate.py, SPEC §4)."""
+"""Battery simulation of the governed runtime (qz/simulate.py, docs/spec.md §4)."""
 import json
 
 import numpy as np

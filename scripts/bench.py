@@ -13,8 +13,8 @@ Sections (rows of bench.md):
      kws batch 1 and 32, char_lm batch 1 and 8.
   c  numba vs NumPy path: a child process with QZ_NUMBA=0 (kernels.USE_NUMBA is read at
      import) runs the same jobs; parent and child take turns, round by round, over a pipe.
-  d  qz vs PyTorch eager (CPU, same threads): a PyTorch twin of SPEC §2 written here from
-     the SPEC (not from qz), loaded with qz's weights; its logits, aux, loss and gradients
+  d  qz vs PyTorch eager (CPU, same threads): a PyTorch twin of docs/spec.md §2 written here from
+     docs/spec.md (not from qz), loaded with qz's weights; its logits, aux, loss and gradients
      are checked against qz's (float32 and float64) before anything is timed, and the run
      stops with exit code 3 if they differ. Skipped, with a note, when torch is absent.
   e  achieved GFLOP/s of the char_lm training step vs the measured sgemm rate (np.matmul,
@@ -84,7 +84,7 @@ from qz.memory import keep_freed_memory  # noqa: E402
 from qz.progress import format_duration  # noqa: E402
 
 AUX_COEF = 0.01           # qz.train's default: the loss every timed step computes
-RMS_EPS = 1e-5            # SPEC §2.3 (the twin is written from the SPEC, not from qz.ops)
+RMS_EPS = 1e-5            # docs/spec.md §2.3 (the twin is written from the SPEC, not from qz.ops)
 # parity budgets: max |a - b| / max |b| per tensor (relative to the tensor's scale)
 TOL = {"logits_f32": 1e-4, "loss_f32": 1e-5, "grads_f32": 1e-3,
        "logits_f64": 1e-10, "loss_f64": 1e-12, "grads_f64": 1e-9}
@@ -140,7 +140,7 @@ def numba_job_names(built):
 
 
 # ----------------------------------------------------------------------------
-# the PyTorch twin of SPEC §2 (functional: a dict of tensors under the SPEC's names)
+# the PyTorch twin of docs/spec.md §2 (functional: a dict of tensors under the spec's names)
 # ----------------------------------------------------------------------------
 def twin_rmsnorm(torch, x, g, eps):
     return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * g
@@ -178,7 +178,7 @@ def twin_moe(torch, F, h, tp, p, k, S):
 
 
 def twin_forward(torch, tp, cfg, inputs, k, eps=RMS_EPS):
-    """SPEC §2.3 in PyTorch: inputs LongTensor (B, T) or float (B, T, in) -> logits, aux."""
+    """docs/spec.md §2.3 in PyTorch: inputs LongTensor (B, T) or float (B, T, in) -> logits, aux."""
     F = torch.nn.functional
     B, T = inputs.shape[:2]
     d, H = cfg.d_model, cfg.n_heads
@@ -244,7 +244,7 @@ def parity(torch, params, cfg, x, y, k, eps=RMS_EPS):
 
 def check_parity(torch, built, seed, perturb=False):
     """Parity of every case: float32 on the timed batch; float64 on a small one, and again with
-    every gate zeroed (exact ties: SPEC's lower-index rule). -> (figures, list of failures)."""
+    every gate zeroed (exact ties: the spec's lower-index rule). -> (figures, list of failures)."""
     eps = RMS_EPS * (10.0 if perturb else 1.0)   # --perturb-twin: prove the check can fail
     out, bad = {}, []
     for name, c in built.items():
@@ -837,7 +837,7 @@ def main(argv=None):
                 if bad:
                     doc["torch"]["parity_failures"] = bad
                     write_report(args.out, doc, ["twin parity FAILED"], [], "parity failed")
-                    sys.stderr.write("PyTorch twin does not match qz (SPEC §2):\n  "
+                    sys.stderr.write("PyTorch twin does not match qz (docs/spec.md §2):\n  "
                                      + "\n  ".join(bad) + "\n")
                     return 3
                 add_torch(bench, built, jobs, torch)

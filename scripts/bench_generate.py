@@ -1,7 +1,7 @@
 """KV-cache generation against the PyTorch twin: time to first token, prefill and
 decode tokens/s (issue 8's assistant-path bars).
 
-A char_lm-sized model (SPEC §2: d 256, 4 layers, 8 experts top-2, 1 shared) with
+A char_lm-sized model (docs/spec.md §2: d 256, 4 layers, 8 experts top-2, 1 shared) with
 random weights (speed does not depend on training), a 64-token prompt and 64 greedy
 new tokens. Per round, in rotated order with a settle between libraries:
 

@@ -1,4 +1,4 @@
-"""Fuzz the checkpoint reader (SPEC §6) for longer than CI does.
+"""Fuzz the checkpoint reader (docs/spec.md §6) for longer than CI does.
 
     python scripts/fuzz_checkpoint.py [libFuzzer flags] [corpus dir]   # atheris, coverage-guided
         e.g.  -max_total_time=600   or   -runs=1000000
