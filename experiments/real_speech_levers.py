@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The lever experiments behind docs/accuracy.md (real speakers): one run per call, one seed unless told.
 
-    python scripts/real_speech_levers.py base [--data NPZ] [--norm speech_cmvn] [--steps 12000] [--ema 0.999]
+    python experiments/real_speech_levers.py base [--data NPZ] [--norm speech_cmvn] [--steps 12000] [--ema 0.999]
                                               [--swa 0.5] [--d-model 96] [--n-syn 12000] [--select synthetic]
-    python scripts/real_speech_levers.py adapt [--base CKPT] [--rotate 1] [--mix NPZ:0.3] [--ema 0.99] [--lr 3e-4]
+    python experiments/real_speech_levers.py adapt [--base CKPT] [--rotate 1] [--mix NPZ:0.3] [--ema 0.99] [--lr 3e-4]
                                                [--vtlp 0.25 --time-mask 10 --feature-mask 3] [--plan light]
                                                [--n-train 700] [--seeds 3] [--warps 0.9,1,1.1]
                                                [--top-k-choices 1,1,2]

@@ -3,10 +3,10 @@
 
 Every choice is made on the validation voices; the test voices are scored only with --test.
 
-    python scripts/digits_experiments.py finetune --tag base                  # the current recipe
-    python scripts/digits_experiments.py finetune --vtlp 0.15 --tag vtlp15
-    python scripts/digits_experiments.py base --vtlp 0.15 --out runs/digits_exp/commands_vtlp15.safetensors
-    python scripts/digits_experiments.py finetune --base runs/digits_exp/commands_vtlp15.safetensors --vtlp 0.15
+    python experiments/digits_experiments.py finetune --tag base                  # the current recipe
+    python experiments/digits_experiments.py finetune --vtlp 0.15 --tag vtlp15
+    python experiments/digits_experiments.py base --vtlp 0.15 --out runs/digits_exp/commands_vtlp15.safetensors
+    python experiments/digits_experiments.py finetune --base runs/digits_exp/commands_vtlp15.safetensors --vtlp 0.15
 
 Results are appended to runs/digits_exp/results.jsonl.
 """

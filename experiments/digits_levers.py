@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""More levers toward the spoken-digits bar (issue 4), beside scripts/digits_experiments.py.
+"""More levers toward the spoken-digits bar (issue 4), beside experiments/digits_experiments.py.
 
 The fine-tuning is the recipe of measure_accuracy.py's DIGITS_RECIPE (1500 steps,
 batch 64, lr 1e-3, VTLP 0.25, early stopping on the validation voices, patience
@@ -30,13 +30,13 @@ batch 64, lr 1e-3, VTLP 0.25, early stopping on the validation voices, patience
 Choices are made on the validation voices; --test also scores the test voices.
 The figures of the session of 2026-12-07 (third) are in the README (*Accuracy*).
 
-    python scripts/digits_levers.py --share 0.5 --steps 3000
-    python scripts/digits_levers.py --lp-steps 300
-    python scripts/digits_levers.py --seeds 3 --soup
-    python scripts/digits_levers.py --noise 0 20
-    python scripts/digits_levers.py --seeds 3 --digits /tmp/espeak/spoken_digits.npz --test
-    python scripts/digits_levers.py --seeds 3 --warp-grids
-    python scripts/digits_levers.py --seeds 3 --n-train 250
+    python experiments/digits_levers.py --share 0.5 --steps 3000
+    python experiments/digits_levers.py --lp-steps 300
+    python experiments/digits_levers.py --seeds 3 --soup
+    python experiments/digits_levers.py --noise 0 20
+    python experiments/digits_levers.py --seeds 3 --digits /tmp/espeak/spoken_digits.npz --test
+    python experiments/digits_levers.py --seeds 3 --warp-grids
+    python experiments/digits_levers.py --seeds 3 --n-train 250
 """
 import argparse
 import json
