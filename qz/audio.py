@@ -84,6 +84,8 @@ import struct
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["AudioError", "read_wav", "write_wav", "quantize16", "resample", "fit_length", "noise_floor", "fit_clip",
            "DITHER_DB",
            "log_mel", "mfcc", "features", "wav_features",
@@ -110,7 +112,7 @@ _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio file that cannot be used; the message is '<path>: <problem>'."""
 
     def __init__(self, path, problem):
@@ -212,10 +214,10 @@ def write_wav(path, samples, sample_rate) -> None:
     """Write (N,) float samples in [-1, 1] as 16-bit PCM mono (values outside are clipped)."""
     x = np.asarray(samples, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"write_wav: samples must be 1-D, got shape {x.shape}")
+        raise InputError(f"write_wav: samples must be 1-D, got shape {x.shape}")
     rate = int(sample_rate)
     if rate <= 0:
-        raise ValueError(f"write_wav: sample_rate must be positive, got {sample_rate}")
+        raise InputError(f"write_wav: sample_rate must be positive, got {sample_rate}")
     pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2").tobytes()
     header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(pcm), b"WAVE", b"fmt ", 16,
                          _PCM, 1, rate, 2 * rate, 2, 16, b"data", len(pcm))
@@ -238,9 +240,9 @@ def resample(x, sr_from, sr_to=SAMPLE_RATE) -> np.ndarray:
     """(N,) at sr_from -> (ceil(N * up / down),) float32 at sr_to; see the module docstring."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"resample: x must be 1-D, got shape {x.shape}")
+        raise InputError(f"resample: x must be 1-D, got shape {x.shape}")
     if int(sr_from) != sr_from or int(sr_to) != sr_to or sr_from <= 0 or sr_to <= 0:
-        raise ValueError(f"resample: rates must be positive integers, got {sr_from} -> {sr_to}")
+        raise InputError(f"resample: rates must be positive integers, got {sr_from} -> {sr_to}")
     sr_from, sr_to = int(sr_from), int(sr_to)
     if sr_from == sr_to:
         return x.astype(np.float32)
@@ -333,7 +335,7 @@ def _frames(x):
     """(N,) -> (F, FRAME) windowed frames, F = 1 + (N - FRAME) // HOP (no end padding)."""
     x = np.asarray(x, np.float64)
     if len(x) < FRAME:
-        raise ValueError(f"need at least {FRAME} samples for one frame, got {len(x)}")
+        raise InputError(f"need at least {FRAME} samples for one frame, got {len(x)}")
     n = 1 + (len(x) - FRAME) // HOP
     idx = np.arange(n)[:, None] * HOP + np.arange(FRAME)                             # (F, FRAME)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FRAME) / FRAME)                # periodic Hann
@@ -342,7 +344,7 @@ def _frames(x):
 
 def _log_mel64(x, sr):
     if sr != SAMPLE_RATE:
-        raise ValueError(f"log_mel/mfcc expect {SAMPLE_RATE} Hz input (use resample), got {sr}")
+        raise InputError(f"log_mel/mfcc expect {SAMPLE_RATE} Hz input (use resample), got {sr}")
     power = np.abs(np.fft.rfft(_frames(x), n=N_FFT, axis=1)) ** 2                    # (F, K)
     return np.log(power @ mel_filterbank() + LOG_FLOOR)                              # (F, M)
 
@@ -355,7 +357,7 @@ def log_mel(x, sr=SAMPLE_RATE) -> np.ndarray:
 def mfcc(x, sr=SAMPLE_RATE, n_mfcc=N_MFCC) -> np.ndarray:
     """(N,) samples at 16 kHz -> (F, n_mfcc) float32: orthonormal DCT-II of the log-mel."""
     if not 1 <= n_mfcc <= N_MELS:
-        raise ValueError(f"n_mfcc must be in 1..{N_MELS}, got {n_mfcc}")
+        raise InputError(f"n_mfcc must be in 1..{N_MELS}, got {n_mfcc}")
     return (_log_mel64(x, sr) @ _dct_matrix(N_MELS, n_mfcc)).astype(np.float32)      # (F, C)
 
 

@@ -41,6 +41,7 @@ import tempfile
 import numpy as np
 
 from .config import Config, param_shapes
+from .errors import InputError
 
 __all__ = ["CheckpointError", "write_safetensors", "read_safetensors", "save", "load"]
 
@@ -66,7 +67,7 @@ _RESERVED_META = ("format", "format_version", "config", "state")
 _STATE_PREFIX = "state."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is missing, malformed or does not fit its config."""
 
 
@@ -92,11 +93,11 @@ def write_safetensors(path, tensors: dict[str, np.ndarray],
     for name, value in tensors.items():
         _check_str("tensor name", name)
         if name == "__metadata__":
-            raise ValueError("tensor name '__metadata__' is reserved for the metadata map")
+            raise InputError("tensor name '__metadata__' is reserved for the metadata map")
         arr = np.asarray(value)
         code = _CODE_OF.get((arr.dtype.kind, arr.dtype.itemsize))
         if code is None:
-            raise ValueError(f"{name}: unsupported dtype {arr.dtype} "
+            raise InputError(f"{name}: unsupported dtype {arr.dtype} "
                              f"(supported: {', '.join(_DTYPES)})")
         # Little-endian, C-contiguous: the on-disk layout, so it can be written as is.
         # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
@@ -132,7 +133,7 @@ def _check_str(what, value):
     if not isinstance(value, str):
         raise TypeError(f"{what} must be str, got {type(value).__name__}: {value!r}")
     if not _utf8_ok(value):
-        raise ValueError(f"{what} {value!r} is not valid Unicode")
+        raise InputError(f"{what} {value!r} is not valid Unicode")
 
 
 def _atomic_write(path, write) -> None:
@@ -177,25 +178,25 @@ def _pairs_no_duplicates(pairs):
     obj = {}
     for key, value in pairs:
         if key in obj:  # plain json.loads keeps the last one silently
-            raise ValueError(f"duplicate key {_show(key)}")
+            raise InputError(f"duplicate key {_show(key)}")
         obj[key] = value
     return obj
 
 
 def _no_constants(name):
-    raise ValueError(f"{name} is not valid JSON")
+    raise InputError(f"{name} is not valid JSON")
 
 
 def _finite_float(text):
     x = float(text)
     if not math.isfinite(x):  # 1e999 is valid JSON but parses to inf
-        raise ValueError(f"number {_show(text)} overflows to infinity")
+        raise InputError(f"number {_show(text)} overflows to infinity")
     return x
 
 
 def _bounded_int(text):
     if len(text) > _MAX_INT_DIGITS:
-        raise ValueError(f"integer with {len(text)} digits")
+        raise InputError(f"integer with {len(text)} digits")
     return int(text)
 
 
@@ -206,7 +207,7 @@ def _strict_json(text: str):
                           parse_constant=_no_constants, parse_float=_finite_float,
                           parse_int=_bounded_int)
     except RecursionError:  # "[[[[..." a million deep
-        raise ValueError("JSON nested too deeply") from None
+        raise InputError("JSON nested too deeply") from None
 
 
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -355,16 +356,16 @@ def save(path, params: dict[str, np.ndarray], cfg: Config, *,
     missing = [k for k in shapes if k not in params]
     extra = [k for k in params if k not in shapes]
     if missing or extra:
-        raise ValueError(f"params do not match the config: missing {missing}, extra {extra}")
+        raise InputError(f"params do not match the config: missing {missing}, extra {extra}")
     for name, shape in shapes.items():
         arr = np.asarray(params[name])
         if arr.shape != shape:
-            raise ValueError(f"{name}: shape {arr.shape}, config expects {shape}")
+            raise InputError(f"{name}: shape {arr.shape}, config expects {shape}")
         if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
-            raise ValueError(f"{name}: dtype {arr.dtype} is not float16/32/64")
+            raise InputError(f"{name}: dtype {arr.dtype} is not float16/32/64")
     for key in meta:
         if key in _RESERVED_META:
-            raise ValueError(f"{key}: reserved metadata key ({', '.join(_RESERVED_META)})")
+            raise InputError(f"{key}: reserved metadata key ({', '.join(_RESERVED_META)})")
     metadata = {"format": "qz", "format_version": "1",
                 "config": json.dumps(cfg.to_dict(), allow_nan=False)}
     for key, value in meta.items():

@@ -19,18 +19,26 @@ import numpy as np
 
 from . import __version__, checkpoint
 from .config import PRESETS, Config, active_params, n_params
-from .data import DataError, apply_input_norm, fit_input_norm, load_dataset
+from .data import apply_input_norm, fit_input_norm, load_dataset
+from .errors import InputError
 from .memory import keep_freed_memory
-from .quant import precision_sizes
 from .optim import adamw_init
-from .train import (TrainConfig, TrainingDiverged, TrainState, evaluate, load_training, save_training,
-                    train)
+from .quant import precision_sizes
+from .train import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainState,
+    evaluate,
+    load_training,
+    save_training,
+    train,
+)
 
 DEFAULT_TEXT = Path("data") / "kjv.txt.gz"
 
 
-class UserError(Exception):
-    """Reported as one line and exit code 1."""
+class UserError(InputError):
+    """A bad command line, reported as one line and exit code 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -505,7 +513,13 @@ def _governor(args, top_k):
 
 def _sensors(args):
     """The governor's sensor source for `qz run`: live sysfs, a replayed trace, plus overrides."""
-    from .governor import SysfsSensors, TraceSensors, load_trace, override, parse_charging
+    from .governor import (
+        SysfsSensors,
+        TraceSensors,
+        load_trace,
+        override,
+        parse_charging,
+    )
     if args.governor == "auto":
         inner = SysfsSensors()
     else:
@@ -545,7 +559,7 @@ def cmd_run(args):
             t0 = time.perf_counter()
             logits, info = rt.infer(x.astype(np.float32))
             ms = 1000 * (time.perf_counter() - t0)
-        except (UserError, DataError, ValueError, OSError) as e:   # one bad file never stops the rest
+        except (InputError, OSError) as e:   # one bad file never stops the rest
             failed += 1
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"qz: error: {msg}", file=sys.stderr)
@@ -926,7 +940,9 @@ def main(argv=None):
     keep_freed_memory()  # this process owns its allocator: no page faults every step
     try:
         return args.func(args)
-    except (UserError, DataError, checkpoint.CheckpointError, ValueError, OSError) as e:
+    except (InputError, OSError) as e:   # bad input: one line; anything else is a bug and keeps its traceback
+        if os.environ.get("QZ_DEBUG"):
+            raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"qz: error: {msg}", file=sys.stderr)
         return 1

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import InputError
+
 __all__ = ["Config", "PRESETS", "preset", "param_shapes", "n_params", "active_params"]
 
 
@@ -41,26 +43,26 @@ class Config:
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("n_shared_experts", self.n_shared_experts, minimum=0)
         if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise InputError(f"n_heads: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.top_k > self.n_experts:
-            raise ValueError(f"top_k: {self.top_k} is more than n_experts={self.n_experts}")
+            raise InputError(f"top_k: {self.top_k} is more than n_experts={self.n_experts}")
         lm = self.vocab_size is not None
         clf = self.input_dim is not None or self.n_classes is not None
         if lm == clf:
-            raise ValueError("vocab_size: set exactly one of vocab_size (LM mode) "
+            raise InputError("vocab_size: set exactly one of vocab_size (LM mode) "
                              "or input_dim and n_classes (classifier mode)")
         if lm:
             _check_int("vocab_size", self.vocab_size, minimum=2)
         else:
             for key in ("input_dim", "n_classes"):
                 if getattr(self, key) is None:
-                    raise ValueError(f"{key}: classifier mode needs both input_dim and n_classes")
+                    raise InputError(f"{key}: classifier mode needs both input_dim and n_classes")
             _check_int("input_dim", self.input_dim, minimum=1)
             _check_int("n_classes", self.n_classes, minimum=2)
         if self.causal is None:
             object.__setattr__(self, "causal", lm)
         elif not isinstance(self.causal, bool):
-            raise ValueError(f"causal: expected true or false, got {self.causal!r}")
+            raise InputError(f"causal: expected true or false, got {self.causal!r}")
 
     @property
     def mode(self) -> str:
@@ -77,15 +79,15 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         if not isinstance(d, dict):
-            raise ValueError(f"config: expected a mapping, got {type(d).__name__}")
+            raise InputError(f"config: expected a mapping, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{unknown[0]}: unknown config key (known: {', '.join(sorted(known))})")
+            raise InputError(f"{unknown[0]}: unknown config key (known: {', '.join(sorted(known))})")
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in d)
         if missing:
-            raise ValueError(f"{missing[0]}: missing config key")
+            raise InputError(f"{missing[0]}: missing config key")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -98,9 +100,9 @@ class Config:
 def _check_int(key, value, minimum):
     # bool is an int subclass; `True` as a layer count is a typo, not a 1.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
+        raise InputError(f"{key}: expected an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{key}: must be >= {minimum}, got {value}")
+        raise InputError(f"{key}: must be >= {minimum}, got {value}")
 
 
 # Named presets. `kws` is the keyword-spotting classifier of the foundation
@@ -121,7 +123,7 @@ PRESETS = {
 def preset(name: str, **overrides) -> Config:
     """A named preset, optionally with some keys overridden."""
     if name not in PRESETS:
-        raise ValueError(f"preset: unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
+        raise InputError(f"preset: unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
     return Config.from_dict({**PRESETS[name], **overrides})
 
 

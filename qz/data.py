@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["DataError", "ArrayData", "TextData", "load_dataset", "load_npz", "load_split", "load_csv",
            "load_text", "feature_stats", "augment_features", "vtlp_matrix", "vtlp_mfcc", "soft_targets", "WarpedData", "fit_input_norm", "utterance_normalized", "apply_input_norm", "load_wav_folder", "load_labelled", "wav_label"]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file that cannot be used; the message names the file and the problem."""
 
 

@@ -33,7 +33,15 @@ import numpy as np
 from . import checkpoint
 from .baseline import fit_logreg, predict_logreg
 from .config import n_params, preset
-from .data import ArrayData, DataError, WarpedData, apply_input_norm, fit_input_norm, load_dataset, load_split
+from .data import (
+    ArrayData,
+    DataError,
+    WarpedData,
+    apply_input_norm,
+    fit_input_norm,
+    load_dataset,
+    load_split,
+)
 from .demo_governor import governor_report
 from .demo_quant import quantize_commands
 from .finetune import FinetuneOptions, confusion_matrix, finetune

@@ -19,10 +19,10 @@ import time
 import numpy as np
 
 from .export import save_export
+from .optim import adamw_init
 from .ptq import calibrate
 from .runtime import accuracy, infer, load_model, prepare
 from .train import TrainConfig, TrainState, train
-from .optim import adamw_init
 
 __all__ = ["quantize_commands", "runtime_latency"]
 

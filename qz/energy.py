@@ -37,6 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .config import Config
+from .errors import InputError
 
 __all__ = ["HOROWITZ_45NM_PJ", "PRECISIONS", "Work", "count_work", "model_weight_bytes", "estimate_energy",
            "read_rapl", "read_rapl_ranges", "rapl_joules_between"]
@@ -80,13 +81,13 @@ def _bytes(precision: str, rows: int, cols: int, quantized: bool, per_row: bool 
 
 def _check(cfg: Config, precision: str, top_k, batch: int, seq_len) -> tuple[int, int]:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     k = cfg.top_k if top_k is None else top_k
     T = cfg.max_len if seq_len is None else seq_len
     for key, value, lo, hi in (("top_k", k, 1, cfg.n_experts), ("batch", batch, 1, math.inf),
                                ("seq_len", T, 1, cfg.max_len)):
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{key}: expected an integer in [{lo}, {hi}], got {value!r}")
+            raise InputError(f"{key}: expected an integer in [{lo}, {hi}], got {value!r}")
     return k, T
 
 
@@ -129,7 +130,7 @@ def count_work(cfg: Config, precision: str, top_k: int | None = None, batch: int
 def model_weight_bytes(cfg: Config, precision: str) -> int:
     """Bytes of every weight of the model at `precision` (as qz.quant.precision_sizes counts them)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     d, f, E, S, V = cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.n_shared_experts, cfg.n_out
 
     def b(rows, cols, quantized=True, per_row=False):

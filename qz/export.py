@@ -24,9 +24,24 @@ import json
 
 import numpy as np
 
-from .checkpoint import CheckpointError, _bad, _strict_json, read_safetensors, write_safetensors
+from .checkpoint import (
+    CheckpointError,
+    _bad,
+    _strict_json,
+    read_safetensors,
+    write_safetensors,
+)
 from .config import Config, param_shapes
-from .quant import QMAX_A, QMAX_W, QMIN_W, act_qparams, observer_names, split_weight, weight_axis
+from .errors import InputError
+from .quant import (
+    QMAX_A,
+    QMAX_W,
+    QMIN_W,
+    act_qparams,
+    observer_names,
+    split_weight,
+    weight_axis,
+)
 
 __all__ = ["PRECISIONS", "export_tensors", "save_export", "load_export", "CARRIED_META"]
 
@@ -38,21 +53,21 @@ _FORMAT = "qz-export"
 def export_tensors(params, cfg: Config, precision: str, ranges=None):
     """-> (tensors, metadata-dict) of an export at `precision`; ranges: observer -> (lo, hi) (int8)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     shapes = param_shapes(cfg)
     missing = sorted(set(shapes) - set(params))
     if missing:
-        raise ValueError(f"params: missing {missing[0]!r} for this config")
+        raise InputError(f"params: missing {missing[0]!r} for this config")
     meta = {"precision": precision, "config": cfg.to_dict()}
     if precision != "int8":
         dtype = np.float16 if precision == "fp16" else np.float32
         return {n: np.asarray(params[n], np.float32).astype(dtype) for n in shapes}, meta
     if ranges is None:
-        raise ValueError("int8 export needs activation ranges: train with QAT or run `qz quantize` first")
+        raise InputError("int8 export needs activation ranges: train with QAT or run `qz quantize` first")
     names = observer_names(cfg)
     absent = [n for n in names if n not in ranges]
     if absent:
-        raise ValueError(f"ranges: no range for observer {absent[0]!r}")
+        raise InputError(f"ranges: no range for observer {absent[0]!r}")
     tensors = {}
     for name in shapes:
         p = np.asarray(params[name], np.float32)    # quantize the float32 model the runtime mirrors

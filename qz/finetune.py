@@ -26,6 +26,7 @@ import numpy as np
 from . import checkpoint
 from .config import Config
 from .data import ArrayData, MixedData, WarpedData, apply_input_norm
+from .errors import InputError
 from .export import save_export
 from .optim import adamw_init
 from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
@@ -70,18 +71,18 @@ class FinetuneOptions:
 
     def __post_init__(self):
         if self.plan not in PLANS:
-            raise ValueError(f"plan: {self.plan!r} is not one of {', '.join(PLANS)}")
+            raise InputError(f"plan: {self.plan!r} is not one of {', '.join(PLANS)}")
         if not 0 <= self.vtlp < 0.5:
-            raise ValueError(f"vtlp: must be in [0, 0.5), got {self.vtlp}")
+            raise InputError(f"vtlp: must be in [0, 0.5), got {self.vtlp}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+            raise InputError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"seeds: must be an integer >= 1, got {self.seeds!r}")
+            raise InputError(f"seeds: must be an integer >= 1, got {self.seeds!r}")
         if self.qat_freeze >= 0 and not 0 <= self.qat_start <= self.qat_freeze:
-            raise ValueError(f"qat_freeze: {self.qat_freeze} needs qat_start in 0..{self.qat_freeze}, "
+            raise InputError(f"qat_freeze: {self.qat_freeze} needs qat_start in 0..{self.qat_freeze}, "
                              f"got {self.qat_start}")
         if not 0 < self.mix_share < 1:
-            raise ValueError(f"mix_share: must be in (0, 1), got {self.mix_share}")
+            raise InputError(f"mix_share: must be in (0, 1), got {self.mix_share}")
         if self.warps:
             object.__setattr__(self, "warps", parse_warps(self.warps))    # the dataclass is frozen
 
@@ -105,7 +106,7 @@ def relabelled(data: ArrayData, labels, what="mix"):
     names = data.labels or [str(c) for c in range(int(data.y.max()) + 1)]
     missing = [n for n in names if n not in labels]
     if missing:
-        raise ValueError(f"{what}: labels {missing} are not among the task's labels {labels}")
+        raise InputError(f"{what}: labels {missing} are not among the task's labels {labels}")
     index = np.array([labels.index(n) for n in names], np.int64)
     return ArrayData(data.x, index[data.y], data.name, list(labels))
 
@@ -157,11 +158,11 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     """
     params0, cfg0, meta = checkpoint.load(base_path)
     if cfg0.mode != "classifier":
-        raise ValueError(f"{base_path}: fine-tuning needs a classifier model, this one is a {cfg0.mode}")
+        raise InputError(f"{base_path}: fine-tuning needs a classifier model, this one is a {cfg0.mode}")
     if data.kind != "classifier" or data.x.shape[-1] != cfg0.input_dim:
-        raise ValueError(f"data: expected features (N, T, {cfg0.input_dim}), got {data.x.shape}")
+        raise InputError(f"data: expected features (N, T, {cfg0.input_dim}), got {data.x.shape}")
     if data.x.shape[1] > cfg0.max_len:
-        raise ValueError(f"data: {data.x.shape[1]} frames, the base model takes at most {cfg0.max_len}")
+        raise InputError(f"data: {data.x.shape[1]} frames, the base model takes at most {cfg0.max_len}")
     norm = meta.get("input_norm")
     raw, raw_val, raw_test = data, val, test     # the test-time warps run on raw features
     data = apply_input_norm(data, norm)
@@ -173,7 +174,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     keep = bool(opts.keep_head and base_labels and sorted(base_labels) == sorted(labels))
     if mix is not None:
         if mix.kind != "classifier" or mix.x.shape[1:] != data.x.shape[1:]:
-            raise ValueError(f"mix: expected features (N, {data.x.shape[1]}, {data.x.shape[2]}), got {mix.x.shape}")
+            raise InputError(f"mix: expected features (N, {data.x.shape[1]}, {data.x.shape[2]}), got {mix.x.shape}")
         mix = relabelled(mix, labels)
     runs, best = [], None
     t_all = time.perf_counter()

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops, parallel, quant, runtime
+from .errors import InputError
 from .export import PRECISIONS
 from .model import validate_inputs
 
@@ -85,7 +86,7 @@ class KVCache:
 def new_cache(cfg, batch: int = 1, kv_cache: str = "fp32") -> KVCache:
     """An empty cache for `batch` sequences of up to cfg.max_len tokens."""
     if kv_cache not in KV_CACHES:
-        raise ValueError(f"kv_cache: expected one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
+        raise InputError(f"kv_cache: expected one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
     H = cfg.n_heads
     shape = (cfg.n_layers, batch, H, cfg.max_len, cfg.d_model // H)
     if kv_cache == "fp32":
@@ -162,7 +163,7 @@ def _moe_k(model, moe_top_k):
     if moe_top_k is None:
         return model.cfg.top_k
     if isinstance(moe_top_k, bool) or not 1 <= int(moe_top_k) <= E:
-        raise ValueError(f"moe_top_k: must be in 1..{E}, got {moe_top_k!r}")
+        raise InputError(f"moe_top_k: must be in 1..{E}, got {moe_top_k!r}")
     return int(moe_top_k)
 
 
@@ -180,13 +181,13 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
     bits can depend on its row count, so the head must see the same rows as infer's)."""
     cfg = model.cfg
     if cfg.mode != "lm" or not cfg.causal:
-        raise ValueError("prefill: a KV cache needs a causal language model")
+        raise InputError("prefill: a KV cache needs a causal language model")
     ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k)
     k = _moe_k(model, moe_top_k)
     B, T = ids.shape
     H, d = cfg.n_heads, cfg.d_model
     if B != cache.k.shape[1]:
-        raise ValueError(f"prefill: {B} sequences for a cache of batch {cache.k.shape[1]}")
+        raise InputError(f"prefill: {B} sequences for a cache of batch {cache.k.shape[1]}")
     x = model.w["embed"][ids] + model.w["pos"][:T]                # (B, T, d)
     for i in range(cfg.n_layers):
         q, kk, vv = _qkv(model, x, i)                             # (B, T, d) each
@@ -209,7 +210,7 @@ def decode_step(model, ids, cache: KVCache, moe_top_k=None):
     """One new token per sequence, ids (B,), at position cache.length; -> logits (B, V)."""
     cfg, t = model.cfg, cache.length
     if t >= cfg.max_len:
-        raise ValueError(f"decode_step: the cache is full ({t} = max_len tokens); prefill a shorter window")
+        raise InputError(f"decode_step: the cache is full ({t} = max_len tokens); prefill a shorter window")
     ids = np.asarray(ids).reshape(-1, 1)                          # (B, 1)
     ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k)
     k = _moe_k(model, moe_top_k)
@@ -242,7 +243,7 @@ class Decoder:
         """Prefill the last max_len ids of the prompt; -> next-token logits (V,)."""
         ids = [int(i) for i in np.asarray(prompt_ids).reshape(-1)]
         if not ids:
-            raise ValueError("prompt: give at least one token")
+            raise InputError("prompt: give at least one token")
         self.window = ids[-self.model.cfg.max_len:]
         return prefill(self.model, np.array([self.window]), self.cache, self.moe_top_k)[0]
 
@@ -250,7 +251,7 @@ class Decoder:
         """Append a token; -> next-token logits (V,): a decode step, or a refill when full."""
         cfg = self.model.cfg
         if not 0 <= int(token) < cfg.vocab_size:
-            raise ValueError(f"token: must be in 0..{cfg.vocab_size - 1}, got {token}")
+            raise InputError(f"token: must be in 0..{cfg.vocab_size - 1}, got {token}")
         if len(self.window) < cfg.max_len:
             logits = decode_step(self.model, [token], self.cache, self.moe_top_k)[0]
             self.window.append(int(token))
@@ -291,7 +292,7 @@ def _pick(source, precision, moe_top_k, plan_fn):
     want = precision or (plan.precision if plan is not None else None)
     want = want or next(p for p in PRECISIONS if p in bundle.models)
     if want not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {want!r}")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {want!r}")
     model, _ = bundle.pick(want)
     if moe_top_k is None and plan is not None and plan.top_k is not None:
         moe_top_k = min(plan.top_k, bundle.cfg.n_experts)
@@ -301,13 +302,13 @@ def _pick(source, precision, moe_top_k, plan_fn):
 def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, kv_cache, on_id):
     # the sampling loop, timed; -> (new ids, the Decoder, timings)
     if temperature < 0:
-        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+        raise InputError(f"temperature: must be >= 0, got {temperature}")
     if sample_top_k is not None and sample_top_k < 1:
-        raise ValueError(f"sample_top_k: must be >= 1, got {sample_top_k}")
+        raise InputError(f"sample_top_k: must be >= 1, got {sample_top_k}")
     if n_new < 0:
-        raise ValueError(f"max_new_tokens: must be >= 0, got {n_new}")
+        raise InputError(f"max_new_tokens: must be >= 0, got {n_new}")
     if np.asarray(prompt_ids).size == 0:
-        raise ValueError("prompt: give at least one token")
+        raise InputError("prompt: give at least one token")
     rng = np.random.default_rng(seed)
     dec = Decoder(model, moe_top_k, kv_cache)
     new, tm = [], {"prefill_s": None, "ttft_s": None, "decode_s": 0.0, "prompt_tokens": 0}
@@ -343,7 +344,7 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
     model, want, mode, moe_top_k, threads = _pick(source, precision, moe_top_k, plan_fn)
     cfg = model.cfg
     if cfg.mode != "lm" or cfg.vocab_size > 256:
-        raise ValueError("generate: needs a byte-level language model (vocab_size <= 256)")
+        raise InputError("generate: needs a byte-level language model (vocab_size <= 256)")
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def on_id(i):
@@ -391,7 +392,7 @@ def generate(params, cfg, prompt_ids, n_new, temperature=0.8, top_k_tokens=None,
     Prepares an fp32 runtime model and decodes with the cache; on_token(id) gets each id.
     top_k_tokens is the sampling top-k, top_k the MoE's."""
     if cfg.mode != "lm":
-        raise ValueError("generate: needs a language model (vocab_size set)")
+        raise InputError("generate: needs a language model (vocab_size set)")
     model = runtime.prepare(params, cfg, "fp32")
     new, _, _ = _run(model, prompt_ids, n_new, temperature, top_k_tokens, seed, top_k, "fp32",
                   on_token if on_token is not None else (lambda i: None))

@@ -33,6 +33,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
+from .errors import InputError
+
 __all__ = ["DeviceState", "read_battery", "read_temperature", "read_cpu_times", "busy_share",
            "loadavg_share", "SysfsSensors", "load_trace", "TraceSensors", "override", "parse_charging",
            "MODES", "Thresholds", "raw_mode", "policy", "Plan", "PLANS", "plan_for", "Switch", "Governor"]
@@ -55,7 +57,7 @@ class DeviceState:
         _check_range("temp_c", self.temp_c, -273.15, 1000.0)
         _check_range("cpu_util", self.cpu_util, 0.0, 1.0)
         if self.charging is not None and not isinstance(self.charging, bool):
-            raise ValueError(f"charging: expected true, false or unknown, got {self.charging!r}")
+            raise InputError(f"charging: expected true, false or unknown, got {self.charging!r}")
         object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
 
 
@@ -64,7 +66,7 @@ def _check_range(name, value, lo, hi):
         return
     # `lo <= value <= hi` is False for nan, so it also rejects nan and inf
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ValueError(f"{name}: expected a number in [{lo}, {hi}] or unknown, got {value!r}")
+        raise InputError(f"{name}: expected a number in [{lo}, {hi}] or unknown, got {value!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def parse_charging(text: str) -> bool:
     value = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}.get(
         str(text).strip().lower())
     if value is None:
-        raise ValueError(f"charging: expected yes/no, true/false or 1/0, got {text!r}")
+        raise InputError(f"charging: expected yes/no, true/false or 1/0, got {text!r}")
     return value
 
 
@@ -215,11 +217,11 @@ def _number(key, v):
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ValueError(f"{key}: expected a number, got {v!r}")
+        raise InputError(f"{key}: expected a number, got {v!r}")
     try:
         return float(v)                   # "abc" raises ValueError; nan and inf are caught by DeviceState
     except OverflowError:                 # a JSON integer beyond float
-        raise ValueError(f"{key}: out of range, got {v!r}") from None
+        raise InputError(f"{key}: out of range, got {v!r}") from None
 
 
 def _trace_row(raw: dict, where: str) -> tuple[float, DeviceState]:
@@ -227,17 +229,17 @@ def _trace_row(raw: dict, where: str) -> tuple[float, DeviceState]:
     try:
         unknown = sorted(set(raw) - set(_TRACE_KEYS))
         if unknown:
-            raise ValueError(f"unknown column {unknown[0]!r} (known: {', '.join(_TRACE_KEYS)})")
+            raise InputError(f"unknown column {unknown[0]!r} (known: {', '.join(_TRACE_KEYS)})")
         v = {k: (None if raw.get(k) in (None, "") else raw[k]) for k in _TRACE_KEYS}
         t = _number("time", v["time"])
         if t is None or not math.isfinite(t):
-            raise ValueError(f"time: expected a finite number, got {v['time']!r}")
+            raise InputError(f"time: expected a finite number, got {v['time']!r}")
         c = v["charging"]
         charging = c if c is None or isinstance(c, bool) else parse_charging(c)
         state = DeviceState(_number("battery", v["battery"]), charging, _number("temp", v["temp"]),
                             _number("cpu_util", v["cpu_util"]))
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise InputError(f"{where}: {e}") from None
     known = [k for k in ("battery_pct", "charging", "temp_c", "cpu_util") if getattr(state, k) is not None]
     return t, replace(state, sources={k: where for k in known})
 
@@ -255,24 +257,24 @@ def load_trace(path) -> list[tuple[float, DeviceState]]:
     try:                                  # utf-8-sig: spreadsheets often write a BOM
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+        raise InputError(f"{path}: not UTF-8 text") from None
     if text.lstrip().startswith("["):
         try:
             raws = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: bad JSON at line {e.lineno}: {e.msg}") from None
+            raise InputError(f"{path}: bad JSON at line {e.lineno}: {e.msg}") from None
         if not all(isinstance(r, dict) for r in raws):
-            raise ValueError(f"{path}: expected a JSON list of objects")
+            raise InputError(f"{path}: expected a JSON list of objects")
     else:
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None or "time" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a CSV header with a 'time' column")
+            raise InputError(f"{path}: expected a CSV header with a 'time' column")
         raws = list(reader)
         if any(None in r for r in raws):
-            raise ValueError(f"{path}: a CSV row has more cells than the header")
+            raise InputError(f"{path}: a CSV row has more cells than the header")
     rows = [_trace_row(r, f"{path}: row {i + 1}") for i, r in enumerate(raws)]
     if not rows:
-        raise ValueError(f"{path}: the trace has no rows")
+        raise InputError(f"{path}: the trace has no rows")
     return sorted(rows, key=lambda row: row[0])
 
 
@@ -287,7 +289,7 @@ class TraceSensors:
         self._states = [s for _, s in rows]
         self._clock = clock
         if self._times != sorted(self._times):
-            raise ValueError("rows: expected rows sorted by time (load_trace sorts them)")
+            raise InputError("rows: expected rows sorted by time (load_trace sorts them)")
 
     def read(self) -> DeviceState:
         i = bisect.bisect_right(self._times, self._clock())
@@ -327,7 +329,7 @@ class Thresholds:
     def __post_init__(self):
         for name, value in vars(self).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+                raise InputError(f"{name}: expected a finite number, got {value!r}")
         t = self
         for key, ok, why in [   # each exit sits on the safe side of its entry, and critical beyond low
                 ("low_battery", 0 <= t.critical_battery <= t.low_battery <= 100, "critical <= low <= 100"),
@@ -340,7 +342,7 @@ class Thresholds:
                 ("cool_temp", t.cool_temp <= t.hot_temp, "<= hot_temp"),
                 ("min_dwell_s", t.min_dwell_s >= 0, ">= 0")]:
             if not ok:
-                raise ValueError(f"{key}: must be {why}, got {getattr(t, key)}")
+                raise InputError(f"{key}: must be {why}, got {getattr(t, key)}")
 
 
 def _below(x, limit):  # a known value below the limit; unknown never triggers
@@ -391,7 +393,7 @@ def policy(state: DeviceState, previous_mode: str, seconds_in_mode: float,
     raw_mode only grows with worse states and _cleared only shrinks.
     """
     if previous_mode not in _RANK:
-        raise ValueError(f"previous_mode: expected one of {', '.join(MODES)}, got {previous_mode!r}")
+        raise InputError(f"previous_mode: expected one of {', '.join(MODES)}, got {previous_mode!r}")
     target = raw_mode(state, th)
     if _RANK[target] >= _RANK[previous_mode]:
         return target
@@ -426,7 +428,7 @@ PLANS = MappingProxyType({
 def plan_for(mode: str, top_k: int, threads: int | None = None) -> Plan:
     """PLANS[mode] filled in for a model whose config top_k is `top_k`, on `threads` threads (None: all)."""
     if mode not in PLANS:
-        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     p = PLANS[mode]
     return replace(p, top_k=top_k if p.top_k is None else min(p.top_k, top_k),
                    threads=threads if p.threads is None else p.threads)
@@ -457,9 +459,9 @@ class Governor:
                  clock: Callable[[], float] = time.monotonic, top_k: int = 2, threads: int | None = None,
                  max_switches: int = 1000):
         if not (isinstance(tick_s, (int, float)) and math.isfinite(tick_s) and tick_s >= 0):
-            raise ValueError(f"tick_s: expected a finite number >= 0, got {tick_s!r}")
+            raise InputError(f"tick_s: expected a finite number >= 0, got {tick_s!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k: expected an integer >= 1, got {top_k!r}")
+            raise InputError(f"top_k: expected an integer >= 1, got {top_k!r}")
         self._sensors, self._th, self._tick_s, self._clock = sensors, thresholds, tick_s, clock
         self._top_k, self._threads = top_k, threads
         self._lock = threading.Lock()

@@ -83,7 +83,8 @@ def fexp(x):
 
 if _nb is not None:
     from llvmlite import ir as _llir
-    from numba.extending import intrinsic as _nb_intrinsic, overload as _nb_overload
+    from numba.extending import intrinsic as _nb_intrinsic
+    from numba.extending import overload as _nb_overload
 
     @_nb_intrinsic
     def _pow2f(typingctx, n):

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import ops, quant
 from .config import Config, param_shapes
+from .errors import InputError
 from .moe import moe_backward, moe_forward
 from .quant import act_qparams, observer_names
 
@@ -37,7 +38,7 @@ def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+        raise InputError(f"dtype: expected float32 or float64, got {dtype}")
     rng = np.random.default_rng(seed)
     resid = 1.0 / np.sqrt(2 * cfg.n_layers)
     params = {}
@@ -64,32 +65,32 @@ def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
 # ----------------------------------------------------------------------------
 def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
     if top_k is not None and (isinstance(top_k, bool) or not 1 <= int(top_k) <= cfg.n_experts):
-        raise ValueError(f"top_k: must be in 1..{cfg.n_experts}, got {top_k!r}")
+        raise InputError(f"top_k: must be in 1..{cfg.n_experts}, got {top_k!r}")
     inputs = np.asarray(inputs)
     if cfg.mode == "lm":
         if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
-            raise ValueError(f"inputs: LM mode expects int token ids (B, T), got {inputs.dtype} {inputs.shape}")
+            raise InputError(f"inputs: LM mode expects int token ids (B, T), got {inputs.dtype} {inputs.shape}")
         if inputs.size and (inputs.min() < 0 or inputs.max() >= cfg.vocab_size):
-            raise ValueError(f"inputs: token ids must be in 0..{cfg.vocab_size - 1}")
+            raise InputError(f"inputs: token ids must be in 0..{cfg.vocab_size - 1}")
     else:
         if inputs.ndim != 3 or inputs.shape[2] != cfg.input_dim:
-            raise ValueError(f"inputs: classifier mode expects features (B, T, {cfg.input_dim}), got {inputs.shape}")
+            raise InputError(f"inputs: classifier mode expects features (B, T, {cfg.input_dim}), got {inputs.shape}")
         if not np.issubdtype(inputs.dtype, np.floating):
-            raise ValueError(f"inputs: features must be floating point, got {inputs.dtype}")
+            raise InputError(f"inputs: features must be floating point, got {inputs.dtype}")
         if not np.all(np.isfinite(inputs)):
-            raise ValueError("inputs: features contain NaN or Inf")
+            raise InputError("inputs: features contain NaN or Inf")
     B, T = inputs.shape[:2]
     if B == 0 or T == 0:
-        raise ValueError(f"inputs: empty batch, shape {inputs.shape}")
+        raise InputError(f"inputs: empty batch, shape {inputs.shape}")
     if T > cfg.max_len:
-        raise ValueError(f"inputs: sequence length {T} is longer than max_len={cfg.max_len}")
+        raise InputError(f"inputs: sequence length {T} is longer than max_len={cfg.max_len}")
     if targets is not None:
         targets = np.asarray(targets)
         want = (B, T) if cfg.mode == "lm" else (B,)
         if targets.shape != want or not np.issubdtype(targets.dtype, np.integer):
-            raise ValueError(f"targets: expected int array of shape {want}, got {targets.dtype} {targets.shape}")
+            raise InputError(f"targets: expected int array of shape {want}, got {targets.dtype} {targets.shape}")
         if targets.min() < 0 or targets.max() >= cfg.n_out:
-            raise ValueError(f"targets: labels must be in 0..{cfg.n_out - 1}")
+            raise InputError(f"targets: labels must be in 0..{cfg.n_out - 1}")
     return inputs, targets
 
 
@@ -240,15 +241,15 @@ def act_quant_params(cfg, quant):
     if quant is None:
         return None
     if not isinstance(quant, dict) or not isinstance(quant.get("ranges"), dict):
-        raise ValueError('quant: expected {"ranges": {observer name: (lo, hi)}} or None')
+        raise InputError('quant: expected {"ranges": {observer name: (lo, hi)}} or None')
     ranges = quant["ranges"]
     aq = {}
     for name in observer_names(cfg):
         if name not in ranges:
-            raise ValueError(f"quant: no range for observer {name!r}")
+            raise InputError(f"quant: no range for observer {name!r}")
         lo, hi = ranges[name]
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"quant: range of {name!r} is not finite: {(lo, hi)}")
+            raise InputError(f"quant: range of {name!r} is not finite: {(lo, hi)}")
         aq[name] = act_qparams(lo, hi)
     return aq
 
@@ -317,7 +318,7 @@ def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=
     if soft_targets is not None:
         probs, soft = ce_cache[0], np.asarray(soft_targets, logits.dtype)
         if soft.shape != probs.shape:
-            raise ValueError(f"soft_targets: expected shape {probs.shape}, got {soft.shape}")
+            raise InputError(f"soft_targets: expected shape {probs.shape}, got {soft.shape}")
         ce = -np.mean(np.sum(soft * np.log(np.maximum(probs, np.finfo(probs.dtype).tiny)), axis=1))
         dlogits = ((probs - soft) / probs.shape[0]).astype(logits.dtype).reshape(logits.shape)
     else:

@@ -36,6 +36,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from .errors import InputError
+
 _spin = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
 _SHORT_SPIN = _spin.isdigit() and int(_spin) <= 22   # OpenBLAS reads it once, when NumPy loads it
 
@@ -143,7 +145,7 @@ def limit_threads(n):
         yield
         return
     if n < 1:
-        raise ValueError(f"limit_threads: n must be >= 1, got {n}")
+        raise InputError(f"limit_threads: n must be >= 1, got {n}")
     with _lock:
         _limits.append(int(n))
         _apply_limits()

@@ -13,6 +13,7 @@ quantized only afterwards, by the export.
 """
 from __future__ import annotations
 
+from .errors import InputError
 from .model import observe_ranges
 from .quant import mean_update, minmax_update, percentile_stat
 
@@ -24,7 +25,7 @@ OBSERVERS = ("minmax", "percentile")
 def calibrate(params, cfg, batches, observer="minmax", percentile=99.99, top_k=None):
     """batches: an iterable of input arrays -> {observer name: (lo, hi)}."""
     if observer not in OBSERVERS:
-        raise ValueError(f"observer: expected one of {', '.join(OBSERVERS)}, got {observer!r}")
+        raise InputError(f"observer: expected one of {', '.join(OBSERVERS)}, got {observer!r}")
     stat = percentile_stat(percentile) if observer == "percentile" else None
     ranges, n = {}, 0
     for x in batches:
@@ -32,5 +33,5 @@ def calibrate(params, cfg, batches, observer="minmax", percentile=99.99, top_k=N
         ranges = mean_update(ranges, seen, n) if stat else minmax_update(ranges, seen)
         n += 1
     if n == 0:
-        raise ValueError("calibrate: no calibration batches")
+        raise InputError("calibrate: no calibration batches")
     return ranges

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels
+from .errors import InputError
 from .ops import matmul
 
 __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fake_quant_weight",
@@ -271,7 +272,7 @@ def percentile_stat(p):
     """A percentile observer's statistic: the (100 - p)th and pth percentiles of the batch,
     so the few most extreme values (outliers that would stretch the grid) clip."""
     if not 50.0 < float(p) <= 100.0:
-        raise ValueError(f"percentile: expected a value in (50, 100], got {p}")
+        raise InputError(f"percentile: expected a value in (50, 100], got {p}")
 
     def stat(x):
         lo, hi = np.percentile(x, [100.0 - float(p), float(p)])

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import checkpoint, kernels, ops, parallel
 from .config import Config
+from .errors import InputError
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
 from .moe import dispatch, swiglu_inputs
@@ -71,7 +72,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     dequantized once (they are looked up, not multiplied); float parameters as float32.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     int8 = precision == "int8"
 
     def get(name):
@@ -255,10 +256,10 @@ class Bundle:
 
     def __init__(self, models: dict):
         if not models:
-            raise ValueError("bundle: no models")
+            raise InputError("bundle: no models")
         cfgs = {m.cfg for m in models.values()}
         if len(cfgs) != 1:
-            raise ValueError("bundle: the files hold models with different configs")
+            raise InputError("bundle: the files hold models with different configs")
         self.models, self.cfg = dict(models), cfgs.pop()
         self.meta = next(iter(models.values())).meta
 
@@ -276,7 +277,7 @@ def load_bundle(paths) -> Bundle:
     for path in paths:
         m = load_model(path)
         if m.precision in models:
-            raise ValueError(f"{path}: a second {m.precision} model in the bundle "
+            raise InputError(f"{path}: a second {m.precision} model in the bundle "
                              f"(the first is {models[m.precision].meta.get('path')})")
         models[m.precision] = m
     return Bundle(models)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .energy import count_work, estimate_energy
+from .errors import InputError
 from .governor import MODES, DeviceState, Thresholds, plan_for, policy
 
 __all__ = ["SimConfig", "ModeCost", "POLICIES", "default_trace", "measure_modes", "simulate", "compare", "sweep",
@@ -50,12 +51,12 @@ class SimConfig:
     def __post_init__(self):
         for name in ("capacity_wh", "rate_hz", "dt_s", "max_hours"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+                raise InputError(f"{name}: must be > 0, got {getattr(self, name)}")
         for name in ("baseline_w", "charger_w"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+                raise InputError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 < self.start_pct <= 100:
-            raise ValueError(f"start_pct: must be in (0, 100], got {self.start_pct}")
+            raise InputError(f"start_pct: must be in (0, 100], got {self.start_pct}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _env_at(trace, t, i):
 def simulate(policy_name, costs, sim=SimConfig(), trace=None, th=Thresholds(), keep_every=10):
     """Replay one policy until the battery is empty -> summary and a timeline."""
     if policy_name not in POLICIES:
-        raise ValueError(f"policy: expected one of {', '.join(POLICIES)}, got {policy_name!r}")
+        raise InputError(f"policy: expected one of {', '.join(POLICIES)}, got {policy_name!r}")
     trace = default_trace() if trace is None else trace
     cap = sim.capacity_wh * 3600.0
     energy = cap * sim.start_pct / 100.0

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import checkpoint
 from .data import augment_features, soft_targets
+from .errors import InputError
 from .model import forward_stats, loss_grads_logits, observe_ranges
 from .ops import cross_entropy_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
@@ -64,32 +65,32 @@ class TrainConfig:
         for key in ("steps", "batch_size"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{key}: must be an integer >= 1, got {v!r}")
+                raise InputError(f"{key}: must be an integer >= 1, got {v!r}")
         for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience", "skip_nonfinite",
                     "time_mask", "feature_mask"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{key}: must be an integer >= 0, got {v!r}")
+                raise InputError(f"{key}: must be an integer >= 0, got {v!r}")
         for key in ("lr", "weight_decay", "clip", "aux_coef", "eps", "mixup"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{key}: must be a finite number >= 0, got {v!r}")
+                raise InputError(f"{key}: must be a finite number >= 0, got {v!r}")
         if not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
-            raise ValueError(f"ema: must be in [0, 1), got {self.ema!r}")
+            raise InputError(f"ema: must be in [0, 1), got {self.ema!r}")
         for key in ("beta1", "beta2", "min_lr_ratio", "label_smoothing"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ValueError(f"{key}: must be in [0, 1], got {v!r}")
+                raise InputError(f"{key}: must be in [0, 1], got {v!r}")
         object.__setattr__(self, "top_k_choices", tuple(int(k) for k in self.top_k_choices))
         object.__setattr__(self, "trainable", tuple(str(n) for n in self.trainable))
         if self.patience and not self.eval_every:
-            raise ValueError("patience: early stopping needs eval_every > 0")
+            raise InputError("patience: early stopping needs eval_every > 0")
         for key in ("qat_start", "qat_freeze"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < -1:
-                raise ValueError(f"{key}: must be an integer >= -1, got {v!r}")
+                raise InputError(f"{key}: must be an integer >= -1, got {v!r}")
         if self.qat_freeze >= 0 and (self.qat_start < 0 or self.qat_freeze < self.qat_start):
-            raise ValueError("qat_freeze: must come at or after qat_start")
+            raise InputError("qat_freeze: must come at or after qat_start")
 
     def is_trainable(self, name):
         return not self.trainable or any(name == t or (t.endswith(".") and name.startswith(t))
@@ -100,7 +101,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{unknown[0]}: unknown training option")
+            raise InputError(f"{unknown[0]}: unknown training option")
         return cls(**d)
 
     def to_dict(self):
@@ -160,7 +161,7 @@ def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None, qua
             load[i] += st["load"]
             entropy[i] += st["entropy"]
     if not tot_count:
-        raise ValueError("evaluate: the data set gave no batches")
+        raise InputError("evaluate: the data set gave no batches")
     load /= load.sum(axis=1, keepdims=True)
     return {
         "loss": tot_loss / tot_count,

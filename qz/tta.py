@@ -22,6 +22,7 @@ import numpy as np
 
 from . import kernels
 from .data import ArrayData, apply_input_norm, vtlp_matrix
+from .errors import InputError
 from .model import forward
 
 __all__ = ["DEFAULT_WARPS", "parse_warps", "warp_probs", "warp_accuracy"]
@@ -36,12 +37,12 @@ def parse_warps(warps) -> tuple:
         items = [w for w in warps.split(",") if w.strip()] if isinstance(warps, str) else list(warps)
         warps = tuple(float(w) for w in items)
     except (TypeError, ValueError):
-        raise ValueError(f"warps {warps!r}: expected numbers separated by commas, e.g. 0.9,1,1.1") from None
+        raise InputError(f"warps {warps!r}: expected numbers separated by commas, e.g. 0.9,1,1.1") from None
     if not warps:
-        raise ValueError("warps: give at least one warp factor, e.g. 1 (no warp) or 0.9,1,1.1")
+        raise InputError("warps: give at least one warp factor, e.g. 1 (no warp) or 0.9,1,1.1")
     bad = [w for w in warps if not 0.5 <= w <= 1.5]
     if bad:
-        raise ValueError(f"warps {bad}: each must be in [0.5, 1.5] (1 = no warp)")
+        raise InputError(f"warps {bad}: each must be in [0.5, 1.5] (1 = no warp)")
     return warps
 
 
@@ -53,11 +54,11 @@ def warp_probs(params, cfg, x_raw, norm, warps=DEFAULT_WARPS, top_k=None, quant=
     fake-quant int8 ranges of a QAT model (as in ``model.forward``).
     """
     if cfg.mode != "classifier":
-        raise ValueError("warp_probs: needs a classifier model")
+        raise InputError("warp_probs: needs a classifier model")
     warps = parse_warps(warps)
     x_raw = np.asarray(x_raw, dtype=np.float32)
     if x_raw.ndim != 3:
-        raise ValueError(f"warp_probs: expected raw features (N, T, C), got shape {x_raw.shape}")
+        raise InputError(f"warp_probs: expected raw features (N, T, C), got shape {x_raw.shape}")
     N, _, C = x_raw.shape
     x64 = x_raw.astype(np.float64)                     # the warp is applied in float64, as in data.vtlp_mfcc
     total = np.zeros((N, cfg.n_classes), dtype=np.float64)

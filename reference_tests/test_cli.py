@@ -238,3 +238,30 @@ def test_train_and_finetune_take_ema(tmp_path, feats, capsys):
                             "--out", str(tmp_path / "ft.safetensors"), "--json"])
     assert rep["options"]["ema"] == 0.9 and rep["runs"][0]["n_train"] == 40 and rep["runs"][0]["n_val"] == 10
     assert "test_accuracy_top2" in rep
+
+
+def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(tmp_path, feats, capsys, monkeypatch):
+    """main() reports InputError (and OSError) as one line; any other exception is a bug and propagates
+    with its traceback; QZ_DEBUG=1 shows the traceback of bad input too."""
+    from qz import cli
+    from qz.audio import AudioError
+    from qz.checkpoint import CheckpointError
+    from qz.data import DataError
+    from qz.errors import InputError
+    assert all(issubclass(c, InputError) and issubclass(c, ValueError)
+               for c in (AudioError, CheckpointError, DataError, cli.UserError))
+    with pytest.raises(InputError, match="d_model"):
+        qz.Config.from_dict({**qz.preset("kws").to_dict(), "d_model": -1})
+
+    def buggy(args):
+        return np.zeros(3) + np.zeros(4)          # a shape bug: numpy's ValueError, not bad input
+
+    monkeypatch.setattr(cli, "cmd_info", buggy)
+    ckpt = tmp_path / "m.safetensors"
+    run_json(capsys, ["train", "--data", str(feats), "--steps", "2", "--out", str(ckpt), "--json", *SMALL])
+    with pytest.raises(ValueError, match="broadcast"):
+        main(["info", str(ckpt)])
+    assert exit_code(["eval", str(tmp_path / "missing.safetensors")]) == 1
+    monkeypatch.setenv("QZ_DEBUG", "1")
+    with pytest.raises(InputError, match="missing.safetensors"):
+        main(["eval", str(tmp_path / "missing.safetensors")])
