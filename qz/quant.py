@@ -45,9 +45,10 @@ _round = np.rint                  # half to even; the one rounding function (tes
 # weights: symmetric, per output channel (or per row)
 # ----------------------------------------------------------------------------
 def weight_scales(w, axis):
-    """max |w| / 127 reduced over `axis` (kept as a broadcastable dim); 1 for an all-zero channel."""
-    amax = np.max(np.abs(w), axis=axis, keepdims=True)
-    return np.where(amax > 0, amax / QMAX_W, 1.0).astype(w.dtype)
+    """max |w| / 127 reduced over `axis` (kept as a broadcastable dim); 1 for an all-zero channel,
+    and for one whose max is so small (subnormal) that max / 127 rounds to 0 in w's dtype."""
+    s = (np.max(np.abs(w), axis=axis, keepdims=True) / QMAX_W).astype(w.dtype)
+    return np.where(s > 0, s, 1).astype(w.dtype)
 
 
 def quantize_weight(w, axis):

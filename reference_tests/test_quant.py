@@ -23,6 +23,18 @@ def test_weight_quant_error_at_most_half_a_step(w):
     np.testing.assert_array_equal(quant.fake_quant_weight(w, -2), q * s)
 
 
+@pytest.mark.parametrize("dtype,tiny", [(np.float64, 5e-324), (np.float32, np.float32(1e-45))])
+def test_subnormal_channel_gives_zeros_not_nan(dtype, tiny):
+    """A channel whose max |w| is subnormal: max / 127 underflows to 0, so its scale is 1 (as for an
+    all-zero channel) and it quantizes to zeros, without a division by zero (found by hypothesis)."""
+    w = np.array([[0.0, 1.0], [tiny, -2.0]], dtype)
+    with np.errstate(divide="raise", invalid="raise"):
+        q, s = quant.quantize_weight(w, axis=-2)
+        hat = quant.fake_quant_weight(w, -2)
+    assert s.dtype == dtype and s[0, 0] == 1 and np.all(q[:, 0] == 0) and np.all(hat[:, 0] == 0)
+    assert s[0, 1] == dtype(2.0) / 127
+
+
 def test_all_zero_channel_gives_zeros_not_nan():
     w = np.array([[0.0, 1.0], [0.0, -2.0]])
     q, s = quant.quantize_weight(w, axis=-2)
