@@ -229,7 +229,9 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         if recent_loss:
             bar.update(state.step, loss=float(np.mean(recent_loss)), acc=float(np.mean(recent_acc)), lr=lr, k=k,
                        **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
-        if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 and state.step < end:
+        # an evaluation belongs to its step, also when the run stops there (stop_at): resume stays exact
+        if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 \
+                and state.step < tcfg.steps:
             _eval_and_log(state, cfg, tcfg, val_data, bar, log)
             if tcfg.patience and _no_better_for(state, tcfg.patience):
                 state.stopped_early = True
@@ -337,8 +339,14 @@ def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
 
 
 def save_training(path, cfg, tcfg, state):
-    """A checkpoint with everything `--resume` needs (docs/spec.md §6)."""
-    checkpoint.save(path, state.params, cfg, state=state.opt, train=tcfg.to_dict(), step=state.step,
+    """A checkpoint with everything `--resume` needs (docs/spec.md §6). An unfinished run with early
+    stopping also keeps its best evaluation (weights as best.<name> beside the moments), which the
+    end of the run restores."""
+    opt, best = state.opt, {}
+    if tcfg.patience and state.best is not None and state.step < tcfg.steps and not state.stopped_early:
+        opt = {**opt, **{"best." + n: v for n, v in state.best["params"].items()}}
+        best = {"best": {k: state.best[k] for k in ("step", "accuracy", "score", "ranges")}}
+    checkpoint.save(path, state.params, cfg, state=opt, train=tcfg.to_dict(), step=state.step, **best,
                     rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
                     data_position={"step": state.step, "batch_size": tcfg.batch_size},
                     history=state.history, **({"quant": {"ranges": state.ranges}} if state.ranges else {}),
@@ -356,6 +364,19 @@ def load_training(path):
     except (TypeError, ValueError) as e:
         raise checkpoint.CheckpointError(f"{path}: training options do not validate: {e}") from None
     opt = meta.get("state", {})
+    best_params = {k[len("best."):]: opt.pop(k) for k in [k for k in opt if k.startswith("best.")]}
+    best = None
+    if best_params or "best" in meta:
+        b = meta.get("best")
+        fields = {"step", "accuracy", "score", "ranges"}
+        if set(best_params) != set(params) or not isinstance(b, dict) or fields - set(b):
+            raise checkpoint.CheckpointError(f"{path}: the best evaluation's weights and record do not match")
+        try:
+            best = {"step": int(b["step"]), "accuracy": float(b["accuracy"]), "score": float(b["score"]),
+                    "ranges": {str(n): (float(lo), float(hi)) for n, (lo, hi) in b["ranges"].items()},
+                    "params": best_params}
+        except (TypeError, ValueError, AttributeError):
+            raise checkpoint.CheckpointError(f"{path}: the best evaluation's record is malformed") from None
     has_ema = any(k.startswith("ema.") for k in opt)     # the weight average starts at the first good step
     if has_ema and not tcfg.ema:
         raise checkpoint.CheckpointError(f"{path}: the optimizer state holds a weight average but ema is off")
@@ -371,7 +392,7 @@ def load_training(path):
     step = meta["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= tcfg.steps:
         raise checkpoint.CheckpointError(f"{path}: step {step!r} is not in 0..{tcfg.steps}")
-    known = {"train", "step", "rng", "data_position", "history", "state", "quant", "skipped_steps"}
+    known = {"train", "step", "rng", "data_position", "history", "state", "quant", "skipped_steps", "best"}
     extra = {k: v for k, v in meta.items() if k not in known}
     ranges = {}
     if "quant" in meta:
@@ -383,4 +404,4 @@ def load_training(path):
     if not (isinstance(skipped, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in skipped)):
         raise checkpoint.CheckpointError(f"{path}: skipped_steps is not a list of step numbers")
     return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])),
-                                 extra=extra, ranges=ranges, skipped=skipped)
+                                 extra=extra, ranges=ranges, skipped=skipped, best=best)

@@ -228,3 +228,28 @@ def test_weight_average_follows_its_recursion_resumes_exactly_and_is_kept(tmp_pa
         tr.save_training(path, cfg, off, state) or tr.load_training(path)
     with pytest.raises(ValueError, match="ema"):
         tr.TrainConfig(ema=1.0)
+
+
+def test_resume_with_early_stopping_keeps_the_best_evaluation(tmp_path):
+    """With patience, the run's end restores its best evaluation's weights; a checkpoint taken before
+    the end carries that evaluation, so N + resume + N steps still equals 2N bit for bit."""
+    cfg, _, data = small_setup()
+    tcfg = tr.TrainConfig(steps=12, batch_size=4, warmup=3, lr=3e-2, top_k_choices=(1, 2), eval_every=2,
+                          eval_batches=2, patience=100)
+    val = TextData(np.random.default_rng(1).integers(97, 110, 400).astype(np.uint8), seq_len=8)
+
+    def run(stop_at=None, state=None):
+        return tr.train(cfg, tcfg, data, val, params=None if state else qz.init_params(cfg, seed=1), state=state,
+                        stop_at=stop_at, progress=False, log=None)
+    full, half = run(), run(stop_at=6)
+    path = tmp_path / "half.safetensors"
+    tr.save_training(path, cfg, tcfg, half)
+    _, _, state = tr.load_training(path)
+    assert state.best["step"] == half.best["step"] and state.best["score"] == half.best["score"]
+    for name, value in half.best["params"].items():
+        assert np.array_equal(state.best["params"][name], value), name
+    resumed = run(state=state)
+    assert resumed.best["step"] == full.best["step"]
+    for name in full.params:
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+    assert set(tr.load_training(path)[2].opt) == set(half.opt)      # best.* is not mistaken for a moment
