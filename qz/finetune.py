@@ -129,13 +129,14 @@ def new_head(params, cfg: Config, n_classes: int, seed: int):
     return out, cfg.replace(n_classes=n_classes)
 
 
-def confusion_matrix(params, cfg, data, top_k=None, batch_size=128):
-    """(C, C) counts: row = true class, column = predicted class."""
+def confusion_matrix(params, cfg, data, top_k=None, batch_size=128, quant=None):
+    """(C, C) counts: row = true class, column = predicted class (of the fake-quant model when quant
+    is given)."""
     from .model import forward
     C = cfg.n_classes
     cm = np.zeros((C, C), dtype=np.int64)
     for s in range(0, len(data), batch_size):
-        logits, _ = forward(params, cfg, data.x[s:s + batch_size], top_k=top_k)
+        logits, _ = forward(params, cfg, data.x[s:s + batch_size], top_k=top_k, quant=quant)
         np.add.at(cm, (data.y[s:s + batch_size], np.argmax(logits, axis=1)), 1)
     return cm
 
@@ -248,8 +249,9 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             report[key] = {"mean": round(float(vals.mean()), 4), "std": round(float(vals.std()), 4)}
     ev_data = test if test is not None else va
     report["confusion_on"] = "test" if test is not None else "val"
-    report["confusion"] = confusion_matrix(state.params, cfg, ev_data).tolist()
-    report["expert_load"] = evaluate(state.params, cfg, ev_data, batch_size=256)["expert_load"]
+    q = quant_of(state)               # the model the report's precision names: int8 where QAT ran
+    report["confusion"] = confusion_matrix(state.params, cfg, ev_data, quant=q).tolist()
+    report["expert_load"] = evaluate(state.params, cfg, ev_data, batch_size=256, quant=q)["expert_load"]
     if out_path is not None:
         state.extra = {"input_norm": norm, "labels": labels, "finetuned_from": str(base_path),
                        "finetune_plan": opts.plan}

@@ -132,6 +132,14 @@ def test_qat_finetune_scores_the_int8_model_and_ships_its_export(base, tmp_path)
     want, _ = qz.forward(state.params, cfg, x, quant=quant_of(state))
     np.testing.assert_array_equal(runtime.infer(m, x), want)
     assert m.meta["labels"] == ["c0", "c1", "c2"]
+    # the confusion and expert load are the int8 model's too, as "precision" says
+    norm_test = apply_input_norm(test, state.extra["input_norm"])
+    pred = np.argmax(runtime.infer(m, x), axis=1)
+    want_cm = np.zeros((3, 3), np.int64)
+    np.add.at(want_cm, (norm_test.y, pred), 1)
+    assert rep["confusion"] == want_cm.tolist()
+    from qz.train import evaluate
+    assert rep["expert_load"] == evaluate(state.params, cfg, norm_test, 256, quant=quant_of(state))["expert_load"]
     with pytest.raises(ValueError, match="qat_freeze"):
         FinetuneOptions(qat_start=30, qat_freeze=10)
 
