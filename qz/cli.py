@@ -252,13 +252,13 @@ def cmd_eval(args):
     warps = _warps(args.warps, cfg)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    ks = [args.top_k] if args.top_k is not None else sorted({1, cfg.top_k})   # --top-k 0 is an error, not unset
+    ks = [args.moe_top_k] if args.moe_top_k is not None else sorted({1, cfg.top_k})   # 0 is an error, not unset
     quants = [None] + ([meta["quant"]] if isinstance(meta.get("quant"), dict) else [])
     results = []
     for quant in quants:
         for k in ks:
             if not 1 <= k <= cfg.n_experts:
-                raise UserError(f"--top-k {k}: must be in 1..{cfg.n_experts}")
+                raise UserError(f"--moe-top-k {k}: must be in 1..{cfg.n_experts}")
             t0 = time.perf_counter()
             res = evaluate(params, cfg, val_data, batch_size=args.batch_size, max_batches=args.max_batches,
                            top_k=k, quant=quant)
@@ -413,15 +413,15 @@ def cmd_generate(args):
         raise UserError("--prompt: give at least one character")
     if prompt.max() >= cfg.vocab_size:
         raise UserError(f"--prompt: has bytes outside the model's vocabulary of {cfg.vocab_size}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k: must be >= 1, got {args.top_k}")
+    if args.sample_top_k is not None and args.sample_top_k < 1:
+        raise UserError(f"--sample-top-k: must be >= 1, got {args.sample_top_k}")
     gov = _governor(args, cfg.top_k)
     stream = not args.json and sys.stdout.isatty()
     if stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
     t0 = time.perf_counter()
-    out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature, sample_top_k=args.top_k,
+    out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature, sample_top_k=args.sample_top_k,
                    seed=args.seed, moe_top_k=args.moe_top_k, precision=args.precision, kv_cache=args.kv_cache,
                    plan_fn=gov.plan if gov is not None else None,
                    on_token=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if stream else None)
@@ -745,7 +745,9 @@ def build_parser():
                        "the held-out split of a data set, at the config's top_k and at top_k 1.")
     e.add_argument("checkpoint")
     e.add_argument("--data", help=f"data set (default {DEFAULT_TEXT} for LMs)")
-    e.add_argument("--top-k", type=int, help="evaluate at this top_k only")
+    e.add_argument("--moe-top-k", type=int, help="evaluate with this many experts per token only "
+                   "(default: 1 and the config's top_k)")
+    e.add_argument("--top-k", dest="moe_top_k", type=int, help=argparse.SUPPRESS)   # the old name
     e.add_argument("--split", choices=["val", "test"], default="val",
                    help="val: the held-out split training used (default); test: an .npz's x_test/y_test")
     e.add_argument("--batch-size", type=int, default=64)
@@ -831,7 +833,8 @@ def build_parser():
     g.add_argument("--prompt", default="And God said", help="text to continue")
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied")
-    g.add_argument("--top-k", type=int, help="sample only among the k most likely next bytes")
+    g.add_argument("--sample-top-k", type=int, help="sample only among the k most likely next bytes")
+    g.add_argument("--top-k", dest="sample_top_k", type=int, help=argparse.SUPPRESS)   # the old name
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--moe-top-k", type=int, help="experts per token (default: the config's top_k)")
     g.add_argument("--precision", choices=("fp32", "fp16", "int8"),

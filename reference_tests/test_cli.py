@@ -116,8 +116,10 @@ def test_corrupt_checkpoint_and_wrong_data(tmp_path, feats, capsys):
     assert main(["eval", str(ckpt), "--data", str(other)]) == 1
     err = capsys.readouterr().err
     assert "5 features" in err and "4" in err, err
-    assert main(["eval", str(ckpt), "--data", str(feats), "--top-k", "9"]) == 1
-    assert "top-k" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--data", str(feats), "--moe-top-k", "9"]) == 1
+    assert "--moe-top-k 9" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--data", str(feats), "--top-k", "9"]) == 1    # the old name still works
+    assert "--moe-top-k 9" in capsys.readouterr().err
 
 
 def test_help_teaches():

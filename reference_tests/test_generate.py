@@ -336,7 +336,8 @@ def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
     assert main(["generate", files[0], "--prompt", "ab", "--max-new-tokens", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ab") and "ttft" in out[-1]
-    assert main(["generate", files[0], "--top-k", "0"]) == 1
+    assert main(["generate", files[0], "--sample-top-k", "0"]) == 1
+    assert main(["generate", files[0], "--top-k", "0"]) == 1                 # the old name of --sample-top-k
     assert main(["generate", files[0], "--moe-top-k", "7"]) == 1
 
 

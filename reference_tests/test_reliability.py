@@ -463,8 +463,8 @@ BAD_INPUTS = {
     "train resume a folder": _p("train", "--resume", "@folder", "--data", "@feats"),
     "train resume past --steps": _p("train", "--resume", "@clf", "--data", "@feats", "--steps", "1"),
     # eval
-    "eval --top-k 0": _p("eval", "@clf", "--data", "@feats", "--top-k", "0"),
-    "eval --top-k beyond experts": _p("eval", "@clf", "--data", "@feats", "--top-k", "5"),
+    "eval --moe-top-k 0": _p("eval", "@clf", "--data", "@feats", "--moe-top-k", "0"),
+    "eval --moe-top-k beyond experts": _p("eval", "@clf", "--data", "@feats", "--moe-top-k", "5"),
     "eval wrong feature dim": _p("eval", "@clf", "--data", "@npz:wrong_dim"),
     "eval sequences longer than max_len": _p("eval", "@clf", "--data", "@npz:long_seq"),
     "eval classifier data for an LM": _p("eval", "@lm", "--data", "@feats"),
@@ -539,7 +539,7 @@ BAD_INPUTS = {
     # generate
     "generate from a classifier": _p("generate", "@clf"),
     "generate an empty prompt": _p("generate", "@lm", "--prompt", ""),
-    "generate --top-k 0": _p("generate", "@lm", "--top-k", "0"),
+    "generate --sample-top-k 0": _p("generate", "@lm", "--sample-top-k", "0"),
     "generate --temperature -1": _p("generate", "@lm", "--temperature", "-1"),
     "generate --max-new-tokens -1": _p("generate", "@lm", "--max-new-tokens", "-1"),
     "generate from an export": _p("generate", "@int8"),
