@@ -32,9 +32,10 @@ from .optim import adamw_init
 from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
 from .tta import parse_warps, warp_accuracy
 
-__all__ = ["PLANS", "FinetuneOptions", "stratified_split", "new_head", "finetune", "confusion_matrix"]
+__all__ = ["FREEZE_PLANS", "FinetuneOptions", "stratified_split", "new_head", "finetune", "confusion_matrix"]
 
-PLANS = {
+# what a fine-tuning plan trains (name prefixes; () = everything); the governor's PLANS are another thing
+FREEZE_PLANS = {
     "head": ("head.",),
     "light": ("head.", "gate", "attn_norm", "ffn_norm", "final_norm", "in_proj."),
     "all": (),
@@ -70,8 +71,8 @@ class FinetuneOptions:
     keep_head: bool = True        # when the task's labels are the base model's, start from its head
 
     def __post_init__(self):
-        if self.plan not in PLANS:
-            raise InputError(f"plan: {self.plan!r} is not one of {', '.join(PLANS)}")
+        if self.plan not in FREEZE_PLANS:
+            raise InputError(f"plan: {self.plan!r} is not one of {', '.join(FREEZE_PLANS)}")
         if not 0 <= self.vtlp < 0.5:
             raise InputError(f"vtlp: must be in [0, 0.5), got {self.vtlp}")
         if not 0 < self.val_fraction < 1:
@@ -199,7 +200,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
                            seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
-                           trainable=PLANS[opts.plan], augment=opts.augment,
+                           trainable=FREEZE_PLANS[opts.plan], augment=opts.augment,
                            time_mask=opts.time_mask, feature_mask=opts.feature_mask,
                            mixup=opts.mixup, label_smoothing=opts.label_smoothing,
                            qat_start=opts.qat_start, qat_freeze=opts.qat_freeze, ema=opts.ema)
