@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels
 from .ops import swiglu_backward, swiglu_forward
-from .quant import QWeight, act_codes, fake_quant_act_backward, minmax
+from .quant import QWeight, act_codes, code_matmul, fake_quant_act_backward, minmax
 
 
 # ----------------------------------------------------------------------------
@@ -88,10 +88,14 @@ def swiglu_inputs(x, w1, w3, e, a, b, rescale=None):
     expert's weights on every call (8 MB a layer in the char LM), and a and b in arrays of
     their own are what the SwiGLU kernel reads fastest (kernels.swiglu_forward). The runtime
     calls this too, so its fp32 logits round exactly as model.forward's.
-    rescale (fake-quant model): (s1, s3), the per-channel factors of a and b."""
-    np.dot(x, w1[e], out=a)                                       # (rows, f)
-    np.dot(x, w3[e], out=b)                                       # (rows, f)
-    if rescale is not None:
+    rescale (fake-quant model): (s1, s3), the per-channel factors of a and b; x and the weights
+    are then codes, multiplied exactly (quant.code_matmul)."""
+    if rescale is None:
+        np.dot(x, w1[e], out=a)                                   # (rows, f)
+        np.dot(x, w3[e], out=b)                                   # (rows, f)
+    else:
+        code_matmul(x, w1[e], out=a)
+        code_matmul(x, w3[e], out=b)
         a *= rescale[0]
         b *= rescale[1]
 
@@ -142,7 +146,7 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
         lo, hi = spans[e], spans[e + 1]
         if lo < hi:
             if quantized:
-                np.dot(m_c[lo:hi], w2_m[e], out=y[lo:hi])
+                code_matmul(m_c[lo:hi], w2_m[e], out=y[lo:hi])
                 y[lo:hi] *= dt(mid_q[0]) * w2.scale[e].reshape(-1)
             else:
                 np.dot(m[lo:hi], w2_m[e], out=y[lo:hi])
@@ -214,7 +218,7 @@ def shared_forward(h, w1, w3, w2, mid_q=None, observe=False):
         mask = None
         if mid_q is not None:
             m_c, mask = act_codes(m, *mid_q)
-            y = m_c @ w2_m[s]
+            y = code_matmul(m_c, w2_m[s])
             y *= dt(mid_q[0]) * w2.scale[s].reshape(-1)
             m = m_c * dt(mid_q[0])                                # m_hat, for the backward
         else:

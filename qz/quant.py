@@ -34,7 +34,7 @@ __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fa
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
            "pack_linear", "pack_qweight", "int8_linear", "minmax_update", "precision_sizes",
-           "QWeight", "split_weight", "minmax", "percentile_stat", "mean_update", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
+           "QWeight", "split_weight", "code_matmul", "EXACT_F32_IN", "minmax", "percentile_stat", "mean_update", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -187,14 +187,33 @@ def fake_quant_act_backward(dx_hat, mask):
     return dx_hat * mask
 
 
+EXACT_F32_IN = 516    # 516 * 255 * 127 < 2**24: float32 sums this many code products exactly
+
+
+def code_matmul(x_c, w_q, out=None):
+    """x_c (rows, in) @ w_q (in, out) for integer-valued floats (activation codes minus their zero
+    point, weight codes), exactly: the int32 accumulator of the int8 runtime. In float32 every partial
+    sum is an exact integer while in <= EXACT_F32_IN; a wider layer sums in float64 (exact to 2**53)
+    and rounds once to float32, as the runtime converts its accumulator. Writes into `out` if given."""
+    if x_c.dtype == np.float32 and x_c.shape[-1] > EXACT_F32_IN:
+        y = matmul(x_c.astype(np.float64), w_q.astype(np.float64)).astype(np.float32)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+    if out is None:
+        return matmul(x_c, w_q)
+    return np.dot(x_c, w_q, out=out)
+
+
 def qlinear_forward(x_c, a_scale, qw, b=None):
     """The fake-quant linear layer x_hat @ W_hat (+ b), in the integer kernel's order:
 
         y = (x_c @ w_q) * (a_scale * w_scale) (+ b)
 
-    x_c and w_q are integer-valued floats, so the matmul is exact while every
-    partial sum stays below 2**24 (always true for in <= 516: 516 * 255 * 127 <
-    2**24), and the rescale is the same float multiply the int8 runtime does on
+    x_c and w_q are integer-valued floats, so the matmul is exact (code_matmul:
+    float32 for in <= 516, where 516 * 255 * 127 < 2**24, float64 beyond), and
+    the rescale is the same float multiply the int8 runtime does on
     its int32 accumulators. That makes the fake-quant model and the int8
     runtime agree bit for bit, not just to rounding: with rounding differences a
     value near a .5 tie can land on different sides in the two models, and that
@@ -205,7 +224,7 @@ def qlinear_forward(x_c, a_scale, qw, b=None):
     x_c: (..., in), qw: QWeight with w_q (in, out), scale (1, out) -> y (..., out)
     """
     dt = x_c.dtype.type
-    y = matmul(x_c, qw.w_q)                                     # one 2-D GEMM (ops.matmul)
+    y = code_matmul(x_c, qw.w_q)                                # one 2-D GEMM, exact (ops.matmul)
     y *= dt(a_scale) * qw.scale.reshape(-1)
     if b is not None:
         y += b

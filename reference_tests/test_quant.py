@@ -169,6 +169,25 @@ def test_clipping_blocks_gradients(seed):
     assert np.abs(g["in_proj.weight"]).max() < 1e-6 and np.abs(g["blocks.0.w1"]).max() < 1e-6
 
 
+@pytest.mark.parametrize("k", [516, 517, 600, 2048])
+def test_wide_int8_linear_still_equals_fake_quant_forward(k):
+    """Past 516 inputs a float32 sum of code products can pass 2**24 and round; the fake-quant layer
+    then sums in float64 (quant.code_matmul) and stays equal to the int8 layer bit for bit. The
+    inputs sit at the top of their range and the weights near their channel's max, so the sums are
+    as large as codes allow."""
+    rng = np.random.default_rng(k)
+    x = rng.uniform(0.9, 1.0, (5, k)).astype(np.float32)
+    w = rng.uniform(0.8, 1.0, (k, 7)).astype(np.float32)
+    w[:, 1] *= -1
+    scale, zp = quant.act_qparams(0.0, 0.95)                        # codes up to 255, zero point 0
+    x_c, _ = quant.act_codes(x, scale, zp)
+    if k >= 600:                                                    # sums past float32's exact integers
+        assert np.abs(x_c.astype(np.int64) @ quant.split_weight(w, -2).w_q.astype(np.int64)).max() > 2 ** 24
+    y = quant.int8_linear(x, quant.pack_linear(w), scale, zp)
+    y_fq, _ = quant.qlinear_forward(x_c, scale, quant.split_weight(w, -2))
+    np.testing.assert_array_equal(y, y_fq)
+
+
 @given(seeds, st.integers(1, 9), st.integers(1, 70), st.integers(1, 20))
 def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
     """docs/spec.md §3.3: the integer layer's output equals the fake-quant float forward; computed in the

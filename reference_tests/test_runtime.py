@@ -55,6 +55,22 @@ def test_int8_runtime_equals_fake_quant_forward(seed, mode, S, E, d_ff, B, T, sh
         np.testing.assert_array_equal(got, want, err_msg=f"{mode} S={S} E={E} k={k}")
 
 
+def test_int8_parity_holds_past_516_inputs():
+    """Layers wider than 516 inputs (in_proj 600, every expert's w2 and the shared expert's 520):
+    the fake-quant forward sums their codes in float64 (quant.code_matmul), so the int8 runtime still
+    equals it bit for bit."""
+    cfg = qz.Config(input_dim=600, n_classes=3, d_model=16, n_heads=2, n_layers=1, n_experts=3, top_k=2,
+                    d_ff=520, max_len=4, n_shared_experts=1)
+    params = qz.init_params(cfg, seed=0)
+    params["in_proj.weight"] = np.abs(params["in_proj.weight"]) + np.float32(0.05)   # large, same-sign sums
+    x = np.random.default_rng(0).uniform(0.5, 1.0, (3, 4, 600)).astype(np.float32)
+    ranges = model.observe_ranges(params, cfg, x)
+    m = runtime.prepare(params, cfg, "int8", ranges)
+    for k in (1, 2):
+        want, _ = qz.forward(params, cfg, x, top_k=k, quant={"ranges": ranges})
+        np.testing.assert_array_equal(runtime.infer(m, x, top_k=k), want)
+
+
 @pytest.mark.parametrize("mode", ["lm", "classifier"])
 def test_fp32_runtime_equals_model_forward_and_fp16_is_close(mode):
     rng = np.random.default_rng(1)
