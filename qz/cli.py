@@ -807,8 +807,8 @@ def build_parser():
                        "speakers and score it again on the unseen speakers, beside "
                        "a logistic-regression baseline; then int8 (PTQ and QAT) on the integer runtime, the "
                        "governor's modes and a simulated discharge, and one wav clip timed end to end. Writes "
-                       "report.json (plus curves.png with matplotlib). About 2 minutes on 2 cores.",
-                       epilog="examples:\n  qz demo                      # about 2 minutes\n"
+                       "report.json (plus curves.png with matplotlib). About a minute on 2 cores.",
+                       epilog="examples:\n  qz demo                      # about a minute\n"
                               "  qz demo --from-scratch       # also retrain the base model (about 8 minutes in all)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--data-dir", default="data", help="where the shipped data sets are (default data)")
