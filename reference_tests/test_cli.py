@@ -1,4 +1,4 @@
-"""The command line (qz/cli.py): train / eval / info, JSON output, one-line errors."""
+"""The command line (qz/cli/): train / eval / info, JSON output, one-line errors."""
 import json
 import os
 import signal
@@ -258,7 +258,7 @@ def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(tmp_path, feats, ca
     def buggy(args):
         return np.zeros(3) + np.zeros(4)          # a shape bug: numpy's ValueError, not bad input
 
-    monkeypatch.setattr(cli, "cmd_info", buggy)
+    monkeypatch.setattr(cli.info, "cmd_info", buggy)
     ckpt = tmp_path / "m.safetensors"
     run_json(capsys, ["train", "--data", str(feats), "--steps", "2", "--out", str(ckpt), "--json", *SMALL])
     with pytest.raises(ValueError, match="broadcast"):

@@ -18,30 +18,36 @@ LAYERS = [
 ]
 
 
+def unit(path):
+    """qz/x.py -> 'x'; a file inside a package, qz/cli/x.py -> 'cli' (a package is one unit)."""
+    return path.relative_to(QZ).parts[0].removesuffix(".py")
+
+
 def imports():
-    """module -> the qz modules it imports (anywhere in the file)."""
+    """unit -> the other qz units it imports (anywhere in its files, function-local imports too)."""
     out = {}
-    for path in QZ.glob("*.py"):
-        deps = set()
+    for path in QZ.rglob("*.py"):
+        here = ["qz", *path.relative_to(QZ).parts[:-1]]          # the importing file's package
+        deps = out.setdefault(unit(path), set())
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("qz")):
-                parts = (node.module or "").split(".")
-                if node.level == 1 and node.module:
-                    deps.add(parts[0])
-                elif node.level == 0 and len(parts) > 1:
-                    deps.add(parts[1])
-                else:
-                    deps.update(alias.name for alias in node.names)
+            if isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                target = base + (node.module.split(".") if node.module else [])
+                names = [target + [a.name] for a in node.names] if len(target) == 1 else [target]
             elif isinstance(node, ast.Import):
-                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("qz."))
-        out[path.stem] = {d for d in deps if (QZ / f"{d}.py").exists() and d != path.stem}
-    return out
+                names = [a.name.split(".") for a in node.names]
+            else:
+                continue
+            for t in names:
+                if len(t) > 1 and t[0] == "qz" and ((QZ / f"{t[1]}.py").exists() or (QZ / t[1]).is_dir()):
+                    deps.add(t[1])
+    return {u: {d for d in deps if d != u} for u, deps in out.items()}
 
 
 def test_every_module_has_a_layer():
     layered = [m for layer in LAYERS for m in layer]
     assert len(layered) == len(set(layered))
-    assert set(layered) == {p.stem for p in QZ.glob("*.py")}
+    assert set(layered) == {unit(p) for p in QZ.rglob("*.py")}
 
 
 def test_nothing_imports_upward_and_there_is_no_cycle():
@@ -53,7 +59,7 @@ def test_nothing_imports_upward_and_there_is_no_cycle():
 
 
 def test_the_check_sees_function_local_imports():
-    """cli imports demo only inside cmd_demo; the graph must still hold that edge."""
-    top_level = {n.module for n in ast.parse((QZ / "cli.py").read_text()).body
+    """qz/cli/demo.py imports qz/demo.py only inside cmd_demo; the graph must still hold that edge."""
+    top_level = {n.module for n in ast.parse((QZ / "cli" / "demo.py").read_text()).body
                  if isinstance(n, ast.ImportFrom)}
     assert "demo" not in top_level and "demo" in imports()["cli"]
