@@ -40,6 +40,7 @@ def governor_report(model_paths, test_data, repeats=100, log=print):
     bundle = load_bundle(model_paths)
     costs = simulate.measure_modes(bundle, test_data, repeats=repeats)
     modes = {m: {"precision": c.precision, "top_k": c.top_k, "energy_uj": round(c.energy_j * 1e6, 3),
+                 "measured_energy_uj": None if c.measured_j is None else round(c.measured_j * 1e6, 3),
                  "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4), "accuracy": round(c.accuracy, 4)}
              for m, c in costs.items()}
     bal, low = costs["balanced"], costs["low_power"]

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .energy import count_work, estimate_energy
+from .energy import count_work, estimate_energy, rapl_joules_between, read_rapl, read_rapl_ranges
 from .errors import InputError
 from .governor import MODES, DeviceState, Thresholds, plan_for, policy
 
@@ -68,6 +68,7 @@ class ModeCost:
     energy_j: float
     latency_ms: tuple          # measured samples at batch 1
     accuracy: float | None
+    measured_j: float | None = None   # RAPL package energy per request where /sys/class/powercap has it
 
     @property
     def mean_ms(self):
@@ -88,8 +89,9 @@ def default_trace(hours=400.0):
     return rows
 
 
-def measure_modes(bundle, test_data, repeats=200, seq_len=None):
-    """{mode: ModeCost} for a runtime.Bundle on this machine (latency at batch 1, accuracy on test_data)."""
+def measure_modes(bundle, test_data, repeats=200, seq_len=None, rapl_root="/"):
+    """{mode: ModeCost} for a runtime.Bundle on this machine (latency at batch 1, accuracy on test_data,
+    and measured energy beside the estimate where RAPL exists)."""
     from .runtime import accuracy, infer
     cfg = bundle.cfg
     x1 = test_data.x[:1].astype(np.float32)
@@ -105,12 +107,27 @@ def measure_modes(bundle, test_data, repeats=200, seq_len=None):
             t0 = time.perf_counter()
             infer(model, x1, top_k=k)
             lat[mode].append(1000 * (time.perf_counter() - t0))
+    measured = {mode: _rapl_per_request(lambda m=model, k=k: infer(m, x1, top_k=k), repeats, rapl_root)
+                for mode, (model, _, k) in setup.items()}
     costs = {}
     for mode, (model, used, k) in setup.items():
         work = count_work(cfg, used, top_k=k, seq_len=seq_len or x1.shape[1])
         costs[mode] = ModeCost(mode, used, k, estimate_energy(work)["total_j"], tuple(lat[mode]),
-                               accuracy(model, test_data, top_k=k))
+                               accuracy(model, test_data, top_k=k), measured[mode])
     return costs
+
+
+def _rapl_per_request(request, n, root="/"):
+    """Measured package energy per request (docs/spec.md §4): RAPL's counters read before and after
+    n back-to-back requests; J per request, or None where RAPL is absent or unreadable. It counts the
+    whole package (idle cores, the rest of the process), so it bounds the model's share from above."""
+    before = read_rapl(root)
+    if before is None:
+        return None
+    for _ in range(n):
+        request()
+    joules = rapl_joules_between(before, read_rapl(root), read_rapl_ranges(root))
+    return None if joules is None else joules / n
 
 
 def _env_at(trace, t, i):

@@ -86,3 +86,32 @@ def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="policy"):
         simulate.simulate("turbo", costs())
     assert np.isfinite(simulate.default_trace(2.0)[0][0])
+
+
+def test_measure_modes_reports_rapl_energy_beside_the_estimate(tmp_path, monkeypatch):
+    """docs/spec.md §4: where RAPL exists, each mode's measured package energy per request comes with
+    the estimate (counters read around `repeats` back-to-back requests); None where it does not."""
+    import qz
+    from qz import model
+    from qz.data import ArrayData
+    from qz.export import save_export
+    from qz.runtime import load_bundle
+    cfg = qz.Config(input_dim=5, n_classes=3, d_model=16, n_heads=2, n_layers=1, n_experts=4, top_k=2, d_ff=8,
+                    max_len=4)
+    params = qz.init_params(cfg, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 4, 5)).astype(np.float32)
+    save_export(tmp_path / "m.fp32.safetensors", params, cfg, "fp32")
+    save_export(tmp_path / "m.int8.safetensors", params, cfg, "int8", model.observe_ranges(params, cfg, x))
+    bundle = load_bundle([tmp_path / "m.fp32.safetensors", tmp_path / "m.int8.safetensors"])
+    test = ArrayData(x, np.arange(6) % 3)
+    plain = simulate.measure_modes(bundle, test, repeats=3, rapl_root=str(tmp_path / "no-rapl"))
+    assert set(plain) == set(MODES) and all(c.measured_j is None and c.energy_j > 0 for c in plain.values())
+    counter = {"uj": 10_000}
+
+    def fake_read_rapl(root="/"):          # each read sees 3000 uJ more: 3000 uJ over 3 requests
+        counter["uj"] += 3000
+        return {"intel-rapl:0": counter["uj"]}
+    monkeypatch.setattr(simulate, "read_rapl", fake_read_rapl)
+    monkeypatch.setattr(simulate, "read_rapl_ranges", lambda root="/": {"intel-rapl:0": 2 ** 32})
+    measured = simulate.measure_modes(bundle, test, repeats=3)
+    assert all(c.measured_j == pytest.approx(1e-3) for c in measured.values())

@@ -89,14 +89,18 @@ def cmd_governor(args):
     cfg = sim.SimConfig(capacity_wh=args.capacity_wh, rate_hz=args.rate, baseline_w=args.baseline_w)
     res = sim.compare(costs, cfg, trace)
     res["modes"] = {m: {"precision": c.precision, "top_k": c.top_k, "energy_j": c.energy_j,
+                        "measured_energy_j": c.measured_j,       # RAPL, where the machine has it
                         "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4), "accuracy": c.accuracy}
                     for m, c in costs.items()}
     res["sweep_baseline_w"] = sim.sweep(costs, sim=cfg, trace=trace)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = sim.write_timeline(res, str(out))
-    lines = [f"{m}: {c['precision']} top_k {c['top_k']}, {c['energy_j'] * 1e6:.2f} uJ/request (estimated), "
-             f"{c['mean_ms']:.3f} ms (p95 {c['p95_ms']:.3f}), accuracy {c['accuracy']:.4f}" for m, c in res["modes"].items()]
+    def measured(c):
+        return "" if c["measured_energy_j"] is None else f" ({c['measured_energy_j'] * 1e6:.2f} uJ measured by RAPL)"
+    lines = [f"{m}: {c['precision']} top_k {c['top_k']}, {c['energy_j'] * 1e6:.2f} uJ/request (estimated)"
+             f"{measured(c)}, {c['mean_ms']:.3f} ms (p95 {c['p95_ms']:.3f}), accuracy {c['accuracy']:.4f}"
+             for m, c in res["modes"].items()]
     for name, run in res["runs"].items():
         lines.append(f"{name:>11}: {run['requests']:,} requests in {run['hours']:.1f} h, accuracy {run['accuracy']:.4f}, "
                      f"mean latency {run['mean_latency_ms']:.3f} ms")
