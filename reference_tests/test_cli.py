@@ -193,6 +193,13 @@ def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     assert len(out["results"]) == 2 and out["failed"] == 1        # ... the others were served
     assert all((r["mode"], r["precision"], r["top_k"]) == ("low_power", "int8", 1) for r in out["results"])
     assert captured.err.count("\n") == 1 and "notes.txt" in captured.err
+    # the same bundle through a simulated discharge (qz governor simulate)
+    np.savez(data, x=x[:30], y=y[:30], x_test=x[30:], y_test=y[30:])
+    sim = run_json(capsys, ["governor", "simulate", files["fp32"]["path"], files["int8"]["path"], "--data", str(data),
+                            "--repeats", "2", "--out", str(tmp_path / "sim"), "--json"])
+    assert set(sim["modes"]) == {"performance", "balanced", "low_power", "critical"}
+    assert all(m["energy_j"] > 0 and "measured_energy_j" in m for m in sim["modes"].values())
+    assert sim["runs"]["governed"]["requests"] > 0 and (tmp_path / "sim.json").exists()
 
 
 def test_finetune_mix_and_train_on_a_wav_folder(tmp_path, feats, capsys):

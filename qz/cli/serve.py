@@ -79,7 +79,7 @@ def cmd_governor(args):
     from ..data import load_split
     from ..governor import load_trace
     from ..runtime import load_bundle
-    from . import simulate as sim
+    from .. import simulate as sim
     if not args.models or not args.data:
         raise UserError("governor simulate needs model files and --data (an .npz with a test split)")
     bundle = load_bundle(args.models)
