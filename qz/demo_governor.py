@@ -1,11 +1,11 @@
 """The demo's governor section (docs/spec.md §4): modes on the exported command model, and a
 simulated discharge.
 
-1. each mode's cost on this machine: estimated energy per request (qz/energy.py),
+1. each mode's cost on this machine: estimated energy per request (qz/governor/energy.py),
    measured batch-1 latency, measured accuracy on the unseen-voice test set;
 2. low_power against balanced: energy, accuracy and latency;
 3. a simulated discharge from 100 % under always-performance, always-balanced
-   and the governed policy (qz/simulate.py, default device: 15 Wh, 50
+   and the governed policy (qz/governor/simulate.py, default device: 15 Wh, 50
    requests/s, 30 mW baseline), and how the outcome moves with baseline power;
 4. the governor's own overhead per request, sensors read once per 1 s tick.
 """
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import simulate
+from .governor import simulate
 from .governor import Governor, SysfsSensors
 from .runtime import load_bundle
 

@@ -348,7 +348,7 @@ def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
 ])
 def test_cli_generate_under_the_governor(tmp_path, capsys, overrides, mode, precision, k, threads, monkeypatch):
     # the overrides name the mode; this host's real CPU load must not (>= 90 % busy is low_power)
-    monkeypatch.setattr(governor, "busy_share", lambda before, after: 0.1)
+    monkeypatch.setattr(governor.sensors, "busy_share", lambda before, after: 0.1)
     files = _lm_files(tmp_path)
     assert main(["generate", *files, "--prompt", "ab", "--max-new-tokens", "4", "--temperature", "0",
                  "--governor", "auto", *overrides, "--json"]) == 0

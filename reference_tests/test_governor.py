@@ -1,4 +1,4 @@
-"""The governor: sensors, traces, overrides, policy, plans (qz/governor.py, docs/spec.md §4)."""
+"""The governor: sensors, traces, overrides, policy, plans (qz/governor/, docs/spec.md §4)."""
 import json
 import math
 import os

@@ -13,7 +13,7 @@ LAYERS = [
     ["ops", "quant", "moe", "model"],                                    # the model
     ["audio", "data", "checkpoint", "export", "baseline"],               # data and files
     ["train", "ptq", "finetune", "tta", "runtime", "generate",           # training, serving, governor
-     "governor", "energy", "simulate"],
+     "governor"],
     ["demo_quant", "demo_governor", "demo", "cli", "__init__"],          # the command and the API
 ]
 

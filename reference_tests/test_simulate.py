@@ -1,4 +1,4 @@
-"""Battery simulation of the governed runtime (qz/simulate.py, docs/spec.md §4)."""
+"""Battery simulation of the governed runtime (qz/governor/simulate.py, docs/spec.md §4)."""
 import json
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qz import simulate
+from qz.governor import simulate
 from qz.governor import DeviceState, MODES
-from qz.simulate import ModeCost, SimConfig
+from qz.governor.simulate import ModeCost, SimConfig
 
 
 def costs(e_fp32=3e-4, e_int8=1e-5, e_low=8e-6, acc=(0.92, 0.915, 0.91, 0.91)):

@@ -79,7 +79,7 @@ def cmd_governor(args):
     from ..data import load_split
     from ..governor import load_trace
     from ..runtime import load_bundle
-    from .. import simulate as sim
+    from ..governor import simulate as sim
     if not args.models or not args.data:
         raise UserError("governor simulate needs model files and --data (an .npz with a test split)")
     bundle = load_bundle(args.models)
@@ -134,7 +134,7 @@ def add_parser(sub):
                         description="status: read this device's battery, temperature and CPU load (or a trace, "
                         "or overrides) and print the mode the governor picks. simulate: replay a discharge from "
                         "100 %% against the model under always-performance, always-balanced and the governed "
-                        "policy, with each mode's energy estimated (qz/energy.py) and its latency and accuracy "
+                        "policy, with each mode's energy estimated (qz/governor/energy.py) and its latency and accuracy "
                         "measured here; writes JSON, CSV and (with matplotlib) PNG.",
                         epilog="examples:\n  qz governor status --battery 15 --charging no\n"
                         "  qz governor simulate runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from .config import Config
-from .errors import InputError
+from ..config import Config
+from ..errors import InputError
 
 __all__ = ["HOROWITZ_45NM_PJ", "PRECISIONS", "Work", "count_work", "model_weight_bytes", "estimate_energy",
            "read_rapl", "read_rapl_ranges", "rapl_joules_between"]

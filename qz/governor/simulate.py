@@ -6,13 +6,13 @@ A simulated battery of `capacity_wh` drains at
     power = baseline_w + rate_hz * energy_per_request(mode)  (- charger_w while charging)
 
 where `energy_per_request` comes from the per-mode cost table (``measure_modes``:
-the energy estimate of qz/energy.py for that mode's precision and top_k, and the
+the energy estimate of qz/governor/energy.py for that mode's precision and top_k, and the
 latency and accuracy measured on this machine). Each policy is replayed from
 the same start until the battery is empty:
 
 * ``performance``: always fp32 at the config top_k;
 * ``balanced``: always int8 at the config top_k;
-* ``governed``: the governor's policy (qz/governor.py) on the simulated battery
+* ``governed``: the governor's policy (qz/governor/policy.py) on the simulated battery
   level and the trace's temperature, charging and CPU load.
 
 The outcome depends on the device: with a large baseline power (screen, radio)
@@ -28,9 +28,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .energy import count_work, estimate_energy, rapl_joules_between, read_rapl, read_rapl_ranges
-from .errors import InputError
-from .governor import MODES, DeviceState, Thresholds, plan_for, policy
+from ..errors import InputError
+from .energy import (
+    count_work,
+    estimate_energy,
+    rapl_joules_between,
+    read_rapl,
+    read_rapl_ranges,
+)
+from .policy import MODES, Thresholds, plan_for, policy
+from .sensors import DeviceState
 
 __all__ = ["SimConfig", "ModeCost", "POLICIES", "default_trace", "measure_modes", "simulate", "compare", "sweep",
            "write_timeline"]
@@ -92,7 +99,7 @@ def default_trace(hours=400.0):
 def measure_modes(bundle, test_data, repeats=200, seq_len=None, rapl_root="/"):
     """{mode: ModeCost} for a runtime.Bundle on this machine (latency at batch 1, accuracy on test_data,
     and measured energy beside the estimate where RAPL exists)."""
-    from .runtime import accuracy, infer
+    from ..runtime import accuracy, infer
     cfg = bundle.cfg
     x1 = test_data.x[:1].astype(np.float32)
     setup = {}
