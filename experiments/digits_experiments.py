@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qz.config import preset  # noqa: E402
-from qz.data import WarpedData, apply_input_norm, fit_input_norm, load_dataset, load_split  # noqa: E402
+from qz.augment import WarpedData  # noqa: E402
+from qz.data import apply_input_norm, fit_input_norm, load_dataset, load_split  # noqa: E402
 from qz.finetune import FinetuneOptions, finetune  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.model import init_params  # noqa: E402

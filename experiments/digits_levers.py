@@ -51,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from qz import checkpoint  # noqa: E402
 from qz.audio import N_MELS, _dct_matrix  # noqa: E402
-from qz.data import ArrayData, WarpedData, apply_input_norm, load_split, vtlp_mfcc  # noqa: E402
+from qz.augment import WarpedData, vtlp_mfcc  # noqa: E402
+from qz.data import ArrayData, apply_input_norm, load_split  # noqa: E402
 from qz.finetune import new_head, stratified_split  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
 from qz.optim import adamw_init  # noqa: E402

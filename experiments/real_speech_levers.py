@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from qz import checkpoint  # noqa: E402
 from qz.config import preset  # noqa: E402
-from qz.data import ArrayData, WarpedData, apply_input_norm, fit_input_norm, load_dataset, load_labelled  # noqa: E402
+from qz.augment import WarpedData  # noqa: E402
+from qz.data import ArrayData, apply_input_norm, fit_input_norm, load_dataset, load_labelled  # noqa: E402
 from qz.demo import ADAPT_RECIPE, BASE_RECIPE  # noqa: E402
 from qz.finetune import FinetuneOptions, finetune, stratified_split  # noqa: E402
 from qz.model import init_params  # noqa: E402

@@ -33,10 +33,10 @@ import numpy as np
 from . import checkpoint
 from .baseline import fit_logreg, predict_logreg
 from .config import n_params, preset
+from .augment import WarpedData
 from .data import (
     ArrayData,
     DataError,
-    WarpedData,
     apply_input_norm,
     fit_input_norm,
     load_dataset,
@@ -56,7 +56,7 @@ REAL = "speech_commands_real.npz"
 BASE = "commands_base.safetensors"
 
 # The base model: preset kws on the synthetic commands, elastic top-k, each clip's formants
-# warped by 1 +- vtlp (data.WarpedData), per-clip CMVN over speech frames, weights averaged
+# warped by 1 +- vtlp (augment.WarpedData), per-clip CMVN over speech frames, weights averaged
 # (ema); the checkpoint is chosen on the real validation speakers (no real clip is trained on).
 # Every choice here was measured on real speakers (docs/accuracy.md).
 BASE_RECIPE = dict(steps=12000, batch_size=32, lr=3e-3, warmup=100, vtlp=0.15, utterance="speech_cmvn", ema=0.999,

@@ -25,7 +25,8 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config
-from .data import ArrayData, MixedData, WarpedData, apply_input_norm
+from .augment import MixedData, WarpedData
+from .data import ArrayData, apply_input_norm
 from .errors import InputError
 from .export import save_export
 from .optim import adamw_init
@@ -52,12 +53,12 @@ class FinetuneOptions:
     weight_decay: float = 0.01
     aux_coef: float = 0.01
     top_k_choices: tuple = (1, 2)
-    augment: bool = True          # feature augmentation (data.augment_features) while fine-tuning
+    augment: bool = True          # feature augmentation (augment.augment_features) while fine-tuning
     time_mask: int = 6            # ... its widest SpecAugment time mask (frames)
     feature_mask: int = 2         # ... and feature mask (coefficients)
     mixup: float = 0.0            # mixup Beta(a, a) while fine-tuning (0: off)
     label_smoothing: float = 0.0
-    vtlp: float = 0.0             # vocal tract length warp of the training clips by 1 +- vtlp (data.vtlp_mfcc; 0: off)
+    vtlp: float = 0.0             # vocal tract length warp of the training clips by 1 +- vtlp (augment.vtlp_mfcc; 0: off)
     val_fraction: float = 0.2
     eval_every: int = 25
     patience: int = 8

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint
-from .data import augment_features, soft_targets
+from .augment import augment_features, soft_targets
 from .errors import InputError
 from .model import forward_stats, loss_grads_logits, observe_ranges
 from .ops import cross_entropy_forward
@@ -49,7 +49,7 @@ class TrainConfig:
     patience: int = 0             # early stopping: stop after this many evaluations without a better
                                   # validation accuracy, and keep the best parameters (0: off)
     trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
-    augment: bool = False         # classifier features: shift, SpecAugment masks, noise (data.augment_features)
+    augment: bool = False         # classifier features: shift, SpecAugment masks, noise (augment.augment_features)
     time_mask: int = 6            # ... the widest time mask, in frames
     feature_mask: int = 2         # ... the widest feature mask, in coefficients
     mixup: float = 0.0            # classifier: mixup Beta(a, a) within each batch (data.soft_targets; 0: off)

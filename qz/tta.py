@@ -1,7 +1,7 @@
 """Test-time warps for speech classifiers: average the class probabilities over a few vocal
 tract length warps of each clip.
 
-Training with VTLP (``data.vtlp_mfcc``) teaches the model every voice between the
+Training with VTLP (``augment.vtlp_mfcc``) teaches the model every voice between the
 training voices' warps by 1 +- vtlp. A new voice still lands somewhere in that range,
 and the model is surer of it at some warps than at others; averaging the softmax over
 a small grid of warps (0.9, 1.0, 1.1 by default) lets the surest views decide. It is
@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .data import ArrayData, apply_input_norm, vtlp_matrix
+from .augment import vtlp_matrix
+from .data import ArrayData, apply_input_norm
 from .errors import InputError
 from .model import forward
 
@@ -60,7 +61,7 @@ def warp_probs(params, cfg, x_raw, norm, warps=DEFAULT_WARPS, top_k=None, quant=
     if x_raw.ndim != 3:
         raise InputError(f"warp_probs: expected raw features (N, T, C), got shape {x_raw.shape}")
     N, _, C = x_raw.shape
-    x64 = x_raw.astype(np.float64)                     # the warp is applied in float64, as in data.vtlp_mfcc
+    x64 = x_raw.astype(np.float64)                     # the warp is applied in float64, as in augment.vtlp_mfcc
     total = np.zeros((N, cfg.n_classes), dtype=np.float64)
     for alpha in warps:
         warped = np.einsum("ntc,cd->ntd", x64, vtlp_matrix(alpha, C)).astype(np.float32)

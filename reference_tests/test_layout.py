@@ -11,7 +11,7 @@ LAYERS = [
     ["errors", "memory", "progress", "optim", "config"],                 # foundations
     ["parallel", "kernels"],                                             # acceleration
     ["ops", "quant", "moe", "model"],                                    # the model
-    ["audio", "data", "checkpoint", "export", "baseline"],               # data and files
+    ["audio", "data", "augment", "checkpoint", "export", "baseline"],    # data and files
     ["train", "ptq", "finetune", "tta", "runtime", "generate",           # training, serving, governor
      "governor"],
     ["demo_quant", "demo_governor", "demo", "cli", "__init__"],          # the command and the API

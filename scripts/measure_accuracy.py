@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import qz  # noqa: E402
 from qz import checkpoint  # noqa: E402
-from qz.data import (ArrayData, WarpedData, apply_input_norm, feature_stats, fit_input_norm,  # noqa: E402
+from qz.augment import WarpedData  # noqa: E402
+from qz.data import (ArrayData, apply_input_norm, feature_stats, fit_input_norm,  # noqa: E402
                      load_dataset, load_split, load_wav_folder)
 from qz.finetune import FinetuneOptions, confusion_matrix, finetune, stratified_split  # noqa: E402
 from qz.memory import keep_freed_memory  # noqa: E402
