@@ -162,9 +162,9 @@ def main(argv=None):
         p.add_argument("--name", help="result file name (default: from the options)")
     a = ap.parse_args(argv)
     res = run_base(a) if a.what == "base" else run_adapt(a)
+    defaults = vars(ap.parse_args([a.what]))             # the run's name: the options it changed
     name = a.name or "_".join([a.what] + [f"{k}={v}" for k, v in sorted(vars(a).items())
-                                          if k not in ("what", "name", "quiet", "save", "real") and v not in (None, False)
-                                          and v != ap._subparsers._group_actions[0].choices[a.what].get_default(k)])
+                                          if k not in ("name", "quiet", "save", "real") and v != defaults[k]])
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name.replace('/', '_')}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k not in ("curve", "runs")}))
