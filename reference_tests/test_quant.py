@@ -1,7 +1,7 @@
 """Fake quantization, the clipped STE and observers (qz/quant.py, docs/spec.md §3.1-3.2)."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -189,6 +189,7 @@ def test_wide_int8_linear_still_equals_fake_quant_forward(k):
 
 
 @given(seeds, st.integers(1, 9), st.integers(1, 70), st.integers(1, 20))
+@example(seed=129173, n=1, k=41, c=20)                             # a weight on a rounding tie
 def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
     """docs/spec.md §3.3: the integer layer's output equals the fake-quant float forward; computed in the
     same order (qlinear_forward), the two agree bit for bit, and both are within float rounding of
@@ -207,7 +208,9 @@ def test_int8_linear_equals_fake_quant_forward(seed, n, k, c):
     y_fq, _ = quant.qlinear_forward(x_c, scale, quant.split_weight(w, -2), b)
     np.testing.assert_array_equal(y, y_fq)
     x_hat, _ = quant.fake_quant_act_forward(x, scale, zp)
-    want = x_hat.astype(np.float64) @ quant.fake_quant_weight(w.astype(np.float64), -2) + b
+    # W_hat from w's own float32 scales: recomputing the scales in float64 can move a code that sits on
+    # a rounding tie in float32 (w / s = -54.5 exactly) by one step, a different weight, not rounding.
+    want = x_hat.astype(np.float64) @ quant.fake_quant_weight(w, -2).astype(np.float64) + b
     err = np.abs(y - want).max() / max(np.abs(want).max(), 1e-6)
     assert err < 1e-5, err
 
