@@ -124,7 +124,7 @@ def _load(cache, i, t):
 def attend(q, k, v):
     """One query per sequence against t keys: q (B, H, 1, D), k, v (B, H, t, D) -> (B, H, 1, D).
 
-    The steps of kernels.attention_forward for its last row: raw scores, minus their
+    The steps of ops.attention for its last row: raw scores, minus their
     max (exp cannot overflow), times 1/sqrt(D), exp, normalised. No mask: every
     cached key is in the query's past."""
     s = q @ k.swapaxes(-1, -2)                                    # (B, H, 1, t)

@@ -13,6 +13,10 @@ Dispatch is a plain loop over experts on gathered rows: the N*K (token, slot)
 pairs are sorted by expert once, so each expert sees one contiguous block of
 rows, and experts that got no tokens are skipped.
 
+route, dispatch and combine are written here in NumPy, as the definition;
+``@accelerated`` runs their Numba-jitted twins (qz/kernels/jit.py) instead when
+numba is installed.
+
 Shape letters: N tokens, d width, E experts, K experts per token, f expert
 hidden width, S shared experts, R = N * K routed rows.
 """
@@ -20,31 +24,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-from .ops import swiglu_backward, swiglu_forward
+from .kernels import accelerated
+from .ops import softmax, swiglu_backward, swiglu_forward
 from .quant import QWeight, act_codes, code_matmul, fake_quant_act_backward, minmax
 
 
 # ----------------------------------------------------------------------------
 # gate: softmax over all experts, top-k, renormalise over the k chosen
 # ----------------------------------------------------------------------------
+@accelerated
+def route(logits, k):
+    # logits: (N, E) -> probs (N, E), idx (N, k) best first, w (N, k) with rows summing to 1
+    probs = softmax(logits)
+    idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k].astype(np.int64)   # ties: the lower index
+    sel = np.take_along_axis(probs, idx, axis=1)
+    return probs, idx, sel / sel.sum(axis=1, keepdims=True)
+
+
+@accelerated
+def route_grad(dw, dprobs_row, probs, idx, w):
+    """dw: (N, k) -> dlogits (N, E). dprobs_row: (E,) added to every row's dprobs (the aux loss).
+
+    renormalisation  w_j = p_j / S, S = sum_i p_i  =>  dp_j = (dw_j - sum_i dw_i w_i) / S
+    top-k gather     dp_j goes back to column idx_j; the other columns get only dprobs_row
+    softmax          dz = p * (dp - sum_e dp_e p_e)
+    """
+    N = probs.shape[0]
+    S = np.take_along_axis(probs, idx, axis=1).sum(axis=1, keepdims=True)
+    dsel = (dw - np.sum(dw * w, axis=1, keepdims=True)) / S
+    dp = np.tile(dprobs_row, (N, 1)).astype(probs.dtype)
+    dp[np.arange(N)[:, None], idx] += dsel      # indices within a row are distinct
+    return probs * (dp - np.sum(dp * probs, axis=1, keepdims=True))
+
+
 def gate_forward(h, wg, k):
     # h: (N, d), wg: (d, E) -> w (N, K), idx (N, K), probs (N, E)
-    probs, idx, w = kernels.route(h @ wg, k)
+    probs, idx, w = route(h @ wg, k)
     return (w, idx, probs), (h, wg, probs, idx, w)
 
 
 def gate_backward(dw, dprobs_row, cache):
-    """dw: (N, K) from the combine; dprobs_row: (E,) from the aux loss (the same for every token).
-
-    The kernel goes back through the three forward steps (see kernels.route_backward_ref):
-    renormalisation  w_j = p_j / S, S = sum_i p_i  =>  dp_j = (dw_j - sum_i dw_i w_i) / S
-    top-k gather     dp_j goes back to column idx_j (the others get only the aux term)
-    softmax          dz = p * (dp - sum_e dp_e p_e)
-    then through the matmul logits = h @ wg.
-    """
+    """dw: (N, K) from the combine; dprobs_row: (E,) from the aux loss (the same for every token)."""
     h, wg, probs, idx, w = cache
-    dlogits = kernels.route_backward(dw, dprobs_row, probs, idx, w)   # (N, E)
+    dlogits = route_grad(dw, dprobs_row, probs, idx, w)               # (N, E)
     return dlogits @ wg.T, h.T @ dlogits                              # dh (N, d), dwg (d, E)
 
 
@@ -73,12 +95,34 @@ def aux_loss_backward(daux, cache):
 # ----------------------------------------------------------------------------
 # experts: gather rows -> SwiGLU -> scatter, weighted by the gate
 # ----------------------------------------------------------------------------
+@accelerated
 def dispatch(idx, E):
     """Group the N*K (token, slot) pairs by expert (the plan shared by training and the runtime).
 
     idx: (N, K) -> order (R,) slot of each row, bounds (E+1,) expert e owns rows
     bounds[e]:bounds[e+1], tok (R,) token of each row, pos (N, K) row of each slot."""
-    return kernels.dispatch(idx, E)                               # a stable counting sort
+    N, K = idx.shape
+    slots = idx.reshape(-1)                                       # slot n*K + j -> expert
+    order = np.argsort(slots, kind="stable")                      # (R,) rows grouped by expert
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(slots, minlength=E))])
+    tok = order // K                                              # (R,) token of each row
+    pos = np.empty_like(order)
+    pos[order] = np.arange(N * K)                                 # row of each (token, slot)
+    return order, bounds, tok, pos.reshape(N, K)
+
+
+@accelerated
+def combine(rows, pos, w=None):
+    # rows: (R, c) grouped by expert, pos: (N, K), w: (N, K) or None (plain sum) -> (N, c)
+    g = rows[pos]                                                 # (N, K, c)
+    return g.sum(axis=1) if w is None else np.sum(w[:, :, None] * g, axis=1)
+
+
+@accelerated
+def combine_grad(dout, rows, tok, ws):
+    # dout: (N, c), rows: (R, c), tok/ws: (R,) -> drows (R, c), dws (R,)
+    g = dout[tok]                                                 # (R, c) upstream per row
+    return g * ws[:, None], np.sum(g * rows, axis=1)
 
 
 def swiglu_inputs(x, w1, w3, e, a, b, rescale=None):
@@ -86,7 +130,7 @@ def swiglu_inputs(x, w1, w3, e, a, b, rescale=None):
 
     Two matmuls, not one with a fused [w1 | w3]: concatenating that matrix copies every
     expert's weights on every call (8 MB a layer in the char LM), and a and b in arrays of
-    their own are what the SwiGLU kernel reads fastest (kernels.swiglu_forward). The runtime
+    their own are what the SwiGLU kernel reads fastest (ops.swiglu). The runtime
     calls this too, so its fp32 logits round exactly as model.forward's.
     rescale (fake-quant model): (s1, s3), the per-channel factors of a and b; x and the weights
     are then codes, multiplied exactly (quant.code_matmul)."""
@@ -150,7 +194,7 @@ def experts_forward(h, w1, w3, w2, idx, w, mid_q=None, observe=False):
                 y[lo:hi] *= dt(mid_q[0]) * w2.scale[e].reshape(-1)
             else:
                 np.dot(m[lo:hi], w2_m[e], out=y[lo:hi])
-    out = kernels.combine(y, pos, w)                              # (N, d): sum_j w[n,j] y[pos[n,j]]
+    out = combine(y, pos, w)                              # (N, d): sum_j w[n,j] y[pos[n,j]]
     ws = w.reshape(-1)[order]                                     # (R,) gate weight of each row
     if quantized:
         # the backward is the float one on x_hat = x_c * scale and W_hat = w_q * s
@@ -163,7 +207,7 @@ def experts_backward(dout, cache):
     u, m, y, ws, tok, pos, bounds, sw_cache, w1, w3, w2, mid_mask, _ = cache
     spans = bounds.tolist()
     E = w1.shape[0]
-    dy, dws = kernels.combine_backward(dout, y, tok, ws)          # (R, d), (R,)
+    dy, dws = combine_grad(dout, y, tok, ws)          # (R, d), (R,)
     dw = dws[pos]                                                 # (N, K) d loss / d gate weight
     dm = np.empty_like(m)
     dw1, dw3, dw2 = np.empty_like(w1), np.empty_like(w3), np.empty_like(w2)
@@ -184,7 +228,7 @@ def experts_backward(dout, cache):
             swiglu_inputs_backward(da[lo:hi], db[lo:hi], w1, w3, e, du[lo:hi])
             np.dot(u[lo:hi].T, da[lo:hi], out=dw1[e])
             np.dot(u[lo:hi].T, db[lo:hi], out=dw3[e])
-    dh = kernels.combine(du, pos)                                 # each token sums its K rows
+    dh = combine(du, pos)                                 # each token sums its K rows
     return dh, dw, dw1, dw3, dw2
 
 

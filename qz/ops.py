@@ -9,6 +9,10 @@ The cache holds exactly what the backward pass needs; nothing is stored on a
 hidden object. ``dfoo`` always means d(loss)/d(foo). The backward functions
 return fresh arrays; summing gradients of shared parameters is the model's job.
 
+The arithmetic of the hot ops (softmax, RMSNorm, SwiGLU, the attention core) is
+written here in NumPy, as the definition; ``@accelerated`` marks the ones with a
+Numba-jitted twin in qz/kernels/jit.py, which runs instead when numba is installed.
+
 Shape letters: B batch, T time, d model width, H heads, D = d / H head width,
 N = B * T rows, V outputs (vocabulary or classes).
 """
@@ -16,9 +20,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from .kernels import accelerated
 
 EPS = 1e-5  # RMSNorm epsilon, docs/spec.md §2.3
+
+
+# ----------------------------------------------------------------------------
+# softmax over the last axis
+# ----------------------------------------------------------------------------
+@accelerated
+def softmax(x):
+    # x: (N, C) -> (N, C); subtract the row max so exp never overflows
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------
@@ -57,16 +71,35 @@ def linear_backward(dy, cache):
 # ----------------------------------------------------------------------------
 # RMSNorm: y = x / sqrt(mean(x^2) + eps) * g
 # ----------------------------------------------------------------------------
+@accelerated
+def rmsnorm(x, g, eps):
+    # x: (N, d), g: (d,) -> y (N, d), rstd (N,)
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1) + eps)
+    rstd = rstd.astype(x.dtype, copy=False)
+    return x * rstd[:, None] * g, rstd
+
+
+@accelerated
+def rmsnorm_grad(dy, x, g, rstd):
+    # xhat = x * rstd; dxhat = dy * g
+    # dx = rstd * (dxhat - xhat * mean(dxhat * xhat))   (the norm couples a row)
+    xhat = x * rstd[:, None]
+    dg = np.sum(dy * xhat, axis=0)
+    dxhat = dy * g
+    dx = rstd[:, None] * (dxhat - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx, dg
+
+
 def rmsnorm_forward(x, g):
     # x: (..., d), g: (d,) -> y: (..., d); cache rstd for the backward pass
     x2 = x.reshape(-1, x.shape[-1])
-    y, rstd = kernels.rmsnorm_forward(x2, g, EPS)
+    y, rstd = rmsnorm(x2, g, EPS)
     return y.reshape(x.shape), (x2, g, rstd, x.shape)
 
 
 def rmsnorm_backward(dy, cache):
     x2, g, rstd, shape = cache
-    dx, dg = kernels.rmsnorm_backward(dy.reshape(x2.shape), x2, g, rstd)
+    dx, dg = rmsnorm_grad(dy.reshape(x2.shape), x2, g, rstd)
     return dx.reshape(shape), dg
 
 
@@ -95,29 +128,86 @@ def embedding_backward(dx, cache):
 # multi-head attention core: softmax(q k^T / sqrt(D) [causal]) v, per head
 # (the projections wq, wk, wv, wo are linear ops composed by the model)
 # ----------------------------------------------------------------------------
+def split_heads(x, H):
+    # (B, T, d) -> (B, H, T, D): head h owns columns h*D .. h*D + D - 1
+    B, T, d = x.shape
+    return x.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    # (B, H, T, D) -> (B, T, d)
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+@accelerated
+def attention(q, k, v, n_heads, causal):
+    # q, k, v: (B, T, d) -> o (B, T, d), p (B, H, T, T)
+    qh, kh, vh = split_heads(q, n_heads), split_heads(k, n_heads), split_heads(v, n_heads)
+    T, D = qh.shape[-2], qh.shape[-1]
+    s = (qh @ kh.swapaxes(-1, -2)) * q.dtype.type(1.0 / np.sqrt(D))   # (B, H, T, T)
+    if causal:
+        s = np.where(np.tri(T, dtype=bool), s, -np.inf)               # key j <= query i
+    p = softmax(s.reshape(-1, T)).reshape(s.shape)
+    return merge_heads(p @ vh), p
+
+
+@accelerated
+def attention_grad(do, q, k, v, p, n_heads):
+    # dv = p^T do; dp = do v^T; ds = p * (dp - rowsum(dp * p)); dq = ds k; dk = ds^T q
+    qh, kh, vh, doh = (split_heads(t, n_heads) for t in (q, k, v, do))
+    scale = q.dtype.type(1.0 / np.sqrt(qh.shape[-1]))
+    dv = p.swapaxes(-1, -2) @ doh
+    dp = doh @ vh.swapaxes(-1, -2)
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))           # masked p = 0 => ds = 0
+    dq = (ds @ kh) * scale
+    dk = (ds.swapaxes(-1, -2) @ qh) * scale
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv)
+
+
 def attention_forward(q, k, v, n_heads, causal):
-    # q, k, v: (B, T, d) -> o: (B, T, d); head h owns columns h*D .. h*D + D - 1
-    o, p = kernels.attention_forward(q, k, v, n_heads, causal)   # p: (B, H, T, T)
+    # q, k, v: (B, T, d) -> o: (B, T, d)
+    o, p = attention(q, k, v, n_heads, causal)                    # p: (B, H, T, T)
     return o, (q, k, v, p, n_heads)
 
 
 def attention_backward(do, cache):
     q, k, v, p, n_heads = cache
-    return kernels.attention_backward(do, q, k, v, p, n_heads)   # dq, dk, dv: (B, T, d)
+    return attention_grad(do, q, k, v, p, n_heads)                # dq, dk, dv: (B, T, d)
 
 
 # ----------------------------------------------------------------------------
 # SwiGLU's gating: m = silu(a) * b, with a = u @ w1 and b = u @ w3
 # ----------------------------------------------------------------------------
+def sigmoid(a):
+    # 1 / (1 + exp(-a)): for a << 0, exp overflows to inf and the result is the
+    # correct 0, so only the overflow warning needs silencing
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-a))
+
+
+@accelerated
+def swiglu(a, b):
+    # a, b: (N, f) -> m (N, f)
+    return a * sigmoid(a) * b
+
+
+@accelerated
+def swiglu_grad(dm, a, b):
+    # dm: (N, f) -> da, db (N, f);  d silu(a)/da = sig * (1 + a * (1 - sig))
+    sig = sigmoid(a)
+    return dm * b * sig * (1.0 + a * (1.0 - sig)), dm * a * sig
+
+
 def swiglu_forward(a, b):
-    # a, b: (N, f) -> m: (N, f); the backward recomputes sigmoid(a) (kernels.swiglu_forward)
-    return kernels.swiglu_forward(a, b), (a, b)
+    # a, b: (N, f) -> m: (N, f); the backward recomputes sigmoid(a) instead of caching it
+    return swiglu(a, b), (a, b)
 
 
 def swiglu_backward(dm, cache):
     # dm: (N, f) -> da, db: (N, f)
     a, b = cache
-    return kernels.swiglu_backward(dm, a, b)
+    return swiglu_grad(dm, a, b)
 
 
 # ----------------------------------------------------------------------------
@@ -138,7 +228,7 @@ def mean_pool_backward(dy, cache):
 # ----------------------------------------------------------------------------
 def cross_entropy_forward(logits, targets):
     # logits: (N, V), targets: (N,) int -> loss (scalar of logits' dtype)
-    probs = kernels.softmax(logits)                               # (N, V)
+    probs = softmax(logits)                                       # (N, V)
     n = logits.shape[0]
     picked = probs[np.arange(n), targets]
     # log of a probability that underflowed to 0 would be -inf: clamp at the tiny

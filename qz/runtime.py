@@ -28,7 +28,7 @@ from .config import Config
 from .errors import InputError
 from .export import PRECISIONS, export_tensors, load_export
 from .model import validate_inputs
-from .moe import dispatch, swiglu_inputs
+from .moe import combine, dispatch, route, swiglu_inputs
 from .quant import QWeight, cat_out, int8_linear, pack_qweight, weight_axis
 
 __all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear", "experts", "moe",
@@ -151,7 +151,7 @@ def experts(model, h, idx, gw, p, observer_in, observer_mid):
         m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])                                         # (R, f)
         rows = np.arange(len(tok))                                # m's rows are already grouped
         y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid], w4_2)  # (R, d)
-        return kernels.combine(y, pos, gw)
+        return combine(y, pos, gw)
     w1, w3 = model.w[p + "w1"], model.w[p + "w3"]
     u = h[tok]                                                    # (R, d) gathered
     a, b = np.empty((len(tok), w1.shape[2]), np.float32), np.empty((len(tok), w1.shape[2]), np.float32)  # (R, f)
@@ -166,13 +166,13 @@ def experts(model, h, idx, gw, p, observer_in, observer_mid):
         lo, hi = spans[e], spans[e + 1]
         if lo < hi:
             np.dot(m[lo:hi], w2[e], out=y[lo:hi])                 # as moe.experts_forward
-    return kernels.combine(y, pos, gw)                            # (N, d)
+    return combine(y, pos, gw)                            # (N, d)
 
 
 def moe(model, h, i, k):
     # h: (N, d) -> (N, d): the gate (float), the k chosen routed experts, the shared experts
     p = f"blocks.{i}."
-    _, idx, gw = kernels.route(h @ model.w[p + "gate"], k)        # the gate stays float
+    _, idx, gw = route(h @ model.w[p + "gate"], k)        # the gate stays float
     m = experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
     if model.cfg.n_shared_experts:
         m += shared(model, h, p)                                  # m: combine's fresh array

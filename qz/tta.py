@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import ops
 from .augment import vtlp_matrix
 from .data import ArrayData, apply_input_norm
 from .errors import InputError
@@ -68,7 +68,7 @@ def warp_probs(params, cfg, x_raw, norm, warps=DEFAULT_WARPS, top_k=None, quant=
         x = apply_input_norm(ArrayData(warped, np.zeros(N, dtype=np.int64)), norm).x       # (N, T, C) scaled
         for i in range(0, N, batch_size):
             logits, _ = forward(params, cfg, x[i:i + batch_size], top_k=top_k, quant=quant)   # (b, n_classes)
-            total[i:i + batch_size] += kernels.softmax(logits.astype(np.float64))
+            total[i:i + batch_size] += ops.softmax(logits.astype(np.float64))
     return total / len(warps)
 
 

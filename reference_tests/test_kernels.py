@@ -1,4 +1,4 @@
-"""Every Numba kernel equals its NumPy twin (qz/kernels.py), at awkward sizes, in both dtypes.
+"""Every Numba kernel equals its NumPy twin (the references in qz/ops.py and qz/moe.py, the twins in qz/kernels/), at awkward sizes, in both dtypes.
 
 Skipped where numba is not installed; the rest of the suite then runs on the
 NumPy twins alone, which is itself the check that NumPy is enough.
@@ -6,7 +6,7 @@ NumPy twins alone, which is itself the check that NumPy is enough.
 import numpy as np
 import pytest
 
-from qz import kernels, quant
+from qz import kernels, moe, ops, quant
 from helpers import TOL
 
 pytestmark = pytest.mark.skipif(not kernels.NUMBA_AVAILABLE, reason="numba not installed")
@@ -27,7 +27,7 @@ def close(a, b, dtype, name):
 @pytest.mark.parametrize("c", SIZES)
 def test_softmax(n, c, dtype):
     x = (4 * np.random.default_rng(n * 100 + c).standard_normal((n, c))).astype(dtype)
-    close(kernels.softmax_jit(x), kernels.softmax_ref(x), dtype, "softmax")
+    close(ops.softmax.jit(x), ops.softmax.ref(x), dtype, "softmax")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -36,12 +36,12 @@ def test_softmax(n, c, dtype):
 def test_rmsnorm(n, c, dtype):
     rng = np.random.default_rng(n * 100 + c)
     x, g, dy = (rng.standard_normal(s).astype(dtype) for s in ((n, c), (c,), (n, c)))
-    y1, r1 = kernels.rmsnorm_forward_jit(x, g, dtype(1e-5))
-    y2, r2 = kernels.rmsnorm_forward_ref(x, g, 1e-5)
+    y1, r1 = ops.rmsnorm.jit(x, g, dtype(1e-5))
+    y2, r2 = ops.rmsnorm.ref(x, g, 1e-5)
     close(y1, y2, dtype, "rmsnorm y")
     close(r1, r2, dtype, "rmsnorm rstd")
-    for a, b, name in zip(kernels.rmsnorm_backward_jit(dy, x, g, r2),
-                          kernels.rmsnorm_backward_ref(dy, x, g, r2), ("dx", "dg")):
+    for a, b, name in zip(ops.rmsnorm_grad.jit(dy, x, g, r2),
+                          ops.rmsnorm_grad.ref(dy, x, g, r2), ("dx", "dg")):
         close(a, b, dtype, f"rmsnorm {name}")
 
 
@@ -52,8 +52,8 @@ def test_swiglu(n, f, dtype):
     rng = np.random.default_rng(n * 100 + f)
     a, b = (6 * rng.standard_normal((n, f))).astype(dtype), rng.standard_normal((n, f)).astype(dtype)
     dm = rng.standard_normal((n, f)).astype(dtype)
-    close(kernels.swiglu_forward_jit(a, b), kernels.swiglu_forward_ref(a, b), dtype, "swiglu m")
-    for x, y, name in zip(kernels.swiglu_backward_jit(dm, a, b), kernels.swiglu_backward_ref(dm, a, b), ("da", "db")):
+    close(ops.swiglu.jit(a, b), ops.swiglu.ref(a, b), dtype, "swiglu m")
+    for x, y, name in zip(ops.swiglu_grad.jit(dm, a, b), ops.swiglu_grad.ref(dm, a, b), ("da", "db")):
         close(x, y, dtype, f"swiglu {name}")
 
 
@@ -64,7 +64,7 @@ def test_swiglu_reads_strided_halves_as_their_contiguous_copies():
     rng = np.random.default_rng(0)
     ab = rng.standard_normal((7, 66)).astype(np.float32)
     a, b = ab[:, :33], ab[:, 33:]
-    np.testing.assert_array_equal(kernels.swiglu_forward(a, b), kernels.swiglu_forward(a.copy(), b.copy()))
+    np.testing.assert_array_equal(ops.swiglu(a, b), ops.swiglu(a.copy(), b.copy()))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -73,12 +73,12 @@ def test_swiglu_reads_strided_halves_as_their_contiguous_copies():
 def test_attention(B, H, T, D, causal, dtype):
     rng = np.random.default_rng(B * 1000 + T)
     q, k, v, do = (rng.standard_normal((B, T, H * D)).astype(dtype) for _ in range(4))
-    o1, p1 = kernels.attention_forward_jit(q, k, v, H, causal)
-    o2, p2 = kernels.attention_forward_ref(q, k, v, H, causal)
+    o1, p1 = ops.attention.jit(q, k, v, H, causal)
+    o2, p2 = ops.attention.ref(q, k, v, H, causal)
     close(o1, o2, dtype, "attention o")
     close(p1, p2, dtype, "attention p")
-    for x, y, name in zip(kernels.attention_backward_jit(do, q, k, v, p2, H),
-                          kernels.attention_backward_ref(do, q, k, v, p2, H), ("dq", "dk", "dv")):
+    for x, y, name in zip(ops.attention_grad.jit(do, q, k, v, p2, H),
+                          ops.attention_grad.ref(do, q, k, v, p2, H), ("dq", "dk", "dv")):
         close(x, y, dtype, f"attention {name}")
 
 
@@ -89,14 +89,14 @@ def test_route_with_ties(n, e, dtype):
     rng = np.random.default_rng(n * 10 + e)
     logits = rng.integers(0, 3, (n, e)).astype(dtype)   # many exact ties
     for k in range(1, e + 1):
-        p1, i1, w1 = kernels.route_jit(logits, k)
-        p2, i2, w2 = kernels.route_ref(logits, k)
+        p1, i1, w1 = moe.route.jit(logits, k)
+        p2, i2, w2 = moe.route.ref(logits, k)
         assert np.array_equal(i1, i2), f"route k={k}: {i1} vs {i2} for {logits}"
         close(p1, p2, dtype, "route probs")
         close(w1, w2, dtype, "route w")
         dw = rng.standard_normal((n, k)).astype(dtype)
         drow = rng.standard_normal(e).astype(dtype)
-        close(kernels.route_backward_jit(dw, drow, p2, i2, w2), kernels.route_backward_ref(dw, drow, p2, i2, w2),
+        close(moe.route_grad.jit(dw, drow, p2, i2, w2), moe.route_grad.ref(dw, drow, p2, i2, w2),
               dtype, "route backward")
 
 
@@ -107,7 +107,7 @@ def test_dispatch(N, K, E):
     # the counting sort equals NumPy's stable argsort exactly, experts with no tokens included
     rng = np.random.default_rng(N * 100 + K * 10 + E)
     idx = rng.integers(0, max(1, E - 1), (N, K))      # the last expert never chosen (E > 1)
-    got, want = kernels.dispatch_jit(idx, E), kernels.dispatch_ref(idx, E)
+    got, want = moe.dispatch.jit(idx, E), moe.dispatch.ref(idx, E)
     for g, w, name in zip(got, want, ("order", "bounds", "tok", "pos")):
         assert g.dtype == w.dtype and np.array_equal(g, w), f"dispatch {name}: {g} vs {w}"
     order, bounds, tok, pos = got
@@ -129,10 +129,10 @@ def test_combine(N, K, c, dtype):
     tok = order // K
     rows, w = rng.standard_normal((R, c)).astype(dtype), rng.random((N, K)).astype(dtype)
     dout, ws = rng.standard_normal((N, c)).astype(dtype), rng.random(R).astype(dtype)
-    close(kernels.combine_jit(rows, pos, w, True), kernels.combine_ref(rows, pos, w), dtype, "combine")
-    close(kernels.combine_jit(rows, pos, w, False), kernels.combine_ref(rows, pos, None), dtype, "combine sum")
-    for x, y, name in zip(kernels.combine_backward_jit(dout, rows, tok, ws),
-                          kernels.combine_backward_ref(dout, rows, tok, ws), ("drows", "dws")):
+    close(moe.combine.jit(rows, pos, w), moe.combine.ref(rows, pos, w), dtype, "combine")
+    close(moe.combine.jit(rows, pos), moe.combine.ref(rows, pos, None), dtype, "combine sum")
+    for x, y, name in zip(moe.combine_grad.jit(dout, rows, tok, ws),
+                          moe.combine_grad.ref(dout, rows, tok, ws), ("drows", "dws")):
         close(x, y, dtype, f"combine backward {name}")
 
 
@@ -147,8 +147,8 @@ def test_int8_matmul_bit_exact(n, k, c):
     w[0, 0] = -127
     colsum = w.astype(np.int32).sum(axis=0).astype(np.int32)
     zp = int(rng.integers(0, 256))
-    a = kernels.int8_matmul_jit(q, w, colsum, np.int32(zp))
-    b = kernels.int8_matmul_ref(q, w, colsum, zp)
+    a = kernels.int8.int8_matmul_jit(q, w, colsum, np.int32(zp))
+    b = kernels.int8.int8_matmul_ref(q, w, colsum, zp)
     assert a.dtype == b.dtype == np.int32
     assert np.array_equal(a, b), f"int8 accumulators differ at n={n} k={k} c={c}"
     exact = q.astype(np.int64) @ (w.astype(np.int64)) - zp * colsum.astype(np.int64)
@@ -169,8 +169,8 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
     w, s, colsum, _ = quant.pack_linear(rng.standard_normal((k, c)).astype(np.float32))
     b = rng.standard_normal(c).astype(np.float32)
     for bias in (None, b):
-        ref = kernels.int8_linear_ref(x, w, colsum, s, scale, zp, bias)
-        jit = kernels.int8_linear_jit(x, w, colsum, s, np.float32(scale), np.float32(zp),
+        ref = kernels.int8.int8_linear_ref(x, w, colsum, s, scale, zp, bias)
+        jit = kernels.int8.int8_linear_jit(x, w, colsum, s, np.float32(scale), np.float32(zp),
                                       b if bias is None else bias, bias is not None)
         np.testing.assert_array_equal(jit, ref, err_msg=f"int8 linear n={n} k={k} c={c}")
     E = 3
@@ -178,12 +178,12 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
     idx = rng.integers(0, E, (n, 2))
     from qz.moe import dispatch
     _, bounds, tok, _ = dispatch(idx, E)
-    ref = kernels.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp)
-    jit = kernels.int8_experts_jit(x, tok, bounds, ws, cs, ss, np.float32(scale), np.float32(zp))
+    ref = kernels.int8.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp)
+    jit = kernels.int8.int8_experts_jit(x, tok, bounds, ws, cs, ss, np.float32(scale), np.float32(zp))
     np.testing.assert_array_equal(jit, ref, err_msg=f"int8 experts n={n} k={k} c={c}")
     for e in range(E):       # each expert's rows equal the single-layer kernel on the gathered tokens
         lo, hi = bounds[e], bounds[e + 1]
-        np.testing.assert_array_equal(ref[lo:hi], kernels.int8_linear_ref(x[tok[lo:hi]], ws[e], cs[e], ss[e], scale, zp))
+        np.testing.assert_array_equal(ref[lo:hi], kernels.int8.int8_linear_ref(x[tok[lo:hi]], ws[e], cs[e], ss[e], scale, zp))
 
 
 
@@ -204,20 +204,20 @@ def test_simd_kernels_equal_ref_bit_for_bit(n, k, c):
     b = rng.standard_normal(c).astype(np.float32)
     for bias in (None, b):
         np.testing.assert_array_equal(kernels.int8_linear(x, w, colsum, s, scale, zp, bias, w4),
-                                      kernels.int8_linear_ref(x, w, colsum, s, scale, zp, bias))
+                                      kernels.int8.int8_linear_ref(x, w, colsum, s, scale, zp, bias))
     E = 4
     ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
     from qz.moe import dispatch
     _, bounds, tok, _ = dispatch(rng.integers(0, E - 1, (n, 2)), E)   # expert E-1 gets no tokens
     np.testing.assert_array_equal(kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack(ws)),
-                                  kernels.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
+                                  kernels.int8.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
 
 
 def test_int8_pack_layouts():
     """Lane l of vector v, group t of the packed weights holds w[g t .. g t + g - 1, tile column];
     padding (K to the group, C to the tile) is zero."""
     w = np.random.default_rng(3).integers(-127, 128, (5, 19)).astype(np.int8)
-    for pack, g, width in ((kernels.int8_pack_vnni, 4, kernels.VNNI_W), (kernels.int8_pack_avx2, 2, kernels.AVX2_W)):
+    for pack, g, width in ((kernels.int8_pack_vnni, 4, kernels.int8_simd.VNNI_W), (kernels.int8_pack_avx2, 2, kernels.int8_simd.AVX2_W)):
         kg, cp = -(-5 // g), -(-19 // width) * width
         p = pack(w).reshape(kg, cp, g)
         for t in range(kg):
@@ -236,7 +236,7 @@ def test_avx2_kernel_on_a_vnni_cpu():
     code = ("import numpy as np; from qz import kernels, quant; assert kernels.AVX2\n"
             "rng = np.random.default_rng(0); x = rng.standard_normal((9, 129)).astype(np.float32)\n"
             "w, s, cs, w4 = quant.pack_linear(rng.standard_normal((129, 65)).astype(np.float32))\n"
-            "a, b = kernels.int8_linear(x, w, cs, s, 0.05, 100, None, w4), kernels.int8_linear_ref(x, w, cs, s, 0.05, 100)\n"
+            "a, b = kernels.int8_linear(x, w, cs, s, 0.05, 100, None, w4), kernels.int8.int8_linear_ref(x, w, cs, s, 0.05, 100)\n"
             "assert np.array_equal(a, b)\n")
     env = dict(os.environ, QZ_INT8_VNNI="0")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from qz import kernels, parallel
+from qz import kernels, ops, parallel
 
 
 
@@ -104,9 +104,9 @@ def test_attention_and_swiglu_same_split_or_not(split_on, monkeypatch, dtype):
     a, b, dm = (rng.standard_normal((4096, 64)).astype(dtype) for _ in range(3))
 
     def run():
-        o, p = kernels.attention_forward(q, k, v, H, True)
-        m = kernels.swiglu_forward(a, b)
-        return (o, p, *kernels.attention_backward(do, q, k, v, p, H), m, *kernels.swiglu_backward(dm, a, b))
+        o, p = ops.attention(q, k, v, H, True)
+        m = ops.swiglu(a, b)
+        return (o, p, *ops.attention_grad(do, q, k, v, p, H), m, *ops.swiglu_grad(dm, a, b))
 
     split = run()
     monkeypatch.setenv("QZ_THREADS", "1")

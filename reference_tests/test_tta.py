@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qz
-from qz import kernels
+from qz import ops
 from qz.data import ArrayData, apply_input_norm
 from qz.finetune import FinetuneOptions, finetune
 from qz.model import forward
@@ -38,7 +38,7 @@ def test_no_warp_is_the_models_own_softmax(model):
     params, cfg, norm = model
     x = clips(0)
     logits, _ = forward(params, cfg, apply_input_norm(ArrayData(x, np.zeros(len(x), int)), norm).x)
-    expected = kernels.softmax_ref(logits.astype(np.float64))
+    expected = ops.softmax.ref(logits.astype(np.float64))
     np.testing.assert_allclose(warp_probs(params, cfg, x, norm, warps=(1.0,)), expected, atol=1e-5)
 
 
