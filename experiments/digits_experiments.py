@@ -5,8 +5,10 @@ Every choice is made on the validation voices; the test voices are scored only w
 
     python experiments/digits_experiments.py finetune --tag base                  # the current recipe
     python experiments/digits_experiments.py finetune --vtlp 0.15 --tag vtlp15
-    python experiments/digits_experiments.py base --vtlp 0.15 --out runs/digits_exp/commands_vtlp15.safetensors
-    python experiments/digits_experiments.py finetune --base runs/digits_exp/commands_vtlp15.safetensors --vtlp 0.15
+    python experiments/digits_experiments.py base --vtlp 0.15 \\
+        --out runs/digits_exp/commands_vtlp15.safetensors
+    python experiments/digits_experiments.py finetune --base runs/digits_exp/commands_vtlp15.safetensors \\
+        --vtlp 0.15
 
 Results are appended to runs/digits_exp/results.jsonl.
 """
@@ -49,19 +51,21 @@ def run_base(args):
         tr = WarpedData(raw_tr, norm, 1.0 - args.vtlp, 1.0 + args.vtlp)
     cfg = preset("kws", input_dim=raw_tr.x.shape[2], max_len=raw_tr.x.shape[1], n_classes=len(raw_tr.labels),
                  **({"d_model": args.d_model, "d_ff": 2 * args.d_model} if args.d_model else {}))
-    tcfg = TrainConfig(steps=args.steps, batch_size=32, lr=3e-3, warmup=100, top_k_choices=(1, 2), seed=args.seed,
-                       eval_every=max(args.steps // 20, 1), eval_batches=10 ** 6, patience=10 ** 6, augment=True)
+    tcfg = TrainConfig(steps=args.steps, batch_size=32, lr=3e-3, warmup=100, top_k_choices=(1, 2),
+                       seed=args.seed, eval_every=max(args.steps // 20, 1), eval_batches=10 ** 6,
+                       patience=10 ** 6, augment=True)
     params = init_params(cfg, seed=args.seed)
     state = TrainState(params, adamw_init(params), extra={"input_norm": norm, "labels": raw_tr.labels})
     t0 = time.perf_counter()
     state = train(cfg, tcfg, tr, val, state=state, progress=False, log=None)
     save_training(args.out, cfg, tcfg, state)
-    row = {"kind": "base", "data_dir": args.data_dir, "d_model": cfg.d_model, "vtlp": args.vtlp, "steps": args.steps,
-           "seed": args.seed, "out": str(args.out),
+    row = {"kind": "base", "data_dir": args.data_dir, "d_model": cfg.d_model, "vtlp": args.vtlp,
+           "steps": args.steps, "seed": args.seed, "out": str(args.out),
            "seconds": round(time.perf_counter() - t0, 1), "best_step": state.best["step"],
            "commands_val_accuracy": state.best["accuracy"]}
     if args.test:
-        row["commands_test_accuracy_top2"] = evaluate(state.params, cfg, apply_input_norm(load_split(path, "test"), norm),
+        row["commands_test_accuracy_top2"] = evaluate(state.params, cfg,
+                                                      apply_input_norm(load_split(path, "test"), norm),
                                                       512, top_k=2)["accuracy"]
     record(row)
 
@@ -73,7 +77,8 @@ def run_finetune(args):
     opts = FinetuneOptions(steps=args.steps, patience=20, seeds=args.seeds, seed=args.seed, lr=args.lr,
                            batch_size=64, plan=args.plan, vtlp=args.vtlp, mixup=args.mixup,
                            label_smoothing=args.smoothing,
-                           **(dict(time_mask=args.specaug[0], feature_mask=args.specaug[1]) if args.specaug else {}))
+                           **(dict(time_mask=args.specaug[0], feature_mask=args.specaug[1])
+                              if args.specaug else {}))
     out = OUT / f"digits_{args.tag}.safetensors" if args.save else None
     rep = finetune(args.base, dtrain, opts, val=dval, test=dtest, out_path=out, log=print, progress=False)
     row = {"kind": "finetune", "data_dir": args.data_dir, "tag": args.tag, "base": str(args.base),
@@ -93,8 +98,8 @@ def main():
     ap.add_argument("--data-dir", default=str(ROOT / "data"),
                     help="where speech_commands.npz and spoken_digits.npz are (default: the shipped data; "
                          "another build of scripts/make_speech_datasets.py --out-dir)")
-    ap.add_argument("--d-model", type=int, default=0, help="base: a wider kws model (d_ff = 2 d_model; default: "
-                    "the preset's 64)")
+    ap.add_argument("--d-model", type=int, default=0,
+                    help="base: a wider kws model (d_ff = 2 d_model; default: the preset's 64)")
     ap.add_argument("--vtlp", type=float, default=0.0)
     ap.add_argument("--mixup", type=float, default=0.0)
     ap.add_argument("--smoothing", type=float, default=0.0)

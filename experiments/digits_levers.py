@@ -115,7 +115,8 @@ def main():
     ap.add_argument("--base", default=str(ROOT / "runs" / "accuracy" / "commands.safetensors"))
     ap.add_argument("--digits", default=str(ROOT / "data" / "spoken_digits.npz"))
     ap.add_argument("--commands", default=str(ROOT / "data" / "speech_commands.npz"))
-    ap.add_argument("--share", type=float, default=0.0, help="rehearsal: share of command clips (default 0: off)")
+    ap.add_argument("--share", type=float, default=0.0,
+                    help="rehearsal: share of command clips (default 0: off)")
     ap.add_argument("--lp-steps", type=int, default=0, help="LP-FT: head-only steps first (default 0: off)")
     ap.add_argument("--lp-lr", type=float, default=3e-3)
     ap.add_argument("--noise", type=float, nargs=2, default=None, metavar=("LO", "HI"),

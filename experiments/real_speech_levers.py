@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The lever experiments behind docs/accuracy.md (real speakers): one run per call, one seed unless told.
 
-    python experiments/real_speech_levers.py base [--data NPZ] [--norm speech_cmvn] [--steps 12000] [--ema 0.999]
-                                              [--swa 0.5] [--d-model 96] [--n-syn 12000] [--select synthetic]
-    python experiments/real_speech_levers.py adapt [--base CKPT] [--rotate 1] [--mix NPZ:0.3] [--ema 0.99] [--lr 3e-4]
-                                               [--vtlp 0.25 --time-mask 10 --feature-mask 3] [--plan light]
-                                               [--n-train 700] [--seeds 3] [--warps 0.9,1,1.1]
-                                               [--top-k-choices 1,1,2]
+    python experiments/real_speech_levers.py base [--data NPZ] [--norm speech_cmvn] [--steps 12000]
+                                              [--ema 0.999] [--swa 0.5] [--d-model 96] [--n-syn 12000]
+                                              [--select synthetic]
+    python experiments/real_speech_levers.py adapt [--base CKPT] [--rotate 1] [--mix NPZ:0.3] [--ema 0.99]
+                                               [--lr 3e-4] [--vtlp 0.25 --time-mask 10 --feature-mask 3]
+                                               [--plan light] [--n-train 700] [--seeds 3]
+                                               [--warps 0.9,1,1.1] [--top-k-choices 1,1,2]
 
 `base` trains the command model on synthetic speech only (preset kws, elastic top-k 1/2, VTLP, the
 shipped recipe's defaults) and scores it zero-shot on real speakers of data/speech_commands_real.npz:
@@ -73,9 +74,9 @@ def run_base(a):
     cfg = preset("kws", input_dim=raw.x.shape[2], max_len=raw.x.shape[1], n_classes=len(raw.labels),
                  d_model=a.d_model, d_ff=2 * a.d_model)
     every = max(a.steps // 20, 1)
-    tcfg = TrainConfig(steps=a.steps, batch_size=BASE_RECIPE["batch_size"], lr=a.lr, warmup=BASE_RECIPE["warmup"],
-                       top_k_choices=(1, 2), seed=a.seed, eval_every=every, eval_batches=10 ** 6,
-                       patience=10 ** 6, augment=True, ema=a.ema)
+    tcfg = TrainConfig(steps=a.steps, batch_size=BASE_RECIPE["batch_size"], lr=a.lr,
+                       warmup=BASE_RECIPE["warmup"], top_k_choices=(1, 2), seed=a.seed, eval_every=every,
+                       eval_batches=10 ** 6, patience=10 ** 6, augment=True, ema=a.ema)
     select = real_val if a.select == "real" else apply_input_norm(syn_val, norm)
     params = init_params(cfg, seed=a.seed)
     state = TrainState(params, adamw_init(params))
@@ -135,7 +136,8 @@ def main(argv=None):
     b.add_argument("--lr", type=float, default=BASE_RECIPE["lr"])
     b.add_argument("--vtlp", type=float, default=BASE_RECIPE["vtlp"])
     b.add_argument("--ema", type=float, default=BASE_RECIPE["ema"], help="0: no weight averaging")
-    b.add_argument("--swa", type=float, default=0.0, help="average the evaluations' weights in this last share")
+    b.add_argument("--swa", type=float, default=0.0,
+                   help="average the evaluations' weights in this last share")
     b.add_argument("--d-model", type=int, default=64, help="d_ff is twice this")
     b.add_argument("--n-syn", type=int, default=0, help="a stratified subset of this many synthetic clips")
     b.add_argument("--select", choices=["real", "synthetic"], default="real")

@@ -79,7 +79,8 @@ def test_write_read_round_trip(tmp_path_factory, values, rate):
     assert np.all(np.abs(y - np.clip(x, -1, 1)) <= 1 / 32768 + 1e-12), "16-bit quantisation error > 1 LSB"
     first = p.read_bytes()
     audio.write_wav(p, y, rate)
-    assert p.read_bytes() == first, "write(read(write(x))) is not byte-identical: quantize16 is not idempotent"
+    assert p.read_bytes() == first, (
+        "write(read(write(x))) is not byte-identical: quantize16 is not idempotent")
 
 
 def test_write_wav_rejects_bad_input(tmp_path):
@@ -118,7 +119,8 @@ def test_pcm32(tmp_path):
 def test_ieee_float(tmp_path, bits, dtype):
     vals = np.array([-0.75, 0.0, 0.123456, 1.0, 1.5, -3.0], dtype)
     x, _ = read(tmp_path, wav_bytes(vals.tobytes(), code=FLOAT, bits=bits))
-    np.testing.assert_allclose(x, np.clip(vals, -1, 1), atol=1e-7, err_msg=f"float{bits} (clipped to [-1, 1])")
+    np.testing.assert_allclose(x, np.clip(vals, -1, 1), atol=1e-7,
+                               err_msg=f"float{bits} (clipped to [-1, 1])")
 
 
 def test_float_nan_rejected(tmp_path):
@@ -139,7 +141,8 @@ def test_extensible(tmp_path, sub, bits, valid, raw, want):
 
 def test_extensible_unknown_guid(tmp_path):
     body = fmt_body(EXT, 1, 16000, 16, ext_code=PCM)[:-14] + b"\x01" * 14
-    raw = b"RIFF" + struct.pack("<I", 4 + 8 + len(body) + 8 + 2) + b"WAVE" + chunk(b"fmt ", body) + chunk(b"data", b"\0\0")
+    raw = (b"RIFF" + struct.pack("<I", 4 + 8 + len(body) + 8 + 2) + b"WAVE" + chunk(b"fmt ", body)
+           + chunk(b"data", b"\0\0"))
     with pytest.raises(AudioError, match="GUID"):
         audio.read_wav(write(tmp_path, raw))
 
@@ -169,7 +172,8 @@ def test_odd_and_unknown_chunks_are_skipped(tmp_path):
 
 
 def test_partial_trailing_frame_is_dropped(tmp_path):
-    x, _ = read(tmp_path, wav_bytes(np.array([[100, 200], [300, 400]], "<i2").tobytes() + b"\x01\x00", channels=2))
+    x, _ = read(tmp_path, wav_bytes(np.array([[100, 200], [300, 400]], "<i2").tobytes() + b"\x01\x00",
+                                    channels=2))
     assert len(x) == 2, f"expected 2 whole stereo frames, got {len(x)}"
 
 
@@ -247,7 +251,8 @@ def test_resample_matches_scipy(sr_from, sr_to):
     x = np.random.default_rng(sr_from).standard_normal(sr_from // 10 + 7)
     got, want = audio.resample(x, sr_from, sr_to), signal.resample_poly(x, sr_to, sr_from)
     assert got.shape == want.shape, f"{sr_from}->{sr_to}: length {got.shape} vs scipy {want.shape}"
-    np.testing.assert_allclose(got, want, atol=TOL["resample_vs_scipy"], err_msg=f"{sr_from}->{sr_to} vs scipy")
+    np.testing.assert_allclose(got, want, atol=TOL["resample_vs_scipy"],
+                               err_msg=f"{sr_from}->{sr_to} vs scipy")
 
 
 @pytest.mark.parametrize("sr_from", [8000, 22050, 44100, 48000, 96000])
@@ -279,9 +284,11 @@ def test_front_end_constants():
     assert fb.shape == (513, 40), f"filterbank shape {fb.shape}"
     assert np.all(fb.sum(0) > 0), "an empty mel filter"
     freqs = np.arange(513) * 16000 / 1024
-    assert freqs[fb.sum(1) > 0].min() > 20 and freqs[fb.sum(1) > 0].max() < 4000, "filters outside 20..4000 Hz"
+    assert freqs[fb.sum(1) > 0].min() > 20 and freqs[fb.sum(1) > 0].max() < 4000, (
+        "filters outside 20..4000 Hz")
     mel = 2595 * np.log10(1 + freqs[np.argmax(fb, 0)] / 700)
-    assert np.all(np.diff(mel) > 0) and np.ptp(np.diff(mel)) < 60, "centres not evenly spaced on the HTK mel scale"
+    assert np.all(np.diff(mel) > 0) and np.ptp(np.diff(mel)) < 60, (
+        "centres not evenly spaced on the HTK mel scale")
 
 
 def test_fit_length():
@@ -295,7 +302,8 @@ def test_noise_floor_is_the_quietest_tenth_of_10ms_frames():
     # 100 frames of 10 ms, frame j a constant of amplitude levels[j] (its RMS), in shuffled order
     levels = np.linspace(0.01, 1.0, 100)
     rng = np.random.default_rng(1)
-    x = np.repeat(rng.permutation(levels), audio.NOISE_FRAME) * rng.choice([-1.0, 1.0], 100 * audio.NOISE_FRAME)
+    x = (np.repeat(rng.permutation(levels), audio.NOISE_FRAME)
+         * rng.choice([-1.0, 1.0], 100 * audio.NOISE_FRAME))
     assert audio.noise_floor(x) == pytest.approx(np.quantile(levels, 0.1), rel=1e-6)
     assert audio.noise_floor(np.zeros(3000)) == 0.0
     assert audio.noise_floor(np.full(50, 0.5)) == pytest.approx(0.5)     # shorter than one frame: its RMS
@@ -312,7 +320,8 @@ def test_fit_clip_is_fit_length_plus_a_fixed_dither_below_the_clip_floor(length)
     level = audio.noise_floor(x) * 10 ** (audio.DITHER_DB / 20)
     np.testing.assert_allclose(dither / level,
                                np.random.default_rng(audio.PAD_SEED).standard_normal(audio.CLIP_SAMPLES),
-                               rtol=1e-4, atol=1e-4, err_msg="the dither: fixed white noise DITHER_DB below the floor")
+                               rtol=1e-4, atol=1e-4,
+                               err_msg="the dither: fixed white noise DITHER_DB below the floor")
     assert 0.002 < audio.noise_floor(x) < 0.004                          # the room's level, not the word's
     np.testing.assert_array_equal(audio.fit_clip(x), y, err_msg="determinism")
 
@@ -339,7 +348,8 @@ def test_features_of_one_sample_and_of_silence():
     f = audio.features(np.zeros(1), 16000)
     want = audio.mfcc(np.zeros(16000))
     np.testing.assert_array_equal(f, want, err_msg="a single zero sample is 1 s of silence")
-    np.testing.assert_allclose(audio.log_mel(np.zeros(16000)), np.log(1e-6), rtol=1e-6, err_msg="silence floor")
+    np.testing.assert_allclose(audio.log_mel(np.zeros(16000)), np.log(1e-6), rtol=1e-6,
+                               err_msg="silence floor")
 
 
 def test_tone_at_8k_and_16k_gives_the_same_log_mel():
@@ -382,7 +392,8 @@ def test_features_deterministic_and_same_through_a_wav(tmp_path):
     audio.write_wav(tmp_path / "c.wav", x, 22050)
     np.testing.assert_array_equal(audio.wav_features(tmp_path / "c.wav"), audio.features(x, 22050),
                                   err_msg="wav_features != features of the same quantised clip")
-    np.testing.assert_array_equal(audio.features(x, 22050), audio.features(x.copy(), 22050), err_msg="determinism")
+    np.testing.assert_array_equal(audio.features(x, 22050), audio.features(x.copy(), 22050),
+                                  err_msg="determinism")
 
 
 def test_mfcc_rejects_wrong_rate():

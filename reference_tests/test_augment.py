@@ -41,13 +41,15 @@ def test_vtlp_mfcc_is_seeded_per_clip_and_warped_data_keeps_rows():
     np.testing.assert_allclose(vtlp_mfcc(x, np.random.default_rng(1), 1.0, 1.0), x, atol=1e-5)
     data = ArrayData(x, np.arange(8))
     norm = fit_input_norm(data, "cmvn")
-    w = WarpedData(data, norm, 1.0, 1.0)                     # no warp: exactly the scaled rows of ArrayData.batch
+    # no warp: exactly the scaled rows of ArrayData.batch
+    w = WarpedData(data, norm, 1.0, 1.0)
     xb, yb = w.batch(3, 5, seed=2)
     xs, ys = apply_input_norm(data, norm).batch(3, 5, seed=2)
     np.testing.assert_array_equal(yb, ys)
     np.testing.assert_allclose(xb, xs, atol=1e-4)
     xw, _ = WarpedData(data, norm).batch(3, 5, seed=2)
-    np.testing.assert_array_equal(xw, WarpedData(data, norm).batch(3, 5, seed=2)[0])   # step-seeded: resume-exact
+    # step-seeded: resume-exact
+    np.testing.assert_array_equal(xw, WarpedData(data, norm).batch(3, 5, seed=2)[0])
     assert not np.allclose(xw, xs, atol=1e-3)
 
 

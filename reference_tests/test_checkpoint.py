@@ -186,7 +186,8 @@ BYTE_CASES = {
     "scalars": ({"s": np.array(1, np.int8), "t": np.array(2.0, np.float32), "u": np.array(True)}, None),
     "empties": ({"e1": np.zeros((0,), np.float64), "e2": np.zeros((2, 0), np.uint16)}, {"k": ""}),
     "unicode-names": ({"é": np.ones(2, np.float32), "z": np.ones(1, np.float32), "Z": np.ones(1, np.float32),
-                       "日本": np.ones(3, np.float32), "\x7f": np.ones(1, np.float32)}, {"é\u2028": "\x01\n\t"}),
+                       "日本": np.ones(3, np.float32), "\x7f": np.ones(1, np.float32)},
+                      {"é\u2028": "\x01\n\t"}),
     "none": ({}, None),
     "model": (model_params(LM, 0, np.float32), {"config": json.dumps(LM.to_dict())}),
 }
@@ -304,20 +305,27 @@ def _rejections():
         ("trailing-nul", lambda p: raw_file(p, b"{}\0\0\0\0\0\0"), "not valid JSON"),
         ("json-list", lambda p: raw_file(p, b"[]"), "not an object"),
         ("json-string", lambda p: raw_file(p, b'"{}"'), "not an object"),
-        ("dup-top", lambda p: raw_file(p, b'{"a":%s,"a":%s}' % ((json.dumps(f32(0, 8)).encode(),) * 2), data8), "duplicate"),
-        ("dup-field", lambda p: raw_file(p, b'{"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}', data8), "duplicate"),
+        ("dup-top", lambda p: raw_file(p, b'{"a":%s,"a":%s}' % ((json.dumps(f32(0, 8)).encode(),) * 2),
+                                       data8), "duplicate"),
+        ("dup-field", lambda p: raw_file(p, b'{"a":{"dtype":"F32","dtype":"F32",'
+                                            b'"shape":[2],"data_offsets":[0,8]}}', data8), "duplicate"),
         ("dup-meta", lambda p: raw_file(p, b'{"__metadata__":{"k":"1","k":"2"}}'), "duplicate"),
-        ("nan", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}}', data8), "NaN"),
-        ("infinity", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[-Infinity],"data_offsets":[0,8]}}', data8), "Infinity"),
+        ("nan", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}}',
+                                   data8), "NaN"),
+        ("infinity", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[-Infinity],"data_offsets":[0,8]}}',
+                                        data8), "Infinity"),
         ("deep-json", lambda p: raw_file(p, b"[" * 100_000 + b"]" * 100_000), "JSON"),
-        ("huge-int", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,8]}}', data8), "JSON"),
+        ("huge-int", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000
+                                        + b'],"data_offsets":[0,8]}}', data8), "JSON"),
         ("entry-list", lambda p: raw_file(p, {"a": [1, 2]}), "not an object"),
         ("entry-missing", lambda p: raw_file(p, {"a": {"dtype": "F32", "shape": [2]}}, data8), "missing"),
         ("entry-extra", lambda p: raw_file(p, {"a": {**f32(0, 8), "offsets": [0, 8]}}, data8), "extra"),
-        ("dtype-bf16", lambda p: raw_file(p, {"a": {**f32(0, 4), "dtype": "BF16"}}, data8[:4]), "unknown dtype"),
+        ("dtype-bf16", lambda p: raw_file(p, {"a": {**f32(0, 4), "dtype": "BF16"}},
+                                          data8[:4]), "unknown dtype"),
         ("dtype-lower", lambda p: raw_file(p, {"a": {**f32(0, 8), "dtype": "f32"}}, data8), "unknown dtype"),
         ("dtype-int", lambda p: raw_file(p, {"a": {**f32(0, 8), "dtype": 4}}, data8), "unknown dtype"),
-        ("dtype-c64", lambda p: raw_file(p, {"a": {**f32(0, 8), "dtype": "C64", "shape": [1]}}, data8), "unknown dtype"),
+        ("dtype-c64", lambda p: raw_file(p, {"a": {**f32(0, 8), "dtype": "C64", "shape": [1]}},
+                                         data8), "unknown dtype"),
         ("shape-str", lambda p: raw_file(p, {"a": f32(0, 8, "2")}, data8), "shape"),
         ("shape-negative", lambda p: raw_file(p, {"a": f32(0, 8, [-2])}, data8), "shape"),
         ("shape-float", lambda p: raw_file(p, {"a": f32(0, 8, [2.0])}, data8), "shape"),
@@ -325,11 +333,16 @@ def _rejections():
         ("shape-null", lambda p: raw_file(p, {"a": f32(0, 8, None) | {"shape": None}}, data8), "shape"),
         ("shape-65-dims", lambda p: raw_file(p, {"a": f32(0, 4, [1] * 65)}, data8[:4]), "dimensions"),
         ("shape-huge", lambda p: raw_file(p, {"a": f32(0, 0, [2**62, 4, 0])}), "too large"),
-        ("offsets-one", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [8]}}, data8), "data_offsets"),
-        ("offsets-negative", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [-8, 0]}}, data8), "data_offsets"),
-        ("offsets-float", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [0, 8.0]}}, data8), "data_offsets"),
-        ("offsets-bool", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [False, 8]}}, data8), "data_offsets"),
-        ("offsets-reversed", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [8, 0]}}, data8), "begin > end"),
+        ("offsets-one", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [8]}},
+                                           data8), "data_offsets"),
+        ("offsets-negative", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [-8, 0]}},
+                                                data8), "data_offsets"),
+        ("offsets-float", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [0, 8.0]}},
+                                             data8), "data_offsets"),
+        ("offsets-bool", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [False, 8]}},
+                                            data8), "data_offsets"),
+        ("offsets-reversed", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [8, 0]}},
+                                                data8), "begin > end"),
         ("nbytes-mismatch", lambda p: raw_file(p, {"a": f32(0, 4, [2])}, data8[:4]), "needs"),
         ("overlap", lambda p: raw_file(p, {"a": f32(0, 8), "b": f32(4, 12)}, data8 + data8[:4]), "overlap"),
         ("hole", lambda p: raw_file(p, {"a": f32(0, 4), "b": f32(8, 12)}, data8 + data8[:4]), "hole"),
@@ -340,7 +353,8 @@ def _rejections():
         ("meta-list", lambda p: raw_file(p, {"__metadata__": ["x"]}), "__metadata__"),
         ("meta-int-value", lambda p: raw_file(p, {"__metadata__": {"k": 1}}), "__metadata__"),
         ("meta-null-value", lambda p: raw_file(p, {"__metadata__": {"k": None}}), "__metadata__"),
-        ("surrogate-name", lambda p: raw_file(p, b'{"\\ud800":%s}' % json.dumps(f32(0, 8)).encode(), data8), "Unicode"),
+        ("surrogate-name", lambda p: raw_file(p, b'{"\\ud800":%s}' % json.dumps(f32(0, 8)).encode(),
+                                              data8), "Unicode"),
         ("surrogate-meta", lambda p: raw_file(p, b'{"__metadata__":{"k":"\\udc00"}}'), "Unicode"),
         ("bool-byte-2", lambda p: raw_file(p, {"a": {"dtype": "BOOL", "shape": [2], "data_offsets": [0, 2]}},
                                            b"\x01\x02"), "BOOL"),
@@ -349,14 +363,18 @@ def _rejections():
         ("tab-padding", lambda p: raw_file(p, b"{}\t"), "padding"),
         ("newline-padding", lambda p: raw_file(p, b"{}\n"), "padding"),
         # valid JSON that parses to inf, and duplicates below the entry level
-        ("1e999-shape", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,8]}}', data8), "infinity"),
+        ("1e999-shape", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,8]}}',
+                                           data8), "infinity"),
         ("1e999-meta", lambda p: raw_file(p, b'{"__metadata__":{"k":-1e999}}'), "infinity"),
-        ("dup-deep", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":{"y":1,"y":2}}}', data8), "duplicate"),
+        ("dup-deep", lambda p: raw_file(p, b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],'
+                                           b'"x":{"y":1,"y":2}}}', data8), "duplicate"),
         ("shape-product-overflow", lambda p: raw_file(p, {"a": f32(0, 0, [2**40] * 3 + [0])}), "too large"),
         ("shape-huge-dims", lambda p: raw_file(p, {"a": f32(0, 0, [10**4000] * 64)}), "too large"),
         ("shape-bool-late", lambda p: raw_file(p, {"a": f32(0, 8, [2, False])}, data8), "shape"),
-        ("offsets-true", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [0, True]}}, data8), "data_offsets"),
-        ("offsets-2**64", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [2**64, 2**64 + 8]}}, data8), "hole"),
+        ("offsets-true", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [0, True]}},
+                                            data8), "data_offsets"),
+        ("offsets-2**64", lambda p: raw_file(p, {"a": {**f32(0, 8), "data_offsets": [2**64, 2**64 + 8]}},
+                                             data8), "hole"),
         ("zero-size-inside", lambda p: raw_file(p, {"a": f32(0, 8), "e": f32(4, 4, [0])}, data8), "overlap"),
     ]
     return cases
@@ -388,7 +406,8 @@ def test_int_digit_limit_does_not_depend_on_the_interpreter(tmp_path):
     # With the interpreter's limit lifted, a huge integer would parse in quadratic time.
     if not hasattr(sys, "set_int_max_str_digits"):
         pytest.skip("no int digit limit in this Python")
-    path = raw_file(tmp_path / "x", b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,0]}}')
+    path = raw_file(tmp_path / "x",
+                    b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,0]}}')
     old = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)
     try:
@@ -427,7 +446,8 @@ def test_reader_accepts_unusual_but_valid(tmp_path):
     data = np.arange(3, dtype="<f4").tobytes() + np.arange(2, dtype="<i2").tobytes()
     hb = json.dumps({"z": {"dtype": "I16", "shape": [2], "data_offsets": [12, 16]},
                      "e": {"dtype": "F64", "shape": [0], "data_offsets": [12, 12]},
-                     "a": f32(0, 12), "e0": {"dtype": "U8", "shape": [4, 0], "data_offsets": [0, 0]}}).encode()
+                     "a": f32(0, 12),
+                     "e0": {"dtype": "U8", "shape": [4, 0], "data_offsets": [0, 0]}}).encode()
     path = tmp_path / "odd.safetensors"
     path.write_bytes(struct.pack("<Q", len(hb)) + hb + data)
     got, meta = read_safetensors(path)
@@ -545,7 +565,8 @@ def _set(d, key, value):
     (lambda t, m: _set(t, "head.bias", np.zeros(2, np.int32)), "dtype"),
     (lambda t, m: _set(t, "head.bias", np.zeros(2, bool)), "dtype"),
     (lambda t, m: _set(m, "epoch", "1e999"), "epoch"),
-    (lambda t, m: _set(m, "config", json.dumps(CLF.to_dict()).replace('"d_model": 8', '"d_model": 1e999')), "config"),
+    (lambda t, m: _set(m, "config", json.dumps(CLF.to_dict()).replace('"d_model": 8', '"d_model": 1e999')),
+     "config"),
     (lambda t, m: _set(m, "config", json.dumps({**CLF.to_dict(), "d_model": True})), "d_model"),
     (lambda t, m: _set(m, "config", json.dumps({**CLF.to_dict(), "d_model": "x" * 10**5})), "d_model"),
     (lambda t, m: _set(m, "format", "x" * 10**5), "format"),

@@ -42,11 +42,12 @@ def run_json(capsys, argv):
 
 def test_train_info_eval_on_features(tmp_path, feats, capsys):
     ckpt = tmp_path / "m.safetensors"
-    res = run_json(capsys, ["train", "--data", str(feats), "--steps", "6", "--batch-size", "8", "--out", str(ckpt),
-                            "--json", *SMALL])
+    res = run_json(capsys, ["train", "--data", str(feats), "--steps", "6", "--batch-size", "8",
+                            "--out", str(ckpt), "--json", *SMALL])
     assert res["step"] == 6 and Path(res["checkpoint"]) == ckpt and res["final"]["n"] == 6
     info = run_json(capsys, ["info", str(ckpt), "--json"])
-    assert info["mode"] == "classifier" and info["config"]["input_dim"] == 4 and info["config"]["n_classes"] == 3
+    assert (info["mode"] == "classifier" and info["config"]["input_dim"] == 4
+            and info["config"]["n_classes"] == 3)
     assert info["parameters"] == qz.config.n_params(qz.Config.from_dict(info["config"]))
     assert set(info["active_parameters_per_token"]) == {"1", "2", "3", "4"}
     ev = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--json"])
@@ -54,7 +55,8 @@ def test_train_info_eval_on_features(tmp_path, feats, capsys):
     assert all(0 <= r["accuracy"] <= 1 for r in ev["results"])
     # test-time warps: warp 1 alone is the model itself; a bad list is a one-line error
     ev1 = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--warps", "1", "--json"])
-    assert all(r["accuracy_warps"] == pytest.approx(r["accuracy"]) and r["warps"] == [1.0] for r in ev1["results"])
+    assert all(r["accuracy_warps"] == pytest.approx(r["accuracy"]) and r["warps"] == [1.0]
+               for r in ev1["results"])
     ev3 = run_json(capsys, ["eval", str(ckpt), "--data", str(feats), "--warps", "0.9,1,1.1", "--json"])
     assert all(0 <= r["accuracy_warps"] <= 1 for r in ev3["results"])
     assert exit_code(["eval", str(ckpt), "--data", str(feats), "--warps", "0.9,abc"]) == 1
@@ -185,8 +187,8 @@ def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     wavs = sorted((ROOT / "data" / "wav").glob("*.wav"))[:2]
     bad = tmp_path / "notes.txt"
     bad.write_text("not audio")
-    argv = ["run", files["fp32"]["path"], files["int8"]["path"], "--inputs", str(wavs[0]), str(bad), str(wavs[1]),
-            "--battery", "12", "--charging", "no", "--json"]
+    argv = ["run", files["fp32"]["path"], files["int8"]["path"], "--inputs", str(wavs[0]), str(bad),
+            str(wavs[1]), "--battery", "12", "--charging", "no", "--json"]
     assert main(argv) == 1                                         # one input failed ...
     captured = capsys.readouterr()
     out = json.loads(captured.out)
@@ -195,8 +197,8 @@ def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     assert captured.err.count("\n") == 1 and "notes.txt" in captured.err
     # the same bundle through a simulated discharge (qz governor simulate)
     np.savez(data, x=x[:30], y=y[:30], x_test=x[30:], y_test=y[30:])
-    sim = run_json(capsys, ["governor", "simulate", files["fp32"]["path"], files["int8"]["path"], "--data", str(data),
-                            "--repeats", "2", "--out", str(tmp_path / "sim"), "--json"])
+    sim = run_json(capsys, ["governor", "simulate", files["fp32"]["path"], files["int8"]["path"],
+                            "--data", str(data), "--repeats", "2", "--out", str(tmp_path / "sim"), "--json"])
     assert set(sim["modes"]) == {"performance", "balanced", "low_power", "critical"}
     assert all(m["energy_j"] > 0 and "measured_energy_j" in m for m in sim["modes"].values())
     assert sim["runs"]["governed"]["requests"] > 0 and (tmp_path / "sim.json").exists()
@@ -211,8 +213,9 @@ def test_finetune_mix_and_train_on_a_wav_folder(tmp_path, feats, capsys):
     assert _mix_arg("C:/odd:name.npz") == ("C:/odd:name.npz", None)
     ckpt = tmp_path / "m.safetensors"
     run_json(capsys, ["train", "--data", str(feats), "--steps", "4", "--out", str(ckpt), "--json", *SMALL])
-    rep = run_json(capsys, ["finetune", str(ckpt), "--data", str(feats), "--mix", f"{feats}:0.25", "--steps", "4",
-                            "--eval-every", "2", "--out", str(tmp_path / "ft.safetensors"), "--json"])
+    rep = run_json(capsys, ["finetune", str(ckpt), "--data", str(feats), "--mix", f"{feats}:0.25",
+                            "--steps", "4", "--eval-every", "2", "--out", str(tmp_path / "ft.safetensors"),
+                            "--json"])
     assert rep["mix"]["n"] == 60 and rep["options"]["mix_share"] == 0.25
     assert exit_code(["finetune", str(ckpt), "--data", str(feats), "--mix", f"{feats}:1.5"]) == 1
     assert "--mix: mix_share" in capsys.readouterr().err
@@ -223,8 +226,8 @@ def test_finetune_mix_and_train_on_a_wav_folder(tmp_path, feats, capsys):
             t = np.arange(8000) / 16000
             write_wav(wavs / label / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t
                                                                        * (2 if label == "yes" else 1)), 16000)
-    res = run_json(capsys, ["train", "--data", str(wavs), "--steps", "2", "--out", str(tmp_path / "w.safetensors"),
-                            "--json", *SMALL])
+    res = run_json(capsys, ["train", "--data", str(wavs), "--steps", "2",
+                            "--out", str(tmp_path / "w.safetensors"), "--json", *SMALL])
     _, cfg, meta = qz.load(tmp_path / "w.safetensors")
     assert res["step"] == 2 and cfg.input_dim == 13 and meta["labels"] == ["no", "yes"]
 
@@ -234,8 +237,8 @@ def test_train_and_finetune_take_ema(tmp_path, feats, capsys):
     and its --data/--val/--test take FILE.npz:val-style splits."""
     from qz.train import load_training
     ckpt = tmp_path / "m.safetensors"
-    run_json(capsys, ["train", "--data", str(feats), "--steps", "4", "--ema", "0.5", "--out", str(ckpt), "--json",
-                      *SMALL])
+    run_json(capsys, ["train", "--data", str(feats), "--steps", "4", "--ema", "0.5", "--out", str(ckpt),
+                      "--json", *SMALL])
     _, tcfg, state = load_training(ckpt)
     assert tcfg.ema == 0.5 and any(k.startswith("ema.") for k in state.opt)
     split = tmp_path / "split.npz"

@@ -25,8 +25,8 @@ def test_classifier_npz_with_and_without_val(tmp_path):
 def test_load_labelled_takes_a_named_split_of_an_npz(tmp_path):
     x = np.random.default_rng(0).standard_normal((6, 5, 3)).astype(np.float32)
     y = np.arange(6) % 3
-    path = write_npz(tmp_path / "s.npz", x=x, y=y, x_val=x[:2] + 1, y_val=y[:2], x_test=x[:4] - 1, y_test=y[:4],
-                     labels=np.array(["a", "b", "c"]))
+    path = write_npz(tmp_path / "s.npz", x=x, y=y, x_val=x[:2] + 1, y_val=y[:2], x_test=x[:4] - 1,
+                     y_test=y[:4], labels=np.array(["a", "b", "c"]))
     val, test, whole = load_labelled(f"{path}:val"), load_labelled(f"{path}:test"), load_labelled(path)
     np.testing.assert_array_equal(val.x, x[:2] + 1)
     np.testing.assert_array_equal(test.y, y[:4])
@@ -118,8 +118,8 @@ def test_speech_cmvn_takes_its_statistics_from_the_speech_frames_only():
     rng = np.random.default_rng(0)
     speech = rng.standard_normal((3, 20, 13)).astype(np.float32)
     speech[..., 0] = 50.0 + rng.uniform(-5, 5, (3, 20))                   # all within the range
-    np.testing.assert_allclose(utterance_normalized(speech, "speech_cmvn"), utterance_normalized(speech, "cmvn"),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(utterance_normalized(speech, "speech_cmvn"),
+                               utterance_normalized(speech, "cmvn"), rtol=1e-5, atol=1e-5)
     quiet = rng.standard_normal((3, 29, 13)).astype(np.float32)
     quiet[..., 0] = 50.0 - SPEECH_RANGE - 10.0 + rng.uniform(-5, 5, (3, 29))   # padding: below the range
     padded = np.concatenate([quiet[:, :10], speech, quiet[:, 10:]], axis=1)   # (3, 49, 13)
@@ -127,6 +127,7 @@ def test_speech_cmvn_takes_its_statistics_from_the_speech_frames_only():
     assert mask[:, 10:30].all() and not mask[:, :10].any() and not mask[:, 30:].any()
     np.testing.assert_allclose(utterance_normalized(padded, "speech_cmvn")[:, 10:30],
                                utterance_normalized(speech, "cmvn"), rtol=1e-5, atol=1e-5)
-    assert not np.allclose(utterance_normalized(padded, "cmvn")[:, 10:30], utterance_normalized(speech, "cmvn"))
+    assert not np.allclose(utterance_normalized(padded, "cmvn")[:, 10:30],
+                           utterance_normalized(speech, "cmvn"))
     with pytest.raises(DataError, match="speech_cmvn"):
         utterance_normalized(speech, "loud")

@@ -50,8 +50,10 @@ def test_demo_from_scratch_then_from_the_shipped_base(small_data, tmp_path):
     text = "\n".join(summary_lines(report))
     assert "unseen real speakers, top_k 2" in text and "adapted on 120 real clips" in text
 
-    shutil.copy(out / "commands_base.safetensors", small_data / BASE)     # the shipped base, as the script writes it
-    again = run_demo(DemoOptions(data_dir=small_data, out_dir=tmp_path / "out2", adapt_steps=20, qat_steps=10),
+    # the shipped base, as the script writes it
+    shutil.copy(out / "commands_base.safetensors", small_data / BASE)
+    again = run_demo(DemoOptions(data_dir=small_data, out_dir=tmp_path / "out2", adapt_steps=20,
+                                 qat_steps=10),
                      log=None, progress=False)
     assert not again["base"]["from_scratch"]
     assert again["base"]["real_test_accuracy_top2"] == report["base"]["real_test_accuracy_top2"]

@@ -1,4 +1,5 @@
-"""Counted work and estimated energy of one inference, and RAPL readings (qz/governor/energy.py, docs/spec.md §4)."""
+"""Counted work and estimated energy of one inference, and RAPL readings
+(qz/governor/energy.py, docs/spec.md §4)."""
 import tempfile
 from pathlib import Path
 
@@ -7,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qz.config import PRESETS, Config, preset
-from qz.governor.energy import (HOROWITZ_45NM_PJ, PRECISIONS, Work, count_work, estimate_energy, model_weight_bytes,
-                       rapl_joules_between, read_rapl, read_rapl_ranges)
+from qz.governor.energy import (HOROWITZ_45NM_PJ, PRECISIONS, Work, count_work, estimate_energy,
+                                model_weight_bytes, rapl_joules_between, read_rapl, read_rapl_ranges)
 
 # d=4, 2 heads, 1 layer, E=4, k=2, f=8, T=3; classifier with 5 inputs and 3 classes
 TINY_CLF = Config(d_model=4, n_heads=2, n_layers=1, n_experts=4, top_k=2, d_ff=8, max_len=3,

@@ -11,8 +11,10 @@ from qz.checkpoint import CheckpointError, read_safetensors, write_safetensors
 
 
 def setup(S=1, mode="classifier"):
-    common = dict(d_model=16, n_heads=2, n_layers=2, n_experts=4, top_k=2, d_ff=8, max_len=6, n_shared_experts=S)
-    cfg = qz.Config(input_dim=5, n_classes=3, **common) if mode == "classifier" else qz.Config(vocab_size=11, **common)
+    common = dict(d_model=16, n_heads=2, n_layers=2, n_experts=4, top_k=2, d_ff=8, max_len=6,
+                  n_shared_experts=S)
+    cfg = (qz.Config(input_dim=5, n_classes=3, **common) if mode == "classifier"
+           else qz.Config(vocab_size=11, **common))
     params = qz.init_params(cfg, seed=4)
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((3, 6, 5)).astype(np.float32) if mode == "classifier"

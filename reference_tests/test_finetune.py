@@ -65,7 +65,8 @@ def test_plans_train_only_what_they_say(base, tmp_path, plan):
     if plan == "head":
         assert changed == set()
     elif plan == "light":
-        assert changed and all(n.endswith(("norm", "gate")) or n.startswith("in_proj.") for n in changed), changed
+        assert changed and all(n.endswith(("norm", "gate")) or n.startswith("in_proj.")
+                               for n in changed), changed
     else:
         assert "blocks.0.w1" in changed and "blocks.0.wq" in changed
     assert report["val_accuracy_top2"]["mean"] > 0.8, report
@@ -76,7 +77,8 @@ def test_seeds_report_spread_and_test_is_only_evaluated(base, tmp_path):
     rng = np.random.default_rng(1)
     data, test = make_task(rng), make_task(rng, n=60)
     opts = FinetuneOptions(steps=40, eval_every=10, patience=3, seeds=3, lr=1e-2)
-    rep = finetune(path, data, opts, test=test, out_path=tmp_path / "ft.safetensors", log=None, progress=False)
+    rep = finetune(path, data, opts, test=test, out_path=tmp_path / "ft.safetensors", log=None,
+                   progress=False)
     assert [r["seed"] for r in rep["runs"]] == [0, 1, 2]
     assert set(rep["test_accuracy_top2"]) == {"mean", "std"}
     best_val = max(r["val_accuracy_top2"] for r in rep["runs"])
@@ -123,7 +125,8 @@ def test_qat_finetune_scores_the_int8_model_and_ships_its_export(base, tmp_path)
     data, test = make_task(rng), make_task(rng, n=40)
     out = tmp_path / "q.safetensors"
     rep = finetune(path, data, FinetuneOptions(steps=60, eval_every=10, patience=0, lr=1e-2, qat_start=20,
-                                               qat_freeze=50), test=test, out_path=out, log=None, progress=False)
+                                               qat_freeze=50),
+                   test=test, out_path=out, log=None, progress=False)
     assert rep["precision"] == "int8 (QAT)" and rep["test_accuracy_top2"]["mean"] > 0.8
     assert "test_accuracy_fp32_top2" in rep["runs"][0]
     cfg, _, state = load_training(out)
@@ -139,7 +142,8 @@ def test_qat_finetune_scores_the_int8_model_and_ships_its_export(base, tmp_path)
     np.add.at(want_cm, (norm_test.y, pred), 1)
     assert rep["confusion"] == want_cm.tolist()
     from qz.train import evaluate
-    assert rep["expert_load"] == evaluate(state.params, cfg, norm_test, 256, quant=quant_of(state))["expert_load"]
+    assert rep["expert_load"] == evaluate(state.params, cfg, norm_test, 256,
+                                          quant=quant_of(state))["expert_load"]
     with pytest.raises(ValueError, match="qat_freeze"):
         FinetuneOptions(qat_start=30, qat_freeze=10)
 
@@ -165,7 +169,8 @@ def test_vtlp_and_soft_targets_change_training_but_still_learn(base, tmp_path):
     path, _ = base
     data = make_task(np.random.default_rng(2))
     runs = {}
-    for name, kw in {"plain": {}, "vtlp": {"vtlp": 0.2}, "soft": {"mixup": 0.4, "label_smoothing": 0.1}}.items():
+    for name, kw in {"plain": {}, "vtlp": {"vtlp": 0.2},
+                     "soft": {"mixup": 0.4, "label_smoothing": 0.1}}.items():
         out = tmp_path / f"{name}.safetensors"
         rep = finetune(path, data, FinetuneOptions(steps=60, eval_every=20, patience=0, lr=1e-2, **kw),
                        out_path=out, log=None, progress=False)
@@ -188,13 +193,15 @@ def test_base_head_is_kept_reordered_when_the_labels_match(tmp_path):
     data = make_task(np.random.default_rng(0))
     data.labels = ["c", "a", "b"]
     out = tmp_path / "kept.safetensors"
-    rep = finetune(path, data, FinetuneOptions(plan="head", steps=1, lr=1e-12, eval_every=1, patience=0, warmup=0),
+    rep = finetune(path, data, FinetuneOptions(plan="head", steps=1, lr=1e-12, eval_every=1, patience=0,
+                                               warmup=0),
                    out_path=out, log=None, progress=False)
     got, _, meta = qz.load(out)
     assert rep["head"] == "base" and meta["labels"] == ["c", "a", "b"]
     np.testing.assert_allclose(got["head.bias"], [3.0, 1.0, 2.0], atol=1e-6)
     np.testing.assert_allclose(got["head.weight"], params["head.weight"][:, [2, 0, 1]], atol=1e-6)
-    rep = finetune(path, data, FinetuneOptions(plan="head", steps=1, eval_every=1, patience=0, keep_head=False),
+    rep = finetune(path, data, FinetuneOptions(plan="head", steps=1, eval_every=1, patience=0,
+                                               keep_head=False),
                    log=None, progress=False)
     assert rep["head"] == "new"
 
@@ -214,8 +221,9 @@ def test_mix_rehearses_its_share_of_every_batch(base, tmp_path, monkeypatch):
         seen.append((x, y))
         return real_train(cfg, tcfg, tr, va, **kw)
     monkeypatch.setattr(ft, "train", spy)
-    rep = finetune(path, data, FinetuneOptions(steps=4, batch_size=16, eval_every=2, patience=0, mix_share=0.25,
-                                               augment=False), mix=mix, log=None, progress=False)
+    rep = finetune(path, data, FinetuneOptions(steps=4, batch_size=16, eval_every=2, patience=0,
+                                               mix_share=0.25, augment=False),
+                   mix=mix, log=None, progress=False)
     x, y = seen[0]
     from_mix = np.all(x == 7.0, axis=(1, 2))
     assert from_mix.sum() == 4 and np.all(y[from_mix] == 2), (from_mix, y)

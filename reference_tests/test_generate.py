@@ -346,7 +346,8 @@ def test_cli_generate_from_a_checkpoint_and_exports(tmp_path, capsys):
     (["--battery", "15", "--charging", "no"], "low_power", "int8", 1, None),
     (["--battery", "3", "--charging", "no"], "critical", "int8", 1, 1),
 ])
-def test_cli_generate_under_the_governor(tmp_path, capsys, overrides, mode, precision, k, threads, monkeypatch):
+def test_cli_generate_under_the_governor(tmp_path, capsys, overrides, mode, precision, k, threads,
+                                         monkeypatch):
     # the overrides name the mode; this host's real CPU load must not (>= 90 % busy is low_power)
     monkeypatch.setattr(governor.sensors, "busy_share", lambda before, after: 0.1)
     files = _lm_files(tmp_path)

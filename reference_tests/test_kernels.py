@@ -1,4 +1,5 @@
-"""Every Numba kernel equals its NumPy twin (the references in qz/ops.py and qz/moe.py, the twins in qz/kernels/), at awkward sizes, in both dtypes.
+"""Every Numba kernel equals its NumPy twin (the references in qz/ops.py and qz/moe.py, the twins in
+qz/kernels/), at awkward sizes, in both dtypes.
 
 Skipped where numba is not installed; the rest of the suite then runs on the
 NumPy twins alone, which is itself the check that NumPy is enough.
@@ -111,7 +112,8 @@ def test_dispatch(N, K, E):
     for g, w, name in zip(got, want, ("order", "bounds", "tok", "pos")):
         assert g.dtype == w.dtype and np.array_equal(g, w), f"dispatch {name}: {g} vs {w}"
     order, bounds, tok, pos = got
-    assert np.array_equal(idx.reshape(-1)[order], np.repeat(np.arange(E), np.diff(bounds)))  # grouped by expert
+    # grouped by expert
+    assert np.array_equal(idx.reshape(-1)[order], np.repeat(np.arange(E), np.diff(bounds)))
     assert np.array_equal(order[pos.reshape(-1)], np.arange(N * K))                        # pos inverts order
 
 
@@ -171,10 +173,11 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
     for bias in (None, b):
         ref = kernels.int8.int8_linear_ref(x, w, colsum, s, scale, zp, bias)
         jit = kernels.int8.int8_linear_jit(x, w, colsum, s, np.float32(scale), np.float32(zp),
-                                      b if bias is None else bias, bias is not None)
+                                           b if bias is None else bias, bias is not None)
         np.testing.assert_array_equal(jit, ref, err_msg=f"int8 linear n={n} k={k} c={c}")
     E = 3
-    ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
+    w_experts = rng.standard_normal((E, k, c)).astype(np.float32)
+    ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(w_experts, -2))
     idx = rng.integers(0, E, (n, 2))
     from qz.moe import dispatch
     _, bounds, tok, _ = dispatch(idx, E)
@@ -183,7 +186,8 @@ def test_int8_linear_and_experts_jit_equal_ref_bit_for_bit(n, k, c):
     np.testing.assert_array_equal(jit, ref, err_msg=f"int8 experts n={n} k={k} c={c}")
     for e in range(E):       # each expert's rows equal the single-layer kernel on the gathered tokens
         lo, hi = bounds[e], bounds[e + 1]
-        np.testing.assert_array_equal(ref[lo:hi], kernels.int8.int8_linear_ref(x[tok[lo:hi]], ws[e], cs[e], ss[e], scale, zp))
+        want = kernels.int8.int8_linear_ref(x[tok[lo:hi]], ws[e], cs[e], ss[e], scale, zp)
+        np.testing.assert_array_equal(ref[lo:hi], want)
 
 
 
@@ -206,18 +210,20 @@ def test_simd_kernels_equal_ref_bit_for_bit(n, k, c):
         np.testing.assert_array_equal(kernels.int8_linear(x, w, colsum, s, scale, zp, bias, w4),
                                       kernels.int8.int8_linear_ref(x, w, colsum, s, scale, zp, bias))
     E = 4
-    ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(rng.standard_normal((E, k, c)).astype(np.float32), -2))
+    w_experts = rng.standard_normal((E, k, c)).astype(np.float32)
+    ws, ss, cs, _ = quant.pack_qweight(quant.split_weight(w_experts, -2))
     from qz.moe import dispatch
     _, bounds, tok, _ = dispatch(rng.integers(0, E - 1, (n, 2)), E)   # expert E-1 gets no tokens
-    np.testing.assert_array_equal(kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack(ws)),
-                                  kernels.int8.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
+    got = kernels.int8_experts(x, tok, bounds, ws, cs, ss, scale, zp, kernels.int8_pack(ws))
+    np.testing.assert_array_equal(got, kernels.int8.int8_experts_ref(x, tok, bounds, ws, cs, ss, scale, zp))
 
 
 def test_int8_pack_layouts():
     """Lane l of vector v, group t of the packed weights holds w[g t .. g t + g - 1, tile column];
     padding (K to the group, C to the tile) is zero."""
     w = np.random.default_rng(3).integers(-127, 128, (5, 19)).astype(np.int8)
-    for pack, g, width in ((kernels.int8_pack_vnni, 4, kernels.int8_simd.VNNI_W), (kernels.int8_pack_avx2, 2, kernels.int8_simd.AVX2_W)):
+    for pack, g, width in ((kernels.int8_pack_vnni, 4, kernels.int8_simd.VNNI_W),
+                           (kernels.int8_pack_avx2, 2, kernels.int8_simd.AVX2_W)):
         kg, cp = -(-5 // g), -(-19 // width) * width
         p = pack(w).reshape(kg, cp, g)
         for t in range(kg):
@@ -236,7 +242,8 @@ def test_avx2_kernel_on_a_vnni_cpu():
     code = ("import numpy as np; from qz import kernels, quant; assert kernels.AVX2\n"
             "rng = np.random.default_rng(0); x = rng.standard_normal((9, 129)).astype(np.float32)\n"
             "w, s, cs, w4 = quant.pack_linear(rng.standard_normal((129, 65)).astype(np.float32))\n"
-            "a, b = kernels.int8_linear(x, w, cs, s, 0.05, 100, None, w4), kernels.int8.int8_linear_ref(x, w, cs, s, 0.05, 100)\n"
+            "a = kernels.int8_linear(x, w, cs, s, 0.05, 100, None, w4)\n"
+            "b = kernels.int8.int8_linear_ref(x, w, cs, s, 0.05, 100)\n"
             "assert np.array_equal(a, b)\n")
     env = dict(os.environ, QZ_INT8_VNNI="0")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("make_speech_datasets", ROOT / "scripts" / "make_speech_datasets.py")
+_spec = importlib.util.spec_from_file_location("make_speech_datasets",
+                                               ROOT / "scripts" / "make_speech_datasets.py")
 mk = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("make_speech_datasets", mk)
 _spec.loader.exec_module(mk)
@@ -69,7 +70,8 @@ def test_random_voices_speak_and_leave_the_shipped_voices_unchanged(tmp_path, mo
         assert x is not None and len(x) > 1600                       # at least 0.1 s of audio
         assert len(x) != len(plain) or not np.array_equal(x, plain)  # the variant took effect
     # the private copy stays under espeak-ng's 349-voice list limit with the full 200 voices
-    out = subprocess.run(["espeak-ng", f"--path={tmp_path}", "--voices=variant"], capture_output=True, text=True)
+    out = subprocess.run(["espeak-ng", f"--path={tmp_path}", "--voices=variant"], capture_output=True,
+                         text=True)
     assert "maximum number" not in out.stderr
     n_files = sum(len(f) for _, _, f in os.walk(tmp_path / "espeak-ng-data" / "voices")) + \
         sum(len(f) for _, _, f in os.walk(tmp_path / "espeak-ng-data" / "lang"))
@@ -81,7 +83,8 @@ def test_unknown_words_are_the_speech_commands_protocols_and_more():
     """`_unknown_` holds the data set's 25 other words (digits included), never a command word."""
     assert set(mk.SPEECH_COMMANDS_OTHER) <= set(mk.UNKNOWN_WORDS) and len(mk.SPEECH_COMMANDS_OTHER) == 25
     assert set(mk.DIGITS) <= set(mk.UNKNOWN_WORDS)
-    assert not set(mk.COMMANDS) & set(mk.UNKNOWN_WORDS) and len(set(mk.UNKNOWN_WORDS)) == len(mk.UNKNOWN_WORDS)
+    assert (not set(mk.COMMANDS) & set(mk.UNKNOWN_WORDS)
+            and len(set(mk.UNKNOWN_WORDS)) == len(mk.UNKNOWN_WORDS))
 
 
 def test_cache_returns_what_was_made_and_makes_it_once(tmp_path, monkeypatch):
@@ -95,7 +98,8 @@ def test_cache_returns_what_was_made_and_makes_it_once(tmp_path, monkeypatch):
     assert np.array_equal(mk.cached(("e", "w"), lambda: make(word)), word)
     assert np.array_equal(mk.cached(("e", "w"), lambda: make(None)), word) and len(calls) == 1
     assert mk.cached(("e", "failed"), lambda: make(None)) is None
-    assert mk.cached(("e", "failed"), lambda: make(word)) is None and len(calls) == 2   # a failure is kept too
+    # a failure is kept too
+    assert mk.cached(("e", "failed"), lambda: make(word)) is None and len(calls) == 2
     assert mk.cache_load(("e", "other")) == (False, None)
 
 
@@ -123,7 +127,8 @@ def test_natural_plans_follow_the_engine_groups_and_train_only():
         [("kokoro", {"id": f"mix{i}"}, f"kokoro/mix{i}", "F") for i in range(5)]
     words = [["yes"]]
     recipe = mk.Recipe(natural_share=0.5)
-    plans = [mk.natural_plan(("d", "train", 0, i, (0, 0, 0, 0, i)), words, natural, recipe) for i in range(3000)]
+    plans = [mk.natural_plan(("d", "train", 0, i, (0, 0, 0, 0, i)), words, natural, recipe)
+             for i in range(3000)]
     drawn = [p for p in plans if p is not None]
     assert abs(len(drawn) / 3000 - 0.5) < 0.04
     share = {e: sum(p[0] == e for p in drawn) / len(drawn) for e in ("flite", "pico", "kokoro")}

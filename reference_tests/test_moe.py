@@ -62,7 +62,8 @@ def test_moe_equals_direct_spec_formula(case):
     N, E, k, d, f, seed = case
     rng = np.random.default_rng(seed)
     h, wg = rng.standard_normal((N, d)), rng.standard_normal((d, E))
-    w1, w3, w2 = rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)), rng.standard_normal((E, f, d))
+    w1, w3, w2 = (rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)),
+                  rng.standard_normal((E, f, d)))
     out, aux, stats, _ = moe.moe_forward(h, wg, w1, w3, w2, k)
     (w, idx, probs), _ = moe.gate_forward(h, wg, k)
     want = np.zeros_like(h)
@@ -79,7 +80,8 @@ def test_top_k_equal_E_is_the_dense_mixture(case):
     N, E, _, d, f, seed = case
     rng = np.random.default_rng(seed)
     h, wg = rng.standard_normal((N, d)), rng.standard_normal((d, E))
-    w1, w3, w2 = rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)), rng.standard_normal((E, f, d))
+    w1, w3, w2 = (rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)),
+                  rng.standard_normal((E, f, d)))
     out, _, _, _ = moe.moe_forward(h, wg, w1, w3, w2, E)
     logits = h @ wg
     probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -113,7 +115,8 @@ def test_moe_vjp(case, with_shared):
     args = [rng.standard_normal((N, d)), rng.standard_normal((d, E)),
             rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)), rng.standard_normal((E, f, d))]
     if S:
-        args += [rng.standard_normal((S, d, f)), rng.standard_normal((S, d, f)), rng.standard_normal((S, f, d))]
+        args += [rng.standard_normal((S, d, f)), rng.standard_normal((S, d, f)),
+                 rng.standard_normal((S, f, d))]
     cache = {}
 
     def fwd(h, wg, w1, w3, w2, *sh):

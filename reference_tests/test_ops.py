@@ -12,7 +12,8 @@ from strategies import dims, model_shapes, seeds, small
 @given(small, small, dims, dims, seeds)
 def test_linear_vjp(B, T, n_in, n_out, seed):
     rng = np.random.default_rng(seed)
-    x, w, b = rng.standard_normal((B, T, n_in)), rng.standard_normal((n_in, n_out)), rng.standard_normal(n_out)
+    x, w, b = (rng.standard_normal((B, T, n_in)), rng.standard_normal((n_in, n_out)),
+               rng.standard_normal(n_out))
     cache = {}
 
     def fwd(x, w, b):
@@ -109,7 +110,8 @@ def test_swiglu_extreme_inputs_are_finite():
     m, c = ops.swiglu_forward(a, np.ones_like(a))
     da, db = ops.swiglu_backward(np.ones_like(a), c)
     assert np.all(np.isfinite(m)) and np.all(np.isfinite(da)) and np.all(np.isfinite(db))
-    np.testing.assert_allclose(m[0], [0.0, -50.0 / (1 + np.exp(50.0)), 0.0, 50.0 / (1 + np.exp(-50.0)), 1000.0])
+    np.testing.assert_allclose(m[0], [0.0, -50.0 / (1 + np.exp(50.0)), 0.0, 50.0 / (1 + np.exp(-50.0)),
+                                      1000.0])
 
 
 @given(small, small, dims, seeds)

@@ -45,7 +45,8 @@ def test_no_decay_on_norms_and_biases():
 def test_weight_decay_alone_shrinks_weights_not_gains():
     params = {"w": np.ones(3), "final_norm": np.ones(3)}
     state = optim.adamw_init(params)
-    optim.adamw_step(params, {"w": np.zeros(3), "final_norm": np.zeros(3)}, state, 1, lr=0.1, weight_decay=0.5)
+    optim.adamw_step(params, {"w": np.zeros(3), "final_norm": np.zeros(3)}, state, 1, lr=0.1,
+                     weight_decay=0.5)
     np.testing.assert_allclose(params["w"], 0.95)
     np.testing.assert_allclose(params["final_norm"], 1.0)
 

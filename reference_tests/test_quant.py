@@ -94,8 +94,10 @@ def test_observer_first_batch_then_ema():
 
 
 def tiny(mode, S=0):
-    common = dict(d_model=8, n_heads=2, n_layers=2, n_experts=4, top_k=2, d_ff=6, max_len=5, n_shared_experts=S)
-    return qz.Config(vocab_size=9, **common) if mode == "lm" else qz.Config(input_dim=3, n_classes=4, **common)
+    common = dict(d_model=8, n_heads=2, n_layers=2, n_experts=4, top_k=2, d_ff=6, max_len=5,
+                  n_shared_experts=S)
+    return (qz.Config(vocab_size=9, **common) if mode == "lm"
+            else qz.Config(input_dim=3, n_classes=4, **common))
 
 
 def batch(cfg, rng):

@@ -40,9 +40,9 @@ SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
 # random kills: the harness (also run by scripts/kill_test.py)
 # ----------------------------------------------------------------------------
 def _train_argv(steps, ckpt_every):
-    return [sys.executable, "-m", "qz.cli", "train", "--data", str(DIGITS), "--frames", "8", "--preset", "digits",
-            "--val-fraction", "0.2", "--steps", str(steps), "--batch-size", "8", "--ckpt-every", str(ckpt_every),
-            "--eval-batches", "2", "--quiet", *SMALL]
+    return [sys.executable, "-m", "qz.cli", "train", "--data", str(DIGITS), "--frames", "8",
+            "--preset", "digits", "--val-fraction", "0.2", "--steps", str(steps), "--batch-size", "8",
+            "--ckpt-every", str(ckpt_every), "--eval-batches", "2", "--quiet", *SMALL]
 
 
 def state_differences(a, b):
@@ -166,8 +166,9 @@ def test_finetune_signal_exits_cleanly(sig, world, tmp_path):
     """A signal during finetune finishes the step, saves the best state so far (atomically) and
     its report, says so in one line and exits 130."""
     out = tmp_path / "ft.safetensors"
-    proc = _start_and_wait_for_banner(["finetune", str(world.clf), "--data", str(world.feats), "--steps", "100000",
-                                       "--patience", "100000", "--quiet", "--out", str(out)], tmp_path)
+    proc = _start_and_wait_for_banner(["finetune", str(world.clf), "--data", str(world.feats),
+                                       "--steps", "100000", "--patience", "100000", "--quiet",
+                                       "--out", str(out)], tmp_path)
     time.sleep(0.5)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -239,7 +240,8 @@ def test_skipped_batch_changes_nothing_and_resume_stays_exact(qat_start, tmp_pat
     at3, at4 = _run(cfg, tcfg, data, stop_at=3), _run(cfg, tcfg, data, stop_at=4)
     assert at4.step == 4 and at4.skipped == [3] and at3.skipped == []
     _assert_same(at3, at4)
-    assert any(not np.array_equal(at4.params[n], _run(cfg, tcfg, data, stop_at=5).params[n]) for n in at4.params)
+    assert any(not np.array_equal(at4.params[n], _run(cfg, tcfg, data, stop_at=5).params[n])
+               for n in at4.params)
     path = tmp_path / "skip.safetensors"
     tr.save_training(path, cfg, tcfg, at4)
     _, tcfg2, state = tr.load_training(path)
@@ -309,7 +311,8 @@ def _wav(path, rate=16000, bits=16, channels=1, seconds=1.0, float_fmt=False, cl
     else:
         raw = np.round(x * (2 ** (bits - 1) - 1)).astype(f"<i{bits // 8}").tobytes()
     block = channels * bits // 8
-    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 3 if float_fmt else 1, channels, rate, rate * block, block, bits)
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 3 if float_fmt else 1, channels, rate,
+                      rate * block, block, bits)
     body = b"WAVE" + fmt + struct.pack("<4sI", b"data", len(raw) if claim is None else claim) + raw
     Path(path).write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
@@ -329,7 +332,8 @@ def world(tmp_path_factory):
     w.feats = d / "feats.npz"                                     # like wav features: 49 frames x 13
     np.savez(w.feats, x=rng.standard_normal((40, 49, 13)).astype(np.float32) + y[:, None, None], y=y)
     w.clf = d / "clf.safetensors"
-    assert main(["train", "--data", str(w.feats), "--steps", "2", "--out", str(w.clf), "--quiet", *SMALL]) == 0
+    assert main(["train", "--data", str(w.feats), "--steps", "2", "--out", str(w.clf), "--quiet",
+                 *SMALL]) == 0
     assert main(["quantize", str(w.clf), "--calibrate", "1"]) == 0
     w.ptq = d / "clf_ptq.safetensors"
     assert main(["export", str(w.ptq), "--int8", "--fp32"]) == 0
@@ -386,7 +390,8 @@ def world(tmp_path_factory):
     # ... and malformed
     w.bad_wavs = {
         "empty": d / "empty.wav", "truncated": _wav(d / "truncated.wav", claim=10 ** 6),
-        "no_samples": _wav(d / "no_samples.wav", seconds=0), "nan": _wav(d / "nan.wav", float_fmt=True, nan=True),
+        "no_samples": _wav(d / "no_samples.wav", seconds=0),
+        "nan": _wav(d / "nan.wav", float_fmt=True, nan=True),
         "adpcm": d / "adpcm.wav", "no_channels": d / "no_channels.wav", "not_wav": d / "not_wav.wav",
         "folder": d / "folder.wav"}
     w.bad_wavs["empty"].write_bytes(b"")
@@ -525,7 +530,8 @@ BAD_INPUTS = {
     "run a folder as wav": _p(*RUN, "@wav:folder"),
     "run a text file as input": _p(*RUN, "@text"),
     "run --governor bad trace": _p("run", "@fp32", "--governor", "@trace", "--inputs", "@wav:truncated"),
-    "run --governor missing trace": _p("run", "@fp32", "--governor", "nope.csv", "--inputs", "@wav:truncated"),
+    "run --governor missing trace": _p("run", "@fp32", "--governor", "nope.csv", "--inputs",
+                                       "@wav:truncated"),
     "run --charging maybe": _p("run", "@fp32", "--charging", "maybe", "--inputs", "@wav:truncated"),
     "run --battery 150": _p("run", "@fp32", "--battery", "150", "--inputs", "@good_wav", "@good_wav"),
     "run --temp nan": _p("run", "@fp32", "--temp", "nan", "--inputs", "@good_wav", "@good_wav"),
@@ -595,7 +601,8 @@ GARBAGE = ["", "abc", "nan", "inf", "-1", "1e400", "\x00\xff", "50\n60", "  42  
 
 def _scribble(root, rng, stop):
     """Rewrite the fake sysfs/proc files with valid, garbage, out-of-range or missing contents."""
-    bat, zone, stat = root / "sys/class/power_supply/BAT0", root / "sys/class/thermal/thermal_zone0", root / "proc"
+    bat, zone, stat = (root / "sys/class/power_supply/BAT0", root / "sys/class/thermal/thermal_zone0",
+                       root / "proc")
     files = {bat / "capacity": lambda: str(rng.integers(-10, 120)),
              bat / "status": lambda: str(rng.choice(["Charging", "Discharging", "Full", "Unknown", "??"])),
              bat / "type": lambda: str(rng.choice(["Battery", "Mains"])),
@@ -623,7 +630,8 @@ def _scribble(root, rng, stop):
 def test_governor_soak_with_garbage_sensors(tmp_path):
     duration, dwell = 2.5, 0.25
     rng = np.random.default_rng(7)
-    gov = Governor(SysfsSensors(str(tmp_path), loadavg=None), Thresholds(min_dwell_s=dwell), tick_s=0.002, top_k=2)
+    gov = Governor(SysfsSensors(str(tmp_path), loadavg=None), Thresholds(min_dwell_s=dwell),
+                   tick_s=0.002, top_k=2)
     stop, errors, seen = threading.Event(), [], []
 
     def caller():

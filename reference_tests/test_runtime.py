@@ -24,7 +24,8 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 def config(mode, S, E, d_ff, max_len=6):
     common = dict(d_model=16, n_heads=2, n_layers=2, n_experts=E, top_k=min(2, E), d_ff=d_ff,
                   max_len=max_len, n_shared_experts=S)
-    return qz.Config(vocab_size=11, **common) if mode == "lm" else qz.Config(input_dim=5, n_classes=3, **common)
+    return (qz.Config(vocab_size=11, **common) if mode == "lm"
+            else qz.Config(input_dim=5, n_classes=3, **common))
 
 
 def inputs(cfg, rng, B, T):
@@ -141,7 +142,8 @@ class _FixedSensors:
     (dict(battery_pct=15.0, charging=False), "low_power", "int8", 1, None),
     (dict(battery_pct=3.0, charging=False), "critical", "int8", 1, 1),
 ])
-def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, precision, k, threads, monkeypatch):
+def test_governed_runtime_runs_each_mode_as_its_model_function(state, mode, precision, k, threads,
+                                                               monkeypatch):
     """docs/spec.md §4: each mode's output equals the matching model function at that mode's top_k;
     critical runs on one thread (BLAS and qz.parallel), and the limit ends with the request."""
     from qz import parallel
@@ -199,7 +201,8 @@ def test_concurrent_requests_with_a_flapping_governor_are_never_torn():
     ranges = model.observe_ranges(params, cfg, x)
     bundle = runtime.Bundle({"fp32": runtime.prepare(params, cfg, "fp32"),
                              "int8": runtime.prepare(params, cfg, "int8", ranges)})
-    states = [DeviceState(battery_pct=90.0, charging=True, temp_c=30.0), DeviceState(battery_pct=10.0, charging=False)]
+    states = [DeviceState(battery_pct=90.0, charging=True, temp_c=30.0),
+              DeviceState(battery_pct=10.0, charging=False)]
 
     class Flip:
         n = 0

@@ -51,7 +51,8 @@ def test_charging_extends_life_and_heat_forces_low_power():
     c = costs()
     sim = SimConfig(capacity_wh=0.5, baseline_w=0.05)
     dry = simulate.simulate("governed", c, sim, trace=[(0.0, DeviceState(charging=False, temp_c=30.0))])
-    plug = [(0.0, DeviceState(charging=False, temp_c=30.0)), (3600.0, DeviceState(charging=True, temp_c=30.0)),
+    plug = [(0.0, DeviceState(charging=False, temp_c=30.0)),
+            (3600.0, DeviceState(charging=True, temp_c=30.0)),
             (7200.0, DeviceState(charging=False, temp_c=30.0))]
     wet = simulate.simulate("governed", c, sim, trace=plug)
     assert wet["hours"] > dry["hours"] + 0.9

@@ -138,9 +138,11 @@ def test_char_lm_learns_well_below_unigram_baseline():
 
 
 def test_qat_phases_and_exact_resume_through_them(tmp_path):
-    """float warm-up -> fake-quant with observers updating -> observers frozen; resume mid-QAT is bit-exact."""
+    """float warm-up -> fake-quant with observers updating -> observers frozen; resume mid-QAT is
+    bit-exact."""
     cfg, _, data = small_setup()
-    tcfg = tr.TrainConfig(steps=12, batch_size=4, warmup=3, lr=1e-2, top_k_choices=(1, 2), qat_start=4, qat_freeze=8)
+    tcfg = tr.TrainConfig(steps=12, batch_size=4, warmup=3, lr=1e-2, top_k_choices=(1, 2), qat_start=4,
+                          qat_freeze=8)
     seen = {}
 
     def run(stop_at=None, state=None):
@@ -206,7 +208,8 @@ def test_weight_average_follows_its_recursion_resumes_exactly_and_is_kept(tmp_pa
     cfg, tcfg, data = small_setup(steps=6, ema=d)
     weights, state = [], tr.TrainState(qz.init_params(cfg, seed=1), None)
     state.opt = tr.adamw_init(state.params)
-    for stop in range(1, 6):                      # the raw weights after steps 1..5 (not finished: not averaged)
+    # the raw weights after steps 1..5 (not finished: not averaged)
+    for stop in range(1, 6):
         state = tr.train(cfg, tcfg, data, state=state, stop_at=stop, progress=False, log=None)
         weights.append({n: p.astype(np.float64) for n, p in state.params.items()})
     avg = weights[0]
@@ -221,7 +224,8 @@ def test_weight_average_follows_its_recursion_resumes_exactly_and_is_kept(tmp_pa
     full = tr.train(cfg, tcfg, data, params=qz.init_params(cfg, seed=1), progress=False, log=None)
     for name in full.params:
         assert np.array_equal(full.params[name], resumed.params[name]), name
-        assert np.array_equal(full.params[name], full.opt["ema." + name]), name   # finished: the average is kept
+        # finished: the average is kept
+        assert np.array_equal(full.params[name], full.opt["ema." + name]), name
     assert not np.array_equal(full.params["blocks.0.wq"], weights[-1]["blocks.0.wq"].astype(np.float32))
     off = tr.TrainConfig.from_dict({**tcfg.to_dict(), "ema": 0.0})
     with pytest.raises(qz.checkpoint.CheckpointError, match="weight average but ema is off"):
@@ -239,8 +243,8 @@ def test_resume_with_early_stopping_keeps_the_best_evaluation(tmp_path):
     val = TextData(np.random.default_rng(1).integers(97, 110, 400).astype(np.uint8), seq_len=8)
 
     def run(stop_at=None, state=None):
-        return tr.train(cfg, tcfg, data, val, params=None if state else qz.init_params(cfg, seed=1), state=state,
-                        stop_at=stop_at, progress=False, log=None)
+        return tr.train(cfg, tcfg, data, val, params=None if state else qz.init_params(cfg, seed=1),
+                        state=state, stop_at=stop_at, progress=False, log=None)
     full, half = run(), run(stop_at=6)
     path = tmp_path / "half.safetensors"
     tr.save_training(path, cfg, tcfg, half)

@@ -18,7 +18,8 @@ def _make_model():
     cfg = qz.Config(d_model=16, n_heads=2, n_layers=1, n_experts=4, top_k=2, d_ff=16, max_len=8,
                     input_dim=C, n_classes=5)
     rng = np.random.default_rng(3)
-    norm = {"mean": rng.standard_normal(C).tolist(), "std": (1.0 + rng.random(C)).tolist(), "utterance": "cmvn"}
+    norm = {"mean": rng.standard_normal(C).tolist(), "std": (1.0 + rng.random(C)).tolist(),
+            "utterance": "cmvn"}
     return qz.init_params(cfg, seed=2), cfg, norm
 
 
@@ -61,8 +62,8 @@ def test_a_warp_changes_the_input_and_batches_do_not_matter(model):
     x = clips(1)
     p1, p9 = warp_probs(params, cfg, x, norm, warps=(1.0,)), warp_probs(params, cfg, x, norm, warps=(0.9,))
     assert np.abs(p1 - p9).max() > 1e-4
-    np.testing.assert_allclose(warp_probs(params, cfg, x, norm, batch_size=5), warp_probs(params, cfg, x, norm),
-                               atol=1e-6)
+    np.testing.assert_allclose(warp_probs(params, cfg, x, norm, batch_size=5),
+                               warp_probs(params, cfg, x, norm), atol=1e-6)
 
 
 def test_warp_accuracy_is_the_argmax_of_warp_probs(model):
@@ -73,7 +74,8 @@ def test_warp_accuracy_is_the_argmax_of_warp_probs(model):
     assert warp_accuracy(params, cfg, ArrayData(x, y), norm) == pytest.approx(np.mean(p.argmax(1) == y))
 
 
-@pytest.mark.parametrize("text", ["", "a,b", "0.9,,2.0", "0.3", "1,1.6", "nan", [float("inf")], 0.9, [None], ()])
+@pytest.mark.parametrize("text", ["", "a,b", "0.9,,2.0", "0.3", "1,1.6", "nan",
+                                  [float("inf")], 0.9, [None], ()])
 def test_parse_warps_rejects_bad_lists(text):
     with pytest.raises(ValueError):
         parse_warps(text)
@@ -94,7 +96,8 @@ def test_finetune_reports_warped_accuracy(tmp_path):
     from qz.train import TrainConfig, TrainState, save_training
     params, cfg, norm = _MODEL
     path = tmp_path / "base.safetensors"
-    save_training(path, cfg, TrainConfig(steps=1), TrainState(params, adamw_init(params), extra={"input_norm": norm}))
+    save_training(path, cfg, TrainConfig(steps=1),
+                  TrainState(params, adamw_init(params), extra={"input_norm": norm}))
     y = np.arange(90) % 3
     x = clips(5, n=90)
     x[np.arange(90), :, y] += 4.0

@@ -34,8 +34,8 @@ touched); then the jobs compared in one row are measured in interleaved rounds (
 B, ..., order rotated each round) so drift hits both alike; a sample is `inner` calls long
 (at least --min-sample seconds); the figure is the median over rounds. When the executor
 changes (qz -> torch -> child process) the runner sleeps --settle seconds so the other
-library's spinning BLAS/OpenMP threads go idle first, then makes one untimed call. Thread counts (OMP, OpenBLAS, MKL,
-numba) are set from --threads before numpy or torch is imported.
+library's spinning BLAS/OpenMP threads go idle first, then makes one untimed call. Thread
+counts (OMP, OpenBLAS, MKL, numba) are set from --threads before numpy or torch is imported.
 """
 import os
 import sys
@@ -179,7 +179,8 @@ def forward_gemms(cfg, B, T, k):
     rows = max(1, round(N * k / E))                       # average rows per routed expert
     g += [("wqkv", 1, N, d, 3 * d, L), ("scores", B * H, T, D, T, L), ("p@v", B * H, T, T, D, L),
           ("wo", 1, N, d, d, L), ("gate", 1, N, d, E, L),
-          ("expert w1, w3", 1, rows, d, f, 2 * L * E), ("expert w2", 1, rows, f, d, L * E)]   # w1, w3: two products
+          ("expert w1, w3", 1, rows, d, f, 2 * L * E),   # w1, w3: two products
+          ("expert w2", 1, rows, f, d, L * E)]
     if S:
         g += [("shared w1, w3", 1, N, d, f, 2 * L * S), ("shared w2", 1, N, f, d, L * S)]
     g.append(("head", 1, N if cfg.mode == "lm" else B, d, V, 1))

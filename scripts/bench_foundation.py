@@ -92,15 +92,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.allocator == "tuned":
         keep_freed_memory()
-    results = {"allocator": args.allocator, "machine": {"python": platform.python_version(), "numpy": np.__version__,
+    results = {"allocator": args.allocator,
+               "machine": {"python": platform.python_version(), "numpy": np.__version__,
                            "cpus": os.cpu_count(), "numba": kernels.NUMBA_AVAILABLE}, "cases": {}}
     for name in args.cases.split(","):
         reps = {"train_step": 3 if name == "kws" else 1, "forward_b1": 20}
         results["cases"][name] = r = bench_case(name, args.rounds, reps)
         print(f"{name:8s} train step: numba {r.get('train_step_numba_ms', float('nan')):8.2f} ms  "
-              f"numpy {r['train_step_numpy_ms']:8.2f} ms  speedup {r.get('train_step_speedup', float('nan')):.2f}x | "
+              f"numpy {r['train_step_numpy_ms']:8.2f} ms  "
+              f"speedup {r.get('train_step_speedup', float('nan')):.2f}x | "
               f"forward b=1: numba {r.get('forward_b1_numba_ms', float('nan')):6.2f} ms  "
-              f"numpy {r['forward_b1_numpy_ms']:6.2f} ms  speedup {r.get('forward_b1_speedup', float('nan')):.2f}x",
+              f"numpy {r['forward_b1_numpy_ms']:6.2f} ms  "
+              f"speedup {r.get('forward_b1_speedup', float('nan')):.2f}x",
               flush=True)
     if args.json:
         with open(args.json, "w") as f:

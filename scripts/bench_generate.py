@@ -153,7 +153,8 @@ def main(argv=None):
         for p in ("fp32", "int8"):
             rows.append((f"qz {p} decode step vs twin re-forward ({ctx} tokens)",
                          f"{med[p]['decode_step_ms']:.2f} vs {tw['reforward_ms']:.2f} ms",
-                         med[p]["decode_step_ms"] / tw["reforward_ms"], BARS["decode_step_vs_twin_reforward"], True))
+                         med[p]["decode_step_ms"] / tw["reforward_ms"], BARS["decode_step_vs_twin_reforward"],
+                         True))
     res["bars"] = [{"row": a, "figure": b, "ratio": round(c, 3), "bar": d,
                     "pass": bool(c <= d if le else c >= d)} for a, b, c, d, le in rows]
     table = ["| row | figure | ratio | bar | status |", "|---|---|---|---|---|"]
@@ -161,8 +162,9 @@ def main(argv=None):
               f"{b['bar']} | {'PASS' if b['pass'] else 'FAIL'} |" for b in res["bars"]]
     table.append("")
     table.append(f"qz fp32: prefill {med['fp32']['prefill_tok_s']:,.0f} tok/s, decode "
-                 f"{med['fp32']['decode_tok_s']:,.0f} tok/s; int8: prefill {med['int8']['prefill_tok_s']:,.0f}"
-                 f" tok/s, decode {med['int8']['decode_tok_s']:,.0f} tok/s; peak RSS "
+                 f"{med['fp32']['decode_tok_s']:,.0f} tok/s; int8: prefill "
+                 f"{med['int8']['prefill_tok_s']:,.0f} tok/s, decode "
+                 f"{med['int8']['decode_tok_s']:,.0f} tok/s; peak RSS "
                  f"{max(med[p]['peak_rss_mib'] for p in ('fp32', 'int8')):.0f} MiB. {note or ''}".rstrip())
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "generate.json"), "w") as f:

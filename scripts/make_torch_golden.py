@@ -77,7 +77,8 @@ def main(argv=None):
     arrays = build(torch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
-    print(f"{args.out}: {len(arrays)} arrays, {args.out.stat().st_size / 1024:.0f} KiB (torch {torch.__version__})")
+    print(f"{args.out}: {len(arrays)} arrays, {args.out.stat().st_size / 1024:.0f} KiB "
+          f"(torch {torch.__version__})")
 
 
 if __name__ == "__main__":

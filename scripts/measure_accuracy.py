@@ -5,7 +5,8 @@ test split to choose anything.
     python scripts/measure_accuracy.py real          # real speakers: base zero-shot, adapted, int8, baselines
     python scripts/measure_accuracy.py real_curve    # ... accuracy against the number of real clips
     python scripts/measure_accuracy.py commands      # retrain the base model; synthetic and real test figures
-    python scripts/measure_accuracy.py finetune      # digits fine-tuned from the base model (synthetic voices)
+    python scripts/measure_accuracy.py finetune      # digits fine-tuned from the base model
+                                                     # (synthetic voices)
     python scripts/measure_accuracy.py fsdd          # real digits (../shared/data/fsdd-dev), per speaker
     python scripts/measure_accuracy.py styles        # synthetic figures by recording style
     python scripts/measure_accuracy.py digits        # handwritten digits, held-out 20 %
@@ -84,7 +85,8 @@ def task_digits(args):
     test_n = apply_input_norm(test, norm)
     write("digits", {"task": "UCI optical digits, 8 rows of 8 pixels, preset digits", "trials": trials,
                      "choice": choice, "n_train": len(train_all), "n_test": len(test),
-                     "test_accuracy": st.history[-1]["accuracy"], "seconds": round(time.perf_counter() - t0, 1),
+                     "test_accuracy": st.history[-1]["accuracy"],
+                     "seconds": round(time.perf_counter() - t0, 1),
                      "confusion": confusion_matrix(st.params, cfg, test_n).tolist()})
 
 
@@ -106,7 +108,8 @@ def task_lm(args):
     p = counts[counts > 0] / counts.sum()
     write("lm", {"task": "character LM on the KJV slice", "config": cfg.to_dict(), "steps": tcfg.steps,
                  "seconds": round(seconds, 1), "val_loss_nats": res["loss"],
-                 "bits_per_char": res["loss"] / np.log(2), "unigram_bits_per_char": float(-(p * np.log2(p)).sum()),
+                 "bits_per_char": res["loss"] / np.log(2),
+                 "unigram_bits_per_char": float(-(p * np.log2(p)).sum()),
                  "val_chars": res["n"], "next_char_accuracy": res["accuracy"], "sample": sample})
     print(sample)
 
@@ -192,29 +195,35 @@ def task_real(args):
     res["base_confusion_test_top2"] = confusion_matrix(params, cfg, real["test"], top_k=2).tolist()
     print("base", {k: round(v, 4) for k, v in res.items() if k.startswith("base_") and "confusion" not in k},
           flush=True)
-    rep = finetune(base, raw["train"], FinetuneOptions(seeds=3, warps=TTA_WARPS, **ADAPT_RECIPE), val=raw["val"],
-                   test=raw["test"], out_path=OUT / "real_adapted.safetensors", log=print, progress=False)
+    rep = finetune(base, raw["train"], FinetuneOptions(seeds=3, warps=TTA_WARPS, **ADAPT_RECIPE),
+                   val=raw["val"], test=raw["test"], out_path=OUT / "real_adapted.safetensors",
+                   log=print, progress=False)
     for key in ("val_accuracy_top2", "val_accuracy_top1", "test_accuracy_top2", "test_accuracy_top1",
                 "test_accuracy_warps"):
         res[f"adapted_{key}"] = rep[key]
     res["adapted_runs"] = rep["runs"]
     res["adapted_confusion_test_top2"] = rep["confusion"]
     cm = np.array(rep["confusion"])
-    res["adapted_per_class_test"] = {lab: round(float(cm[i, i] / cm[i].sum()), 4) for i, lab in enumerate(labels)}
+    res["adapted_per_class_test"] = {lab: round(float(cm[i, i] / cm[i].sum()), 4)
+                                     for i, lab in enumerate(labels)}
     cfg_a, tcfg_a, state_a = load_training(OUT / "real_adapted.safetensors")
     res["int8"] = quantize_commands(cfg_a, tcfg_a, state_a, real["train"], real["val"], real["test"], OUT,
                                     qat_steps=300, progress=False, log=print)
     res["logreg_test_accuracy"] = logreg_baseline(raw["train"], raw["test"])
-    # from scratch: the same model size and clips, its own input scaling, early stopping on validation speakers
+    # from scratch: the same model size and clips, its own input scaling,
+    # early stopping on validation speakers
     accs = []
     for seed in range(3):
         own = fit_input_norm(raw["train"], "speech_cmvn")      # the base model's front-end scaling
         st = fit(qz.preset("kws"), TrainConfig(steps=4000, lr=3e-3, warmup=100, eval_every=100, patience=10,
-                                               eval_batches=10 ** 6, top_k_choices=(1, 2), seed=seed, augment=True),
+                                               eval_batches=10 ** 6, top_k_choices=(1, 2), seed=seed,
+                                               augment=True),
                  WarpedData(raw["train"], own, 0.85, 1.15), apply_input_norm(raw["val"], own), seed=seed)
-        accs.append(evaluate(st.params, qz.preset("kws"), apply_input_norm(raw["test"], own), 512)["accuracy"])
+        accs.append(evaluate(st.params, qz.preset("kws"), apply_input_norm(raw["test"], own),
+                             512)["accuracy"])
     res["scratch_test_accuracy"] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}
-    print("logreg", round(res["logreg_test_accuracy"], 4), "scratch", res["scratch_test_accuracy"], flush=True)
+    print("logreg", round(res["logreg_test_accuracy"], 4), "scratch", res["scratch_test_accuracy"],
+          flush=True)
     write("real", res)
 
 
@@ -256,10 +265,12 @@ def task_finetune(args):
     rep = finetune(base, dtrain, FinetuneOptions(seeds=3, warps=TTA_WARPS, **DIGITS_RECIPE),
                    val=dval, test=dtest,
                    out_path=out, log=print, progress=False)
-    res = {"task": "spoken digits fine-tuned from the command model", "n_train": len(dtrain), "n_test": len(dtest),
+    res = {"task": "spoken digits fine-tuned from the command model", "n_train": len(dtrain),
+           "n_test": len(dtest),
            "test_accuracy_top2": rep["test_accuracy_top2"], "test_accuracy_top1": rep["test_accuracy_top1"],
            "warps": TTA_WARPS, "test_accuracy_warps": rep["test_accuracy_warps"],
-           "val_accuracy_warps": rep["val_accuracy_warps"], "runs": rep["runs"], "confusion": rep["confusion"]}
+           "val_accuracy_warps": rep["val_accuracy_warps"], "runs": rep["runs"],
+           "confusion": rep["confusion"]}
     if FSDD.exists():   # the same model on real recordings, no training on them
         params, cfg, meta = checkpoint.load(out)
         real = load_wav_folder(FSDD)
@@ -297,8 +308,8 @@ def task_fsdd(args):
     bases = {"commands": command_model_path(args), "digits": OUT / "digits_finetuned.safetensors"}
     speakers = ("george", "jackson")
     data = {s: load_wav_folder(FSDD, include=f"*_{s}_*.wav") for s in speakers}
-    res = {"task": "FSDD dev: train on one speaker, test on the other", "recipe": DIGITS_RECIPE, "warps": TTA_WARPS,
-           "directions": []}
+    res = {"task": "FSDD dev: train on one speaker, test on the other", "recipe": DIGITS_RECIPE,
+           "warps": TTA_WARPS, "directions": []}
     rows = [("commands", False), ("commands", True), ("digits", True)]
     for a, b in (speakers, speakers[::-1]):
         row = {"train_speaker": a, "test_speaker": b}
@@ -317,12 +328,15 @@ def task_fsdd(args):
                 accs1.append(rep["test_accuracy_top1"]["mean"])
                 vals.append(rep["val_accuracy_top2"]["mean"])
             key = base + ("+synth" if synth else "")
-            row[key] = {"test_accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs},
+            row[key] = {"test_accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)),
+                                          "runs": accs},
                         "test_accuracy_top1": float(np.mean(accs1)), "val_accuracy": float(np.mean(vals)),
                         "test_accuracy_warps": {"mean": float(np.mean(warped)), "std": float(np.std(warped)),
                                                 "runs": warped},
-                        "confusion_last_seed": rep["confusion"], "seconds": round(time.perf_counter() - t0, 1)}
-            print(a, "->", b, key, row[key]["test_accuracy"], "warps", row[key]["test_accuracy_warps"], flush=True)
+                        "confusion_last_seed": rep["confusion"],
+                        "seconds": round(time.perf_counter() - t0, 1)}
+            print(a, "->", b, key, row[key]["test_accuracy"], "warps", row[key]["test_accuracy_warps"],
+                  flush=True)
         # from scratch: same size, same clips, same split and early stopping, its own input scaling
         norm = fit_input_norm(data[a], "speech_cmvn")   # the same front-end scaling as the base model
         accs = []
@@ -331,10 +345,12 @@ def task_fsdd(args):
             cfg = qz.preset("kws", n_classes=10)
             st = fit(cfg, TrainConfig(steps=600, lr=2e-3, eval_every=25, patience=8, eval_batches=10 ** 6,
                                       top_k_choices=(1, 2), seed=seed, augment=True),
-                     apply_input_norm(data[a].subset(tr_idx), norm), apply_input_norm(data[a].subset(va_idx), norm),
+                     apply_input_norm(data[a].subset(tr_idx), norm),
+                     apply_input_norm(data[a].subset(va_idx), norm),
                      seed=seed)
             accs.append(evaluate(st.params, cfg, apply_input_norm(data[b], norm), 512)["accuracy"])
-        row["scratch"] = {"test_accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}}
+        row["scratch"] = {"test_accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)),
+                                            "runs": accs}}
         print(a, "->", b, "scratch", row["scratch"]["test_accuracy"], flush=True)
         res["directions"].append(row)
     write("fsdd", res)
@@ -376,11 +392,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=["digits", "lm", "lm_topk", "commands", "real", "real_curve", "finetune",
                                      "styles", "fsdd", "all"])
-    ap.add_argument("--steps", type=int, default=None, help="base command-model steps (default: the shipped recipe)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="base command-model steps (default: the shipped recipe)")
     ap.add_argument("--base", help="the base command model the speech tasks start from "
                                    "(default data/commands_base.safetensors)")
     ap.add_argument("--lm-steps", type=int, default=2000)
-    ap.add_argument("--lm-topk-steps", type=int, default=800, help="steps of each lm_topk model (batch 8 x 128)")
+    ap.add_argument("--lm-topk-steps", type=int, default=800,
+                    help="steps of each lm_topk model (batch 8 x 128)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.steps is None:
@@ -388,7 +406,8 @@ def main(argv=None):
         args.steps = BASE_RECIPE["steps"]
     keep_freed_memory()
     OUT.mkdir(parents=True, exist_ok=True)    # before the first checkpoint is written, not after
-    tasks = ["digits", "lm", "commands", "real", "finetune", "styles", "fsdd"] if args.task == "all" else [args.task]
+    tasks = (["digits", "lm", "commands", "real", "finetune", "styles", "fsdd"] if args.task == "all"
+             else [args.task])
     for t in tasks:
         print(f"== {t}", flush=True)
         globals()[f"task_{t}"](args)

