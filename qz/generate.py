@@ -9,9 +9,10 @@ A request runs in two phases on a runtime ``Model`` (fp32, fp16 or int8):
     decode step  ONE new token through every block: x = embed[id] + pos[t]; its query
                  attends over the cached keys and its own; its k, v are appended
 
-Decoding reuses the runtime's own steps (``runtime.linear``, ``runtime.moe``,
-``ops.rmsnorm_forward``), so an int8 model quantizes its activations exactly as
-``infer`` does. Prefill is ``infer``'s computation up to its last block, whose
+Both run the model's one block (``model.block_forward``) with the runtime's linear
+layers (``runtime.linear_mode``) and the attention going through the cache, so an int8
+model quantizes its activations exactly as ``infer`` does. Prefill is ``infer``'s
+computation up to its last block, whose
 last position is computed as a decode step is (``prefill(every_position=True)``
 is ``infer``, bit for bit). A decode step differs from ``infer`` on the same
 prefix only in how the float attention of the last query is summed (one row
@@ -54,7 +55,7 @@ import numpy as np
 from . import ops, parallel, quant, runtime
 from .errors import InputError
 from .export import PRECISIONS
-from .model import validate_inputs
+from .model import block_forward, validate_inputs
 
 __all__ = ["KV_CACHES", "KVCache", "new_cache", "prefill", "decode_step", "attend", "Decoder",
            "sample", "Completion", "complete", "metrics_line", "generate", "encode", "decode"]
@@ -95,17 +96,11 @@ def new_cache(cfg, batch: int = 1, kv_cache: str = "fp32") -> KVCache:
                    np.ones(shape[:-1], np.float32), np.ones(shape[:-1], np.float32))
 
 
-def _heads(x, H):
-    # (B, T, d) -> (B, H, T, D)
-    B, T, d = x.shape
-    return x.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)
-
-
 def _store(cache, i, k, v, t0):
     # k, v: (B, T, d) -> layer i, positions t0 .. t0 + T - 1
     H, T = cache.k.shape[2], k.shape[1]
     for buf, sbuf, x in ((cache.k, cache.k_scale, k), (cache.v, cache.v_scale, v)):
-        xh = _heads(x, H)                                         # (B, H, T, D)
+        xh = ops.split_heads(x, H)                                         # (B, H, T, D)
         if sbuf is None:
             buf[i, :, :, t0:t0 + T] = xh
         else:                                                     # per (token, head) symmetric int8
@@ -135,27 +130,13 @@ def attend(q, k, v):
 
 
 # ----------------------------------------------------------------------------
-# prefill and decode steps (the block of runtime.infer, split around the cache)
+# prefill and decode steps: the model's block (model.block_forward), with its
+# attention going through the cache
 # ----------------------------------------------------------------------------
-def _ffn(model, x, i, k):
-    # x: (B, T, d) -> x + moe(rmsnorm(x))
-    B, T, d = x.shape
-    h, _ = ops.rmsnorm_forward(x, model.w[f"blocks.{i}.ffn_norm"])
-    return x + runtime.moe(model, h.reshape(B * T, d), i, k).reshape(B, T, d)
-
-
-def _qkv(model, x, i):
-    # x: (B, T, d) -> q, k, v: (B, T, d) each
-    p, d = f"blocks.{i}.", x.shape[-1]
-    a_in, _ = ops.rmsnorm_forward(x, model.w[p + "attn_norm"])
-    qkv = runtime.linear(model, a_in, p + "attn_in", p + "wqkv")  # (B, T, 3d)
-    return qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
-
-
-def _head(model, x):
+def _head(model, lin, x):
     # x: (B, d) -> logits (B, V); or (B, T, d) -> (B, T, V)
     x, _ = ops.rmsnorm_forward(x, model.w["final_norm"])
-    return runtime.linear(model, x, "head_in", "head.weight", model.w["head.bias"])
+    return lin.linear(x, "head_in", model.w["head.weight"], model.w["head.bias"])[0]
 
 
 def _moe_k(model, moe_top_k):
@@ -185,25 +166,25 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
     ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k)
     k = _moe_k(model, moe_top_k)
     B, T = ids.shape
-    H, d = cfg.n_heads, cfg.d_model
+    H = cfg.n_heads
     if B != cache.k.shape[1]:
         raise InputError(f"prefill: {B} sequences for a cache of batch {cache.k.shape[1]}")
-    x = model.w["embed"][ids] + model.w["pos"][:T]                # (B, T, d)
-    for i in range(cfg.n_layers):
-        q, kk, vv = _qkv(model, x, i)                             # (B, T, d) each
+    lin = runtime.linear_mode(model)
+
+    def kv(i, q, kk, vv):                                         # (B, T, d) each -> o
         _store(cache, i, kk, vv, 0)
         if i == cfg.n_layers - 1 and not every_position:          # from here on, the last position only
-            o = attend(_heads(q[:, -1:], H), _heads(kk, H), _heads(vv, H))   # (B, H, 1, D)
-            o = o.transpose(0, 2, 1, 3).reshape(B, 1, d)          # (B, 1, d)
-            x = x[:, -1:]                                         # (B, 1, d)
-        else:
-            o, _ = ops.attention_forward(q, kk, vv, cfg.n_heads, True)  # (B, T, d); prefill attends exactly
-        x = x + runtime.linear(model, o, f"blocks.{i}.attn_out", f"blocks.{i}.wo")
-        x = _ffn(model, x, i, k)
+            o = attend(ops.split_heads(q[:, -1:], H), ops.split_heads(kk, H), ops.split_heads(vv, H))
+            return ops.merge_heads(o)                             # (B, 1, d)
+        return ops.attention_forward(q, kk, vv, H, True)[0]       # (B, T, d); prefill attends exactly
+
+    x = model.w["embed"][ids] + model.w["pos"][:T]                # (B, T, d)
+    for i in range(cfg.n_layers):
+        x = block_forward(x, model.w, i, cfg, k, lin, kv)[0]
     cache.length = T
     if every_position:   # the head on every row too: the same GEMM as infer's, so the same bits
-        return _head(model, x)[:, -1]                             # (B, V)
-    return _head(model, x[:, -1])                                 # (B, V)
+        return _head(model, lin, x)[:, -1]                        # (B, V)
+    return _head(model, lin, x[:, -1])                            # (B, V)
 
 
 def decode_step(model, ids, cache: KVCache, moe_top_k=None):
@@ -214,18 +195,19 @@ def decode_step(model, ids, cache: KVCache, moe_top_k=None):
     ids = np.asarray(ids).reshape(-1, 1)                          # (B, 1)
     ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k)
     k = _moe_k(model, moe_top_k)
-    B, H, d = ids.shape[0], cfg.n_heads, cfg.d_model
-    x = model.w["embed"][ids] + model.w["pos"][t]                 # (B, 1, d)
-    for i in range(cfg.n_layers):
-        q, kk, vv = _qkv(model, x, i)                             # (B, 1, d) each
+    H = cfg.n_heads
+    lin = runtime.linear_mode(model)
+
+    def kv(i, q, kk, vv):                                         # (B, 1, d) each -> o (B, 1, d)
         _store(cache, i, kk, vv, t)
         keys, vals = _load(cache, i, t + 1)                       # (B, H, t + 1, D)
-        o = attend(_heads(q, H), keys, vals)                      # (B, H, 1, D)
-        o = o.transpose(0, 2, 1, 3).reshape(B, 1, d)              # (B, 1, d)
-        x = x + runtime.linear(model, o, f"blocks.{i}.attn_out", f"blocks.{i}.wo")
-        x = _ffn(model, x, i, k)
+        return ops.merge_heads(attend(ops.split_heads(q, H), keys, vals))
+
+    x = model.w["embed"][ids] + model.w["pos"][t]                 # (B, 1, d)
+    for i in range(cfg.n_layers):
+        x = block_forward(x, model.w, i, cfg, k, lin, kv)[0]
     cache.length = t + 1
-    return _head(model, x[:, 0])                                  # (B, V)
+    return _head(model, lin, x[:, 0])                             # (B, V)
 
 
 class Decoder:
@@ -364,7 +346,8 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
     n_dec = len(new) - 1
     metrics = {
         "precision": model.precision, "precision_wanted": want, "mode": mode, "moe_top_k": k,
-        "kv_cache": kv_cache, "threads": threads, "prompt_tokens": tm["prompt_tokens"], "new_tokens": len(new),
+        "kv_cache": kv_cache, "threads": threads, "prompt_tokens": tm["prompt_tokens"],
+        "new_tokens": len(new),
         "refills": dec.refills,
         "ttft_s": tm["ttft_s"],
         "prefill_tok_s": tm["prompt_tokens"] / tm["prefill_s"] if tm["prefill_s"] else None,

@@ -2,7 +2,9 @@
 
 This file only composes the op pairs of ``ops.py`` and ``moe.py``; every
 gradient is written next to its forward there. Parameters are a flat dict of
-arrays keyed by the spec's names (``config.param_shapes``).
+arrays keyed by the spec's names (``config.param_shapes``). The block is written
+once, here: how its linear layers compute (float, fake-quant, the runtime's int8)
+is an argument, ``lin`` (``linear.py``).
 
     logits, aux   = forward(params, cfg, inputs, top_k=None)
     loss, grads   = loss_and_grads(params, cfg, inputs, targets, aux_coef=0.0)
@@ -16,11 +18,12 @@ import numpy as np
 from . import ops, quant
 from .config import Config, param_shapes
 from .errors import InputError
+from .linear import FakeQuant, Float, Observed
 from .moe import moe_backward, moe_forward
 from .quant import act_qparams, observer_names
 
 __all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "observe_ranges",
-           "act_quant_params", "validate_inputs"]
+           "act_quant_params", "validate_inputs", "weights", "block_forward", "block_backward", "run"]
 
 
 # ----------------------------------------------------------------------------
@@ -69,12 +72,14 @@ def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
     inputs = np.asarray(inputs)
     if cfg.mode == "lm":
         if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
-            raise InputError(f"inputs: LM mode expects int token ids (B, T), got {inputs.dtype} {inputs.shape}")
+            raise InputError(f"inputs: LM mode expects int token ids (B, T), "
+                             f"got {inputs.dtype} {inputs.shape}")
         if inputs.size and (inputs.min() < 0 or inputs.max() >= cfg.vocab_size):
             raise InputError(f"inputs: token ids must be in 0..{cfg.vocab_size - 1}")
     else:
         if inputs.ndim != 3 or inputs.shape[2] != cfg.input_dim:
-            raise InputError(f"inputs: classifier mode expects features (B, T, {cfg.input_dim}), got {inputs.shape}")
+            raise InputError(f"inputs: classifier mode expects features (B, T, {cfg.input_dim}), "
+                             f"got {inputs.shape}")
         if not np.issubdtype(inputs.dtype, np.floating):
             raise InputError(f"inputs: features must be floating point, got {inputs.dtype}")
         if not np.all(np.isfinite(inputs)):
@@ -88,89 +93,67 @@ def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
         targets = np.asarray(targets)
         want = (B, T) if cfg.mode == "lm" else (B,)
         if targets.shape != want or not np.issubdtype(targets.dtype, np.integer):
-            raise InputError(f"targets: expected int array of shape {want}, got {targets.dtype} {targets.shape}")
+            raise InputError(f"targets: expected int array of shape {want}, "
+                             f"got {targets.dtype} {targets.shape}")
         if targets.min() < 0 or targets.max() >= cfg.n_out:
             raise InputError(f"targets: labels must be in 0..{cfg.n_out - 1}")
     return inputs, targets
 
 
 # ----------------------------------------------------------------------------
-# one transformer block: x + attention(norm(x)), then x + moe(norm(x))
+# one transformer block: x + attention(norm(x)), then x + moe(norm(x)). The one
+# block of qz: training (float and fake-quant), the int8/fp16 runtime and KV-cache
+# generation all run it; `lin` (qz/linear.py) says how its linear layers compute.
 # ----------------------------------------------------------------------------
-def _qin(x, name, aq, observed):
-    """The activation entering a quantized layer at observer `name` (docs/spec.md §3.2).
-
-    Float model (aq None): x itself. Fake-quant model: (x_c, scale), the integer codes
-    and their scale (quant.act_codes), plus the clipped-STE mask for the backward.
-    observed (a dict, or None): records the (min, max) this observer saw, before quantization."""
-    if observed is not None:
-        observed[name] = observed.stat(x)
-    if aq is None:
-        return x, None
-    scale, zp = aq[name]
-    x_c, mask = quant.act_codes(x, scale, zp)
-    return (x_c, scale), mask
+def weights(params, cfg, quantized=False):
+    """The parameters as the block reads them: q|k|v of each block as one (d, 3d) matrix
+    ("blocks.{i}.wqkv": one matmul, not three); quantized: every quantized matrix a QWeight
+    (quant.quant_weights; its STE is the identity, so gradients apply to the float weights)."""
+    w = quant.quant_weights(params) if quantized else dict(params)
+    for i in range(cfg.n_layers):
+        p = f"blocks.{i}."
+        w[p + "wqkv"] = quant.cat_out(w[p + "wq"], w[p + "wk"], w[p + "wv"])
+    return w
 
 
-def _fq_backward(dx, mask):
-    return dx if mask is None else quant.fake_quant_act_backward(dx, mask)
-
-
-def _linear(x_in, w, b=None):
-    """x @ W + b: float (ops.linear_forward), or fake-quant when w is a QWeight and x_in the
-    (codes, scale) of _qin (quant.qlinear_forward). Both caches suit ops.linear_backward."""
-    if isinstance(w, quant.QWeight):
-        return quant.qlinear_forward(*x_in, w, b)
-    return ops.linear_forward(x_in, w, b)
-
-
-def block_forward(x, params, i, cfg, k, aq=None, observed=None):
-    # x: (B, T, d) -> (B, T, d); aq: observer name -> (scale, zp), or None for the float model
-    # (with aq, the quantized weights in params are QWeights: quant.quant_weights)
+def block_forward(x, w, i, cfg, k, lin, kv=None):
+    # x: (B, T, d) -> (B, T', d), aux, routing stats, cache; w: weights(...) or the runtime's
+    # kv: None, or generation's KV-cache step kv(i, q, k, v) -> o (B, T', d): attention over the
+    # cached keys, for the last T' positions (T' = T, or 1 when only the last one is wanted)
     p = f"blocks.{i}."
     B, T, d = x.shape
-    a_in, c_n1 = ops.rmsnorm_forward(x, params[p + "attn_norm"])
-    a_in_q, m_ain = _qin(a_in, p + "attn_in", aq, observed)
-    # q, k and v from one matmul with [wq | wk | wv] (d, 3d): one BLAS call, not three
-    wqkv = quant.cat_out(params[p + "wq"], params[p + "wk"], params[p + "wv"])
-    qkv, c_qkv = _linear(a_in_q, wqkv)                            # (B, T, 3d)
+    a_in, c_n1 = ops.rmsnorm_forward(x, w[p + "attn_norm"])
+    qkv, c_qkv = lin.linear(a_in, p + "attn_in", w[p + "wqkv"])  # (B, T, 3d)
     q, kk, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
-    o, c_att = ops.attention_forward(q, kk, v, cfg.n_heads, cfg.causal)
-    o_q, m_aout = _qin(o, p + "attn_out", aq, observed)
-    a_out, c_o = _linear(o_q, params[p + "wo"])
+    if kv is None:
+        o, c_att = ops.attention_forward(q, kk, v, cfg.n_heads, cfg.causal)   # (B, T, d)
+    else:
+        o, c_att = kv(i, q, kk, v), None
+        x = x[:, T - o.shape[1]:]                                 # the residual of those positions
+    a_out, c_o = lin.linear(o, p + "attn_out", w[p + "wo"])
     x = x + a_out
-    h, c_n2 = ops.rmsnorm_forward(x, params[p + "ffn_norm"])
-    shared = None
-    if cfg.n_shared_experts:
-        shared = (params[p + "shared.w1"], params[p + "shared.w3"], params[p + "shared.w2"])
-    in_q = mid_q = None
-    if aq is not None:
-        in_q, mid_q = aq[p + "ffn_in"], aq[p + "ffn_mid"]
-    m, aux, stats, c_moe = moe_forward(h.reshape(B * T, d), params[p + "gate"], params[p + "w1"],
-                                       params[p + "w3"], params[p + "w2"], k, shared, in_q, mid_q,
-                                       observe=observed.stat if observed is not None else False)
-    if observed is not None:
-        observed[p + "ffn_in"], observed[p + "ffn_mid"] = stats.pop("ffn_in"), stats.pop("ffn_mid")
-    x = x + m.reshape(B, T, d)
-    return x, aux, stats, (c_n1, m_ain, c_qkv, c_att, m_aout, c_o, c_n2, c_moe)
+    h, c_n2 = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
+    m, aux, stats, c_moe = moe_forward(h.reshape(-1, d), w, p, k, cfg.n_shared_experts, lin)
+    x = x + m.reshape(x.shape)
+    return x, aux, stats, (c_n1, c_qkv, c_att, c_o, c_n2, c_moe)
 
 
-def block_backward(dx, daux, cache, i):
+def block_backward(dx, daux, cache, i, lin):
     # dx: (B, T, d) -> dx (B, T, d), grads of block i
-    c_n1, m_ain, c_qkv, c_att, m_aout, c_o, c_n2, c_moe = cache
+    c_n1, c_qkv, c_att, c_o, c_n2, c_moe = cache
     p = f"blocks.{i}."
     B, T, d = dx.shape
     grads = {}
-    dh, moe_grads = moe_backward(dx.reshape(B * T, d), daux, c_moe)
+    dh, moe_grads = moe_backward(dx.reshape(B * T, d), daux, c_moe, lin)
     for name, g in moe_grads.items():
         grads[p + name] = g
     dx_n2, grads[p + "ffn_norm"] = ops.rmsnorm_backward(dh.reshape(B, T, d), c_n2)
     dx = dx + dx_n2                                               # residual: both paths
-    do, grads[p + "wo"], _ = ops.linear_backward(dx, c_o)
-    dq, dk, dv = ops.attention_backward(_fq_backward(do, m_aout), c_att)
-    da_in, dwqkv, _ = ops.linear_backward(np.concatenate([dq, dk, dv], axis=-1), c_qkv)
-    da_in = _fq_backward(da_in, m_ain)
-    grads[p + "wq"], grads[p + "wk"], grads[p + "wv"] = (dwqkv[:, j * d:(j + 1) * d] for j in range(3))  # views
+    do, grads[p + "wo"], _ = lin.linear_backward(dx, c_o)
+    dq, dk, dv = ops.attention_backward(do, c_att)
+    da_in, dwqkv, _ = lin.linear_backward(np.concatenate([dq, dk, dv], axis=-1), c_qkv)
+    # views of dwqkv, no copies
+    grads[p + "wq"], grads[p + "wk"], grads[p + "wv"] = (dwqkv[:, j * d:(j + 1) * d] for j in range(3))
     dx_n1, grads[p + "attn_norm"] = ops.rmsnorm_backward(da_in, c_n1)
     return dx + dx_n1, grads
 
@@ -178,53 +161,50 @@ def block_backward(dx, daux, cache, i):
 # ----------------------------------------------------------------------------
 # the whole model
 # ----------------------------------------------------------------------------
-class _Observed(dict):
-    """observer name -> statistic of this batch; .stat is the statistic (quant.minmax by default)."""
-    def __init__(self, observe):
-        super().__init__()
-        self.stat = observe if callable(observe) else quant.minmax
+def run(w, cfg, inputs, k, lin):
+    """docs/spec.md §2.3 on weights as the block reads them -> logits, aux, per-layer routing
+    stats, caches. Training calls it through _forward, the runtime (runtime.infer) directly."""
+    dtype = w["pos"].dtype
+    T = inputs.shape[1]
+    caches = {}
+    if cfg.mode == "lm":
+        x, caches["embed"] = ops.embedding_forward(inputs, w["embed"])          # (B, T, d)
+    else:
+        x, caches["in_proj"] = lin.linear(inputs.astype(dtype, copy=False), "in", w["in_proj.weight"],
+                                          w["in_proj.bias"])
+    x = x + w["pos"][:T]
+    aux = dtype.type(0.0)
+    stats = []
+    for i in range(cfg.n_layers):
+        x, aux_i, st, caches[i] = block_forward(x, w, i, cfg, k, lin)
+        aux = aux + aux_i
+        stats.append(st)
+    x, caches["final_norm"] = ops.rmsnorm_forward(x, w["final_norm"])
+    if cfg.mode == "classifier":
+        x, caches["pool"] = ops.mean_pool_forward(x)                         # (B, d)
+    logits, caches["head"] = lin.linear(x, "head_in", w["head.weight"], w["head.bias"])
+    return logits, aux, stats, caches
 
 
 def _forward(params, cfg, inputs, k, aq=None, observe=False):
     """aq: observer name -> (scale, zp) turns on fake-quant (weights and activations), else float.
+    observe: True, or a statistic (quant.percentile_stat(p)), records what each observer saw.
 
-    Returns logits, aux, per-layer routing stats, caches, and (with observe)
-    the (min, max) each observer saw in this batch, else None.
-    """
-    dtype = params["pos"].dtype
-    B, T = inputs.shape[:2]
-    caches, observed = {}, (_Observed(observe) if observe else None)
-    if aq is not None:
-        params = quant.quant_weights(params)  # weight STE is the identity: grads apply to the float weights
-    if cfg.mode == "lm":
-        x, caches["embed"] = ops.embedding_forward(inputs, params["embed"])     # (B, T, d)
-    else:
-        x_in, caches["in_q"] = _qin(inputs.astype(dtype, copy=False), "in", aq, observed)
-        x, caches["in_proj"] = _linear(x_in, params["in_proj.weight"], params["in_proj.bias"])
-    x = x + params["pos"][:T]
-    aux = dtype.type(0.0)
-    stats = []
-    for i in range(cfg.n_layers):
-        x, aux_i, st, caches[i] = block_forward(x, params, i, cfg, k, aq, observed)
-        aux = aux + aux_i
-        stats.append(st)
-    x, caches["final_norm"] = ops.rmsnorm_forward(x, params["final_norm"])
-    if cfg.mode == "classifier":
-        x, caches["pool"] = ops.mean_pool_forward(x)                         # (B, d)
-    x, caches["head_q"] = _qin(x, "head_in", aq, observed)
-    logits, caches["head"] = _linear(x, params["head.weight"], params["head.bias"])
-    return logits, aux, stats, caches, observed
+    Returns logits, aux, per-layer routing stats, caches, the Observed (or None), and lin."""
+    observed = Observed(observe if callable(observe) else None) if observe else None
+    lin = FakeQuant(aq, observed) if aq is not None else Float(observed)
+    logits, aux, stats, caches = run(weights(params, cfg, aq is not None), cfg, inputs, k, lin)
+    return logits, aux, stats, caches, observed, lin
 
 
-def _backward(dlogits, daux, caches, cfg, T):
+def _backward(dlogits, daux, caches, cfg, T, lin):
     grads = {}
-    dx, grads["head.weight"], grads["head.bias"] = ops.linear_backward(dlogits, caches["head"])
-    dx = _fq_backward(dx, caches["head_q"])
+    dx, grads["head.weight"], grads["head.bias"] = lin.linear_backward(dlogits, caches["head"])
     if cfg.mode == "classifier":
         dx = ops.mean_pool_backward(dx, caches["pool"])                      # (B, T, d)
     dx, grads["final_norm"] = ops.rmsnorm_backward(dx, caches["final_norm"])
     for i in reversed(range(cfg.n_layers)):
-        dx, g = block_backward(dx, daux, caches[i], i)
+        dx, g = block_backward(dx, daux, caches[i], i, lin)
         grads.update(g)
     dpos = np.zeros((cfg.max_len, cfg.d_model), dtype=dx.dtype)
     dpos[:T] = dx.sum(axis=0)
@@ -232,7 +212,7 @@ def _backward(dlogits, daux, caches, cfg, T):
     if cfg.mode == "lm":
         grads["embed"] = ops.embedding_backward(dx, caches["embed"])
     else:
-        _, grads["in_proj.weight"], grads["in_proj.bias"] = ops.linear_backward(dx, caches["in_proj"])
+        _, grads["in_proj.weight"], grads["in_proj.bias"] = lin.linear_backward(dx, caches["in_proj"])
     return grads
 
 
@@ -263,7 +243,7 @@ def forward(params, cfg: Config, inputs, top_k=None, quant=None):
     aq = act_quant_params(cfg, quant)
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, _, _, _ = _forward(params, cfg, inputs, k, aq)
+    logits, aux = _forward(params, cfg, inputs, k, aq)[:2]
     return logits, aux
 
 
@@ -272,7 +252,7 @@ def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None):
     aq = act_quant_params(cfg, quant)
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, stats, _, _ = _forward(params, cfg, inputs, k, aq)
+    logits, aux, stats = _forward(params, cfg, inputs, k, aq)[:3]
     for st in stats:            # computed here only: forward() and training do not need it
         probs = st.pop("probs")
         st["entropy"] = float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1)))
@@ -310,7 +290,7 @@ def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=
     aq = act_quant_params(cfg, quant)
     inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, _, caches, seen = _forward(params, cfg, inputs, k, aq, observe=observed is not None)
+    logits, aux, _, caches, seen, lin = _forward(params, cfg, inputs, k, aq, observe=observed is not None)
     if observed is not None:
         observed.update(seen)
     V = logits.shape[-1]
@@ -324,5 +304,5 @@ def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=
     else:
         dlogits = ops.cross_entropy_backward(logits.dtype.type(1.0), ce_cache).reshape(logits.shape)
     loss = float(ce) + float(aux_coef) * float(aux)
-    grads = _backward(dlogits, logits.dtype.type(aux_coef), caches, cfg, inputs.shape[1])
+    grads = _backward(dlogits, logits.dtype.type(aux_coef), caches, cfg, inputs.shape[1], lin)
     return loss, grads, logits

@@ -34,7 +34,8 @@ __all__ = ["QMIN_W", "QMAX_W", "QMAX_A", "weight_scales", "quantize_weight", "fa
            "act_qparams", "fake_quant_act_forward", "fake_quant_act_backward",
            "EMA", "observe_update", "observer_names", "WEIGHT_AXES", "fake_quant_params",
            "pack_linear", "pack_qweight", "int8_linear", "minmax_update", "precision_sizes",
-           "QWeight", "split_weight", "code_matmul", "EXACT_F32_IN", "minmax", "percentile_stat", "mean_update", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
+           "QWeight", "split_weight", "code_matmul", "EXACT_F32_IN", "minmax", "percentile_stat",
+           "mean_update", "quant_weights", "act_codes", "qlinear_forward", "cat_out"]
 
 QMIN_W, QMAX_W = -127, 127        # int8, narrow range
 QMAX_A = 255                      # uint8
@@ -119,7 +120,8 @@ def cat_out(*ws):
     """Concatenate weights along the output axis (fused q|k|v, w1|w3): floats or QWeights.
     Per-output-channel scales concatenate too, so fusing does not change the quantization."""
     if isinstance(ws[0], QWeight):
-        return QWeight(np.concatenate([w.w_q for w in ws], axis=-1), np.concatenate([w.scale for w in ws], axis=-1))
+        return QWeight(np.concatenate([w.w_q for w in ws], axis=-1),
+                       np.concatenate([w.scale for w in ws], axis=-1))
     return np.concatenate(ws, axis=-1)
 
 

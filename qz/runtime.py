@@ -1,7 +1,8 @@
 """The inference runtime: a model loaded at fp32, fp16 or int8, and its forward pass (docs/spec.md §3.3).
 
-``infer(model, inputs, top_k)`` is the forward of docs/spec.md §2.3 without caches or
-gradients. In an int8 model every quantized linear layer runs as integers: the
+``infer(model, inputs, top_k)`` is the model's own forward (``model.run``, the one
+block) on the prepared weights, its linear layers computed as the precision says
+(``linear.Float`` or ``linear.Int8``). In an int8 model every quantized linear layer runs as integers: the
 activation is quantized to uint8 codes once per observer, multiplied with the
 int8 weights into int32 accumulators (``kernels.int8_matmul``, the zero point
 folded in through the weights' column sums) and rescaled once per output
@@ -23,16 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import checkpoint, kernels, ops, parallel
+from . import checkpoint, parallel
 from .config import Config
 from .errors import InputError
 from .export import PRECISIONS, export_tensors, load_export
-from .model import validate_inputs
-from .moe import combine, dispatch, route, swiglu_inputs
-from .quant import QWeight, cat_out, int8_linear, pack_qweight, weight_axis
+from .linear import Float, Int8
+from .model import run, validate_inputs
+from .quant import QWeight, cat_out, pack_qweight, weight_axis
 
-__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear", "experts", "moe",
-           "shared", "Bundle", "load_bundle", "Runtime", "FALLBACK"]
+__all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear_mode",
+           "Bundle", "load_bundle", "Runtime", "FALLBACK"]
 
 
 @dataclass
@@ -65,7 +66,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     """Export tensors -> the layout `infer` reads.
 
     fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1 and w3 kept apart
-    (moe.swiglu_inputs multiplies by each, as the training model does, so the logits are its own).
+    (linear.Float multiplies by each, as the training model does, so the logits are its own).
     int8: quantized matrices packed for the integer kernels (quant.pack_qweight: int8 (in, out),
     scales, column sums, the SIMD layout: VNNI or AVX2), expert stacks packed as stacks, w1|w3 fused into
     (E, d, 2f) (integer products are exact, so fusing changes no value); embed and pos
@@ -127,92 +128,11 @@ def _carried(meta, path):
 
 
 # ----------------------------------------------------------------------------
-# the forward pass
+# the forward pass: the model's own (model.run), with the precision's linear layers
 # ----------------------------------------------------------------------------
-def linear(model, x, observer, key, bias=None):
-    # x: (..., in) -> (..., out); int8: quantize at `observer`, integer kernel, rescale
-    if model.precision == "int8":
-        scale, zp = model.act[observer]
-        return int8_linear(x, model.w[key], scale, zp, bias)
-    y = ops.matmul(x, model.w[key])                               # the float model's GEMM
-    return y if bias is None else y + bias
-
-
-def experts(model, h, idx, gw, p, observer_in, observer_mid):
-    # h: (N, d) float32, idx / gw: (N, K) expert ids and gate weights -> (N, d)
-    # p: "blocks.{i}." or "blocks.{i}.shared."; the same steps as moe.experts_forward
-    w2 = model.w[p + "w2"]
-    E = w2[2].shape[0] if model.precision == "int8" else w2.shape[0]   # int8: (w, scale, colsum, w4)
-    order, bounds, tok, pos = dispatch(idx, E)
-    if model.precision == "int8":   # one kernel call per matrix for all experts; tokens quantized once
-        (w, s, colsum, w4), (w_2, s_2, colsum_2, w4_2) = model.w[p + "w13"], w2
-        ab = kernels.int8_experts(h, tok, bounds, w, colsum, s, *model.act[observer_in], w4)    # (R, 2f)
-        f = ab.shape[1] // 2
-        m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])                                         # (R, f)
-        rows = np.arange(len(tok))                                # m's rows are already grouped
-        y = kernels.int8_experts(m, rows, bounds, w_2, colsum_2, s_2, *model.act[observer_mid], w4_2)  # (R, d)
-        return combine(y, pos, gw)
-    w1, w3 = model.w[p + "w1"], model.w[p + "w3"]
-    u = h[tok]                                                    # (R, d) gathered
-    a, b = np.empty((len(tok), w1.shape[2]), np.float32), np.empty((len(tok), w1.shape[2]), np.float32)  # (R, f)
-    spans = bounds.tolist()
-    for e in range(E):
-        lo, hi = spans[e], spans[e + 1]
-        if lo < hi:                                               # skip experts with no tokens
-            swiglu_inputs(u[lo:hi], w1, w3, e, a[lo:hi], b[lo:hi])
-    m, _ = ops.swiglu_forward(a, b)                               # (R, f)
-    y = np.empty((len(tok), h.shape[1]), np.float32)              # (R, d)
-    for e in range(E):
-        lo, hi = spans[e], spans[e + 1]
-        if lo < hi:
-            np.dot(m[lo:hi], w2[e], out=y[lo:hi])                 # as moe.experts_forward
-    return combine(y, pos, gw)                            # (N, d)
-
-
-def moe(model, h, i, k):
-    # h: (N, d) -> (N, d): the gate (float), the k chosen routed experts, the shared experts
-    p = f"blocks.{i}."
-    _, idx, gw = route(h @ model.w[p + "gate"], k)        # the gate stays float
-    m = experts(model, h, idx, gw, p, p + "ffn_in", p + "ffn_mid")
-    if model.cfg.n_shared_experts:
-        m += shared(model, h, p)                                  # m: combine's fresh array
-    return m
-
-
-def shared(model, h, p):
-    # h: (N, d) -> (N, d): every token through every shared expert, weight 1 (moe.shared_forward)
-    w2 = model.w[p + "shared.w2"]
-    out = None
-    if model.precision == "int8":
-        (w, sc, cs, w4), (w_2, sc_2, cs_2, w4_2) = model.w[p + "shared.w13"], w2
-        for s in range(cs.shape[0]):
-            pick = (lambda a: None if a is None else a[s])
-            ab = kernels.int8_linear(h, pick(w), cs[s], sc[s], *model.act[p + "ffn_in"], None, pick(w4))
-            f = ab.shape[1] // 2
-            m, _ = ops.swiglu_forward(ab[:, :f], ab[:, f:])
-            y = kernels.int8_linear(m, pick(w_2), cs_2[s], sc_2[s], *model.act[p + "ffn_mid"], None, pick(w4_2))
-            out = y if out is None else out + y
-        return out
-    w1, w3 = model.w[p + "shared.w1"], model.w[p + "shared.w3"]
-    for s in range(w1.shape[0]):
-        a, b = np.empty((h.shape[0], w1.shape[2]), np.float32), np.empty((h.shape[0], w1.shape[2]), np.float32)
-        swiglu_inputs(h, w1, w3, s, a, b)                         # (N, f) each
-        m, _ = ops.swiglu_forward(a, b)                           # (N, f)
-        y = m @ w2[s]                                             # (N, d)
-        out = y if out is None else out + y                       # the order of moe.shared_forward
-    return out
-
-
-def _block(model, x, i, k):
-    # x: (B, T, d) -> (B, T, d)
-    cfg, w, p = model.cfg, model.w, f"blocks.{i}."
-    B, T, d = x.shape
-    a_in, _ = ops.rmsnorm_forward(x, w[p + "attn_norm"])
-    qkv = linear(model, a_in, p + "attn_in", p + "wqkv")          # (B, T, 3d)
-    o, _ = ops.attention_forward(qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:], cfg.n_heads, cfg.causal)
-    x = x + linear(model, o, p + "attn_out", p + "wo")
-    h, _ = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
-    return x + moe(model, h.reshape(B * T, d), i, k).reshape(B, T, d)
+def linear_mode(model):
+    """How the model's linear layers compute: integers for int8, float32 for fp32 and fp16."""
+    return Int8(model.act) if model.precision == "int8" else Float()
 
 
 def accuracy(model: Model, data, top_k=None, batch=256):
@@ -226,21 +146,9 @@ def accuracy(model: Model, data, top_k=None, batch=256):
 
 def infer(model: Model, inputs, top_k=None):
     """Logits of docs/spec.md §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C)."""
-    cfg = model.cfg
-    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
-    k = cfg.top_k if top_k is None else int(top_k)
-    T = inputs.shape[1]
-    if cfg.mode == "lm":
-        x = model.w["embed"][inputs]                              # (B, T, d)
-    else:
-        x = linear(model, inputs.astype(np.float32, copy=False), "in", "in_proj.weight", model.w["in_proj.bias"])
-    x = x + model.w["pos"][:T]
-    for i in range(cfg.n_layers):
-        x = _block(model, x, i, k)
-    x, _ = ops.rmsnorm_forward(x, model.w["final_norm"])
-    if cfg.mode == "classifier":
-        x, _ = ops.mean_pool_forward(x)                           # (B, d)
-    return linear(model, x, "head_in", "head.weight", model.w["head.bias"])
+    inputs, _ = validate_inputs(model.cfg, inputs, top_k=top_k)
+    k = model.cfg.top_k if top_k is None else int(top_k)
+    return run(model.w, model.cfg, inputs, k, linear_mode(model))[0]
 
 
 # ----------------------------------------------------------------------------
@@ -248,7 +156,8 @@ def infer(model: Model, inputs, top_k=None):
 # ----------------------------------------------------------------------------
 # Where a precision is missing, the nearest loaded one serves instead: fp32 falls
 # back to fp16 (docs/spec.md §4), then int8; int8 to fp16, then fp32; fp16 to fp32, then int8.
-FALLBACK = {"fp32": ("fp32", "fp16", "int8"), "fp16": ("fp16", "fp32", "int8"), "int8": ("int8", "fp16", "fp32")}
+FALLBACK = {"fp32": ("fp32", "fp16", "int8"), "fp16": ("fp16", "fp32", "int8"),
+            "int8": ("int8", "fp16", "fp32")}
 
 
 class Bundle:

@@ -10,7 +10,7 @@ QZ = Path(__file__).resolve().parent.parent / "qz"
 LAYERS = [
     ["errors", "memory", "progress", "optim", "config"],                 # foundations
     ["parallel", "kernels"],                                             # acceleration
-    ["ops", "quant", "moe", "model"],                                    # the model
+    ["ops", "quant", "linear", "moe", "model"],                          # the model
     ["audio", "data", "augment", "checkpoint", "export", "baseline"],    # data and files
     ["train", "ptq", "finetune", "tta", "runtime", "generate",           # training, serving, governor
      "governor"],

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qz import moe
+from qz.linear import Float
 from helpers import check_vjp
 from strategies import seeds
 
@@ -52,6 +53,14 @@ def test_ties_go_to_lower_index_among_equal_nonzero_probs():
     assert idx.tolist() == [[1, 2]]
 
 
+def _moe(h, wg, w1, w3, w2, k, shared=None):
+    # the float layer with its weights under the spec's leaf names (block prefix "")
+    w = {"gate": wg, "w1": w1, "w3": w3, "w2": w2}
+    if shared:
+        w.update({"shared.w1": shared[0], "shared.w3": shared[1], "shared.w2": shared[2]})
+    return moe.moe_forward(h, w, "", k, len(shared[0]) if shared else 0, Float())
+
+
 def _expert(u, w1, w3, w2):
     a, b = u @ w1, u @ w3
     return (a / (1 + np.exp(-a)) * b) @ w2
@@ -64,7 +73,7 @@ def test_moe_equals_direct_spec_formula(case):
     h, wg = rng.standard_normal((N, d)), rng.standard_normal((d, E))
     w1, w3, w2 = (rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)),
                   rng.standard_normal((E, f, d)))
-    out, aux, stats, _ = moe.moe_forward(h, wg, w1, w3, w2, k)
+    out, aux, stats, _ = _moe(h, wg, w1, w3, w2, k)
     (w, idx, probs), _ = moe.gate_forward(h, wg, k)
     want = np.zeros_like(h)
     for n in range(N):
@@ -82,7 +91,7 @@ def test_top_k_equal_E_is_the_dense_mixture(case):
     h, wg = rng.standard_normal((N, d)), rng.standard_normal((d, E))
     w1, w3, w2 = (rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)),
                   rng.standard_normal((E, f, d)))
-    out, _, _, _ = moe.moe_forward(h, wg, w1, w3, w2, E)
+    out, _, _, _ = _moe(h, wg, w1, w3, w2, E)
     logits = h @ wg
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -120,12 +129,12 @@ def test_moe_vjp(case, with_shared):
     cache = {}
 
     def fwd(h, wg, w1, w3, w2, *sh):
-        out, aux, _, cache["c"] = moe.moe_forward(h, wg, w1, w3, w2, k, tuple(sh) if sh else None)
+        out, aux, _, cache["c"] = _moe(h, wg, w1, w3, w2, k, tuple(sh) if sh else None)
         return out, np.asarray(aux)
 
     def bwd(dys):
         dout, daux = dys
-        dh, g = moe.moe_backward(dout, float(daux), cache["c"])
+        dh, g = moe.moe_backward(dout, float(daux), cache["c"], Float())
         grads = [dh, g["gate"], g["w1"], g["w3"], g["w2"]]
         if S:
             grads += [g["shared.w1"], g["shared.w3"], g["shared.w2"]]
