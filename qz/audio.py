@@ -86,8 +86,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["AudioError", "read_wav", "write_wav", "quantize16", "resample", "fit_length", "noise_floor", "fit_clip",
-           "DITHER_DB",
+__all__ = ["AudioError", "read_wav", "write_wav", "quantize16", "resample", "fit_length", "noise_floor",
+           "fit_clip", "DITHER_DB",
            "log_mel", "mfcc", "features", "wav_features",
            "SAMPLE_RATE", "CLIP_SAMPLES", "FRAME", "HOP", "N_FFT", "N_MELS", "FMIN", "FMAX",
            "LOG_FLOOR", "N_MFCC", "N_FRAMES"]
@@ -152,7 +152,8 @@ def read_wav(path) -> tuple[np.ndarray, int]:
 
     fmt_at, fmt_size = fmt
     if fmt_size < 16 or fmt_at + 16 > len(raw):
-        raise AudioError(path, f"'fmt ' chunk is truncated ({min(fmt_size, len(raw) - fmt_at)} bytes, need 16)")
+        raise AudioError(path,
+                         f"'fmt ' chunk is truncated ({min(fmt_size, len(raw) - fmt_at)} bytes, need 16)")
     code, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", raw, fmt_at)
     if code == _EXTENSIBLE:
         if fmt_size < 40 or fmt_at + 40 > len(raw):

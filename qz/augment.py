@@ -55,7 +55,8 @@ def vtlp_matrix(alpha, n_mfcc=13):
     from .audio import FMAX, FMIN, N_MELS, _dct_matrix, _hz_to_mel, _mel_to_hz
     edges = np.linspace(_hz_to_mel(FMIN), _hz_to_mel(FMAX), N_MELS + 2)
     centres = edges[1:-1]                                                       # (M,) mel
-    src = _hz_to_mel(_mel_to_hz(centres) / float(alpha))                        # (M,) where each band reads from
+    # (M,) where each band reads from
+    src = _hz_to_mel(_mel_to_hz(centres) / float(alpha))
     pos = np.clip(np.interp(src, centres, np.arange(N_MELS)), 0, N_MELS - 1)    # fractional band index
     lo = np.minimum(np.floor(pos).astype(int), N_MELS - 2)
     w = pos - lo
@@ -128,8 +129,8 @@ class MixedData:
     def batch(self, step, batch_size, seed):
         n_extra = int(round(self.share * batch_size))
         n_main = batch_size - n_extra
-        parts = [s.batch(step, n, seed + i) for i, (s, n) in enumerate(((self.main, n_main), (self.extra, n_extra)))
-                 if n > 0]
+        parts = [s.batch(step, n, seed + i)
+                 for i, (s, n) in enumerate(((self.main, n_main), (self.extra, n_extra))) if n > 0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def eval_batches(self, batch_size, max_batches=None):

@@ -164,7 +164,8 @@ def apply_input_norm(data, norm):
         return data
     mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
     if mean.shape != (data.x.shape[-1],):
-        raise DataError(f"{data.name}: {data.x.shape[-1]} features, but the model was trained on {mean.shape[0]}")
+        raise DataError(f"{data.name}: {data.x.shape[-1]} features, "
+                        f"but the model was trained on {mean.shape[0]}")
     x = utterance_normalized(data.x, norm.get("utterance"))
     return ArrayData(x, data.y, data.name, data.labels).standardized(mean, std)
 

@@ -59,8 +59,8 @@ BASE = "commands_base.safetensors"
 # warped by 1 +- vtlp (augment.WarpedData), per-clip CMVN over speech frames, weights averaged
 # (ema); the checkpoint is chosen on the real validation speakers (no real clip is trained on).
 # Every choice here was measured on real speakers (docs/accuracy.md).
-BASE_RECIPE = dict(steps=12000, batch_size=32, lr=3e-3, warmup=100, vtlp=0.15, utterance="speech_cmvn", ema=0.999,
-                   evals=20)
+BASE_RECIPE = dict(steps=12000, batch_size=32, lr=3e-3, warmup=100, vtlp=0.15, utterance="speech_cmvn",
+                   ema=0.999, evals=20)
 # Adaptation to real speech (qz finetune), chosen on the real validation speakers: formant warping
 # as in the base; rehearsal with the synthetic set (--mix) measured no better, so it is off.
 ADAPT_RECIPE = dict(steps=2000, batch_size=32, lr=1e-3, patience=10, eval_every=50, vtlp=0.15)
@@ -71,7 +71,8 @@ class DemoOptions:
     data_dir: Path = Path("data")
     out_dir: Path = Path("runs/demo")
     seed: int = 0
-    from_scratch: bool = False        # retrain the base model instead of loading data/commands_base.safetensors
+    from_scratch: bool = False        # retrain the base model instead of loading
+                                      # data/commands_base.safetensors
     base_steps: int = BASE_RECIPE["steps"]
     adapt_steps: int = ADAPT_RECIPE["steps"]
     qat_steps: int = 300
@@ -95,9 +96,10 @@ def train_base(data_dir, steps=BASE_RECIPE["steps"], seed=0, progress=True, log=
     norm = fit_input_norm(raw, r["utterance"])
     real_val = apply_input_norm(load_split(_need(Path(data_dir) / REAL), "val"), norm)
     cfg = preset("kws", input_dim=raw.x.shape[2], max_len=raw.x.shape[1], n_classes=len(raw.labels))
-    tcfg = TrainConfig(steps=steps, batch_size=r["batch_size"], lr=r["lr"], warmup=r["warmup"], top_k_choices=(1, 2),
-                       seed=seed, eval_every=max(steps // r["evals"], 1), eval_batches=10 ** 6, patience=10 ** 6,
-                       augment=True, ema=r["ema"])                                  # patience: keep the best evaluation only
+    tcfg = TrainConfig(steps=steps, batch_size=r["batch_size"], lr=r["lr"], warmup=r["warmup"],
+                       top_k_choices=(1, 2), seed=seed, eval_every=max(steps // r["evals"], 1),
+                       eval_batches=10 ** 6, patience=10 ** 6,   # patience: keep the best evaluation only
+                       augment=True, ema=r["ema"])
     params = init_params(cfg, seed=seed)
     t0 = time.perf_counter()
     state = train(cfg, tcfg, WarpedData(raw, norm, 1.0 - r["vtlp"], 1.0 + r["vtlp"]), real_val,
@@ -132,7 +134,8 @@ def clip_latency(params, cfg, norm, wav_dir, repeats=3):
                 x = apply_input_norm(ArrayData(x, np.zeros(1, np.int64)), norm).x   # the model's own scaling
                 forward(params, cfg, x.astype(np.float32), top_k=k)
                 times[k].append(time.perf_counter() - t0)
-    return {f"top{k}_ms": round(1000 * float(np.median(v)), 3) for k, v in times.items()} | {"clips": len(wavs)}
+    return ({f"top{k}_ms": round(1000 * float(np.median(v)), 3) for k, v in times.items()}
+            | {"clips": len(wavs)})
 
 
 def _per_class(cm, labels):
@@ -182,7 +185,8 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
     syn_test = apply_input_norm(load_split(syn_path, "test"), norm)
     zs = {"n_test": len(real["test"]), "from_scratch": opts.from_scratch, "base_recipe": meta.get("recipe")}
     for k in (2, 1):
-        zs[f"real_test_accuracy_top{k}"] = round(evaluate(params, cfg, real["test"], 256, top_k=k)["accuracy"], 4)
+        zs[f"real_test_accuracy_top{k}"] = round(
+            evaluate(params, cfg, real["test"], 256, top_k=k)["accuracy"], 4)
     zs["synthetic_test_accuracy_top2"] = round(evaluate(params, cfg, syn_test, 256, top_k=2)["accuracy"], 4)
     zs["confusion_top2"] = confusion_matrix(params, cfg, real["test"], top_k=2).tolist()
     zs["per_class_top2"] = _per_class(zs["confusion_top2"], labels)
@@ -215,8 +219,8 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
             f"(logistic regression {ad['logreg_baseline_test_accuracy']:.4f})")
 
     # 4. int8: PTQ and QAT of the adapted model, exported, run on the integer runtime
-    report["int8"] = quantize_commands(cfg, tcfg, state, real["train"], real["val"], real["test"], opts.out_dir,
-                                       qat_steps=opts.qat_steps, progress=progress, log=log)
+    report["int8"] = quantize_commands(cfg, tcfg, state, real["train"], real["val"], real["test"],
+                                       opts.out_dir, qat_steps=opts.qat_steps, progress=progress, log=log)
 
     # 5. the governor: modes, a simulated discharge, overhead
     report["governor"] = governor_report([opts.out_dir / "commands.fp32.safetensors",
@@ -224,8 +228,9 @@ def run_demo(opts: DemoOptions, log=print, progress=True):
 
     # 6. latency and size
     report["latency_per_clip"] = clip_latency(state.params, cfg, norm, opts.data_dir / "wav")
-    report["model"] = {"parameters": n_params(cfg), "fp32_file_bytes": (opts.out_dir / "commands.fp32.safetensors")
-                       .stat().st_size, "config": cfg.to_dict()}
+    report["model"] = {"parameters": n_params(cfg),
+                       "fp32_file_bytes": (opts.out_dir / "commands.fp32.safetensors").stat().st_size,
+                       "config": cfg.to_dict()}
     report["seconds_total"] = round(time.perf_counter() - t_start, 1)
     report["png"] = _plot(report, opts.out_dir / "curves.png")
     (opts.out_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -242,20 +247,25 @@ def summary_lines(report):
         (f"adapted on {a['n_train']} real clips, unseen real speakers, top_k 2",
          f"{100 * a['real_test_accuracy_top2']:.1f} %"),
         ("adapted, top_k 1", f"{100 * a['real_test_accuracy_top1']:.1f} %"),
-        ("  baseline: logistic regression on the same real clips", f"{100 * a['logreg_baseline_test_accuracy']:.1f} %"),
+        ("  baseline: logistic regression on the same real clips",
+         f"{100 * a['logreg_baseline_test_accuracy']:.1f} %"),
     ]
     if lat:
         rows.append(("latency per 1 s clip incl. front-end, top_k 2", f"{lat['top2_ms']:.2f} ms"))
         rows.append(("latency per 1 s clip incl. front-end, top_k 1", f"{lat['top1_ms']:.2f} ms"))
-    rows.append(("model size (fp32 file)", f"{m['fp32_file_bytes'] / 1024:.0f} KiB, {m['parameters']:,} parameters"))
+    rows.append(("model size (fp32 file)",
+                 f"{m['fp32_file_bytes'] / 1024:.0f} KiB, {m['parameters']:,} parameters"))
     q = report.get("int8")
     if q:
         rows += [
             ("int8 (QAT) on the integer runtime, unseen real speakers, top_k 2",
-             f"{100 * q['qat_int8']['test_accuracy_top2']:.1f} % (fp32 {100 * q['fp32']['test_accuracy_top2']:.1f} %)"),
+             f"{100 * q['qat_int8']['test_accuracy_top2']:.1f} % "
+             f"(fp32 {100 * q['fp32']['test_accuracy_top2']:.1f} %)"),
             ("int8 (QAT), top_k 1", f"{100 * q['qat_int8']['test_accuracy_top1']:.1f} %"),
-            ("  int8 by post-training min/max calibration", f"{100 * q['ptq_int8']['test_accuracy_top2']:.1f} %"),
-            ("file size int8 / fp16 vs fp32", f"{q['int8_vs_fp32_size']:.3f}x / {q['fp16_vs_fp32_size']:.3f}x"),
+            ("  int8 by post-training min/max calibration",
+             f"{100 * q['ptq_int8']['test_accuracy_top2']:.1f} %"),
+            ("file size int8 / fp16 vs fp32",
+             f"{q['int8_vs_fp32_size']:.3f}x / {q['fp16_vs_fp32_size']:.3f}x"),
             ("runtime latency fp32 vs int8, batch 1",
              f"{q['latency_ms']['fp32'][1]:.2f} ms vs {q['latency_ms']['int8'][1]:.2f} ms"),
             ("runtime latency fp32 vs int8, batch 32",

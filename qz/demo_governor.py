@@ -41,7 +41,8 @@ def governor_report(model_paths, test_data, repeats=100, log=print):
     costs = simulate.measure_modes(bundle, test_data, repeats=repeats)
     modes = {m: {"precision": c.precision, "top_k": c.top_k, "energy_uj": round(c.energy_j * 1e6, 3),
                  "measured_energy_uj": None if c.measured_j is None else round(c.measured_j * 1e6, 3),
-                 "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4), "accuracy": round(c.accuracy, 4)}
+                 "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4),
+                 "accuracy": round(c.accuracy, 4)}
              for m, c in costs.items()}
     bal, low = costs["balanced"], costs["low_power"]
     low_vs_bal = {"energy_ratio": round(low.energy_j / bal.energy_j, 4),
@@ -59,7 +60,8 @@ def governor_report(model_paths, test_data, repeats=100, log=print):
            "overhead_share_of_batch1_latency": round(overhead / (1000 * costs["balanced"].mean_ms), 6),
            "seconds": round(time.perf_counter() - t0, 1)}
     if log:
-        log(f"governor: low_power uses {100 * (1 - low_vs_bal['energy_ratio']):.0f} % less energy than balanced "
+        log(f"governor: low_power uses {100 * (1 - low_vs_bal['energy_ratio']):.0f} % "
+            "less energy than balanced "
             f"({low_vs_bal['accuracy_points']:+.2f} points); simulated discharge: governed serves "
             f"{sim['governed_vs_performance_requests']:.2f}x the requests of always-performance")
     return rep

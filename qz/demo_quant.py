@@ -83,7 +83,8 @@ def quantize_commands(cfg, tcfg, state, train_data, val_data, test_data, out_dir
     rep["qat_int8"]["qat_steps"] = qat_steps
     rep["qat_int8"]["best_val_step"] = qstate.best["step"] if qstate.best else None
     rep["fp16"] = {"test_accuracy_top2": accuracy(fp16, test_data, 2)}
-    rep["int8_vs_fp32_accuracy"] = round(rep["qat_int8"]["test_accuracy_top2"] / rep["fp32"]["test_accuracy_top2"], 4)
+    rep["int8_vs_fp32_accuracy"] = round(rep["qat_int8"]["test_accuracy_top2"]
+                                         / rep["fp32"]["test_accuracy_top2"], 4)
     rep["file_bytes"] = sizes
     rep["int8_vs_fp32_size"] = round(sizes["int8"] / sizes["fp32"], 4)
     rep["fp16_vs_fp32_size"] = round(sizes["fp16"] / sizes["fp32"], 4)
@@ -94,7 +95,9 @@ def quantize_commands(cfg, tcfg, state, train_data, val_data, test_data, out_dir
     rep["int8_vs_fp32_latency"] = {b: round(lat["int8"][b] / lat["fp32"][b], 3) for b in lat["fp32"]}
     rep["seconds"] = round(time.perf_counter() - t0, 1)
     if log:
-        log(f"int8: QAT {rep['qat_int8']['test_accuracy_top2']:.4f} ({rep['int8_vs_fp32_accuracy']:.3f}x fp32), "
+        log(f"int8: QAT {rep['qat_int8']['test_accuracy_top2']:.4f} "
+            f"({rep['int8_vs_fp32_accuracy']:.3f}x fp32), "
             f"PTQ {rep['ptq_int8']['test_accuracy_top2']:.4f}; file {rep['int8_vs_fp32_size']:.3f}x fp32; "
-            f"latency int8/fp32 batch 1 {rep['int8_vs_fp32_latency'][1]:.2f}x, batch 32 {rep['int8_vs_fp32_latency'][32]:.2f}x")
+            f"latency int8/fp32 batch 1 {rep['int8_vs_fp32_latency'][1]:.2f}x, "
+            f"batch 32 {rep['int8_vs_fp32_latency'][32]:.2f}x")
     return rep

@@ -103,7 +103,8 @@ def _expected(cfg: Config, precision: str):
             want[name] = (np.float32, shape)
         else:
             want[name] = (np.int8, shape)
-            want[name + ".scale"] = (np.float32, tuple(s for i, s in enumerate(shape) if i != len(shape) + axis))
+            want[name + ".scale"] = (np.float32,
+                                     tuple(s for i, s in enumerate(shape) if i != len(shape) + axis))
     return want
 
 
@@ -137,7 +138,8 @@ def load_export(path):
     for name, (dtype, shape) in want.items():
         if name not in tensors:
             what = "scale" if name.endswith(".scale") else "tensor"
-            raise _bad(path, f"{what} {name!r} is missing ({precision} export expects {np.dtype(dtype).name} {shape})")
+            raise _bad(path, f"{what} {name!r} is missing "
+                             f"({precision} export expects {np.dtype(dtype).name} {shape})")
         arr = tensors[name]
         if arr.dtype != dtype:
             raise _bad(path, f"tensor {name!r} has dtype {arr.dtype}, a {precision} export stores "
@@ -169,7 +171,8 @@ def _check_act_qparams(path, cfg, aq):
         if not (np.isfinite(scale) and scale > 0):
             raise _bad(path, f"act_qparams: observer {name!r} has scale {scale}, not finite and positive")
         if zp != int(zp) or not 0 <= zp <= QMAX_A:
-            raise _bad(path, f"act_qparams: observer {name!r} has zero point {zp}, not an integer in 0..{QMAX_A}")
+            raise _bad(path, f"act_qparams: observer {name!r} has zero point {zp}, "
+                             f"not an integer in 0..{QMAX_A}")
         out[name] = (scale, zp)
     unknown = sorted(set(aq) - set(out))
     if unknown:

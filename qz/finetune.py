@@ -58,7 +58,8 @@ class FinetuneOptions:
     feature_mask: int = 2         # ... and feature mask (coefficients)
     mixup: float = 0.0            # mixup Beta(a, a) while fine-tuning (0: off)
     label_smoothing: float = 0.0
-    vtlp: float = 0.0             # vocal tract length warp of the training clips by 1 +- vtlp (augment.vtlp_mfcc; 0: off)
+    vtlp: float = 0.0             # vocal tract length warp of the training clips by 1 +- vtlp
+                                  # (augment.vtlp_mfcc; 0: off)
     val_fraction: float = 0.2
     eval_every: int = 25
     patience: int = 8
@@ -117,7 +118,8 @@ def base_head(params, cfg: Config, base_labels, labels):
     """A copy of params whose head keeps the base model's columns, reordered to `labels` (same set)."""
     order = np.array([base_labels.index(n) for n in labels])
     out = {n: p.copy() for n, p in params.items()}
-    out["head.weight"], out["head.bias"] = params["head.weight"][:, order].copy(), params["head.bias"][order].copy()
+    out["head.weight"], out["head.bias"] = (params["head.weight"][:, order].copy(),
+                                            params["head.bias"][order].copy())
     return out, cfg
 
 
@@ -177,7 +179,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
     keep = bool(opts.keep_head and base_labels and sorted(base_labels) == sorted(labels))
     if mix is not None:
         if mix.kind != "classifier" or mix.x.shape[1:] != data.x.shape[1:]:
-            raise InputError(f"mix: expected features (N, {data.x.shape[1]}, {data.x.shape[2]}), got {mix.x.shape}")
+            raise InputError(f"mix: expected features (N, {data.x.shape[1]}, {data.x.shape[2]}), "
+                             f"got {mix.x.shape}")
         mix = relabelled(mix, labels)
     runs, best = [], None
     t_all = time.perf_counter()
@@ -200,7 +203,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
         tcfg = TrainConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup=opts.warmup,
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
-                           seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6, patience=opts.patience,
+                           seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6,
+                           patience=opts.patience,
                            trainable=FREEZE_PLANS[opts.plan], augment=opts.augment,
                            time_mask=opts.time_mask, feature_mask=opts.feature_mask,
                            mixup=opts.mixup, label_smoothing=opts.label_smoothing,
@@ -211,7 +215,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
         interrupted = should_stop is not None and bool(should_stop())   # train() kept the best state
         seconds = time.perf_counter() - t0
         run = {"seed": seed, "seconds": round(seconds, 2), "steps_run": state.step,
-               "best_step": state.best["step"] if state.best else state.step, "n_train": len(tr), "n_val": len(va)}
+               "best_step": state.best["step"] if state.best else state.step,
+               "n_train": len(tr), "n_val": len(va)}
         q = quant_of(state)           # with QAT: scored as the int8 model (equal to the int8 runtime's)
         for k in sorted({1, cfg.top_k}):
             run[f"val_accuracy_top{k}"] = evaluate(state.params, cfg, va, batch_size=256, top_k=k,
@@ -226,7 +231,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             va_raw = raw_val if raw_val is not None else raw.subset(va_idx)
             run["val_accuracy_warps"] = warp_accuracy(state.params, cfg, va_raw, norm, opts.warps, quant=q)
             if test is not None:
-                run["test_accuracy_warps"] = warp_accuracy(state.params, cfg, raw_test, norm, opts.warps, quant=q)
+                run["test_accuracy_warps"] = warp_accuracy(state.params, cfg, raw_test, norm, opts.warps,
+                                                           quant=q)
         runs.append(run)
         if log:
             log(f"seed {seed}: val accuracy {run[f'val_accuracy_top{cfg.top_k}']:.4f}"
@@ -240,7 +246,8 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
             break
     _, best_run, state, cfg, tcfg, va = best
     report = {"base": str(base_path), "plan": opts.plan, "options": {**opts.__dict__},
-              "head": "base" if keep else "new", "mix": None if mix is None else {"name": mix.name, "n": len(mix)},
+              "head": "base" if keep else "new",
+              "mix": None if mix is None else {"name": mix.name, "n": len(mix)},
               "precision": "int8 (QAT)" if state.ranges else "fp32",
               "labels": labels, "runs": runs, "chosen_seed": best_run["seed"],
               "interrupted": any(r.get("interrupted") for r in runs),

@@ -49,13 +49,15 @@ class TrainConfig:
     patience: int = 0             # early stopping: stop after this many evaluations without a better
                                   # validation accuracy, and keep the best parameters (0: off)
     trainable: tuple = ()         # names (or prefixes ending in '.') that train; () = all
-    augment: bool = False         # classifier features: shift, SpecAugment masks, noise (augment.augment_features)
+    augment: bool = False         # classifier features: shift, SpecAugment masks, noise
+                                  # (augment.augment_features)
     time_mask: int = 6            # ... the widest time mask, in frames
     feature_mask: int = 2         # ... the widest feature mask, in coefficients
     mixup: float = 0.0            # classifier: mixup Beta(a, a) within each batch (data.soft_targets; 0: off)
     label_smoothing: float = 0.0  # classifier: share of the target spread over all classes (0: off)
     qat_start: int = -1           # QAT (docs/spec.md §5): fake-quant from this step on (-1: never) ...
-    qat_freeze: int = -1          # ... with observers updating until this step, frozen after (-1: never frozen)
+    qat_freeze: int = -1          # ... with observers updating until this step, frozen after
+                                  # (-1: never frozen)
     skip_nonfinite: int = 0       # batches with a non-finite loss or gradient that may be skipped (no update)
                                   # before the run stops with TrainingDiverged (0: stop at the first)
     ema: float = 0.0              # weight averaging: evaluate and keep an exponential moving average of the
@@ -66,8 +68,8 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{key}: must be an integer >= 1, got {v!r}")
-        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience", "skip_nonfinite",
-                    "time_mask", "feature_mask"):
+        for key in ("warmup", "eval_every", "eval_batches", "ckpt_every", "seed", "patience",
+                    "skip_nonfinite", "time_mask", "feature_mask"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"{key}: must be an integer >= 0, got {v!r}")
@@ -121,7 +123,8 @@ class TrainState:
     stopped_early: bool = False
     ranges: dict = field(default_factory=dict)   # QAT observers: name -> (lo, hi)
     extra: dict = field(default_factory=dict)   # JSON metadata carried with the model (input_norm, labels)
-    skipped: list = field(default_factory=list)  # steps whose batch was skipped as non-finite (tcfg.skip_nonfinite)
+    skipped: list = field(default_factory=list)  # steps whose batch was skipped as non-finite
+                                                 # (tcfg.skip_nonfinite)
 
 
 class TrainingDiverged(RuntimeError):
@@ -203,7 +206,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         ranges_before = state.ranges   # qat_phase sets the observers from the first QAT batch
         quant, observed = qat_phase(cfg, tcfg, state, x, k)
         if quant is not None and not all(math.isfinite(v) for r in state.ranges.values() for v in r):
-            loss = gnorm = math.nan    # observers first set from a non-finite batch: no range to quantize with
+            # observers first set from a non-finite batch: no range to quantize with
+            loss = gnorm = math.nan
         else:
             loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k,
                                                     quant=quant, observed=observed, soft_targets=soft)
@@ -212,11 +216,13 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             # no update at all: params, moments and observers stay those of the last good step
             state.ranges = ranges_before
-            _skip_or_stop(state, tcfg, f"step {step}: non-finite loss {loss} or gradient norm {gnorm}", bar, log)
+            _skip_or_stop(state, tcfg, f"step {step}: non-finite loss {loss} or gradient norm {gnorm}",
+                          bar, log)
         else:
             # frozen parameters (a fine-tuning plan) keep their values and zero moments
             live = {n: p for n, p in state.params.items() if tcfg.is_trainable(n)}
-            adamw_step(live, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.weight_decay)
+            adamw_step(live, grads, state.opt, step + 1, lr, tcfg.beta1, tcfg.beta2, tcfg.eps,
+                       tcfg.weight_decay)
             if tcfg.ema:
                 ema_update(state, tcfg.ema)
             if observed:   # observers move toward this batch (they quantize from the next step on)
@@ -227,8 +233,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         tokens += x.shape[0] * T
         now = time.perf_counter()
         if recent_loss:
-            bar.update(state.step, loss=float(np.mean(recent_loss)), acc=float(np.mean(recent_acc)), lr=lr, k=k,
-                       **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
+            bar.update(state.step, loss=float(np.mean(recent_loss)), acc=float(np.mean(recent_acc)),
+                       lr=lr, k=k, **{"tok/s": f"{tokens / max(now - t_last, 1e-9):.0f}"})
         # an evaluation belongs to its step, also when the run stops there (stop_at): resume stays exact
         if val_data is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 \
                 and state.step < tcfg.steps:
@@ -266,7 +272,8 @@ def _skip_or_stop(state, tcfg, what, bar, log):
 
 def ema_update(state, decay):
     """The weight average (TrainConfig.ema) after a step: ema.<name> in the optimizer state, started at
-    the weights themselves, moves by (1 - decay) toward them. It rides in the checkpoint, so resume is exact."""
+    the weights themselves, moves by (1 - decay) toward them. It rides in the checkpoint, so resume is
+    exact."""
     for name, p in state.params.items():
         avg = state.opt.setdefault("ema." + name, p.copy())
         avg *= decay
@@ -324,7 +331,8 @@ def _eval_and_log(state, cfg, tcfg, val_data, bar, log):
     if len(ks) > 1:      # elastic top-k: score the checkpoint at every k the governor may serve it with
         acc = {k: res["accuracy"] if k == res["top_k"] else
                evaluate(params, cfg, val_data, batch_size=max(tcfg.batch_size, 32),
-                        max_batches=tcfg.eval_batches, top_k=k, quant=quant_of(state))["accuracy"] for k in ks}
+                        max_batches=tcfg.eval_batches, top_k=k, quant=quant_of(state))["accuracy"]
+               for k in ks}
         res.update({f"accuracy_top{k}": a for k, a in acc.items()})
         res["score"] = float(np.mean(list(acc.values())))
     state.history.append(res)
@@ -383,7 +391,8 @@ def load_training(path):
     want = {p + n for n in params for p in ("m.", "v.") + (("ema.",) if has_ema else ())}
     if set(opt) != want:
         missing = sorted(want - set(opt))[:1] or sorted(set(opt) - want)[:1]
-        raise checkpoint.CheckpointError(f"{path}: optimizer state does not match the parameters ({missing[0]})")
+        raise checkpoint.CheckpointError(f"{path}: optimizer state does not match the parameters "
+                                         f"({missing[0]})")
     for name, arr in opt.items():
         ref = params[name.split(".", 1)[1]]
         if arr.shape != ref.shape or arr.dtype != ref.dtype:
@@ -399,9 +408,11 @@ def load_training(path):
         try:
             ranges = {str(n): (float(lo), float(hi)) for n, (lo, hi) in meta["quant"]["ranges"].items()}
         except (TypeError, ValueError, KeyError, AttributeError):
-            raise checkpoint.CheckpointError(f"{path}: quant ranges are not a map of name -> [lo, hi]") from None
+            raise checkpoint.CheckpointError(
+                f"{path}: quant ranges are not a map of name -> [lo, hi]") from None
     skipped = meta.get("skipped_steps", [])
-    if not (isinstance(skipped, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in skipped)):
+    if not (isinstance(skipped, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in skipped)):
         raise checkpoint.CheckpointError(f"{path}: skipped_steps is not a list of step numbers")
     return cfg, tcfg, TrainState(params=params, opt=opt, step=step, history=list(meta.get("history", [])),
                                  extra=extra, ranges=ranges, skipped=skipped, best=best)

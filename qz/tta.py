@@ -61,7 +61,8 @@ def warp_probs(params, cfg, x_raw, norm, warps=DEFAULT_WARPS, top_k=None, quant=
     if x_raw.ndim != 3:
         raise InputError(f"warp_probs: expected raw features (N, T, C), got shape {x_raw.shape}")
     N, _, C = x_raw.shape
-    x64 = x_raw.astype(np.float64)                     # the warp is applied in float64, as in augment.vtlp_mfcc
+    # the warp is applied in float64, as in augment.vtlp_mfcc
+    x64 = x_raw.astype(np.float64)
     total = np.zeros((N, cfg.n_classes), dtype=np.float64)
     for alpha in warps:
         warped = np.einsum("ntc,cd->ntd", x64, vtlp_matrix(alpha, C)).astype(np.float32)

@@ -124,11 +124,13 @@ def load_data_for(path, cfg_mode, data_opts, seed, input_norm=None):
 
 def _check_data_fits(cfg, data):
     if data.seq_len > cfg.max_len:
-        raise UserError(f"the data's sequences ({data.seq_len}) are longer than the model's max_len {cfg.max_len}")
+        raise UserError(f"the data's sequences ({data.seq_len}) are longer than the model's "
+                        f"max_len {cfg.max_len}")
     if data.kind != cfg.mode:
         raise UserError(f"the data is for a {data.kind} but the model is a {cfg.mode}")
     if cfg.mode == "classifier" and data.x.shape[2] != cfg.input_dim:
-        raise UserError(f"the data has {data.x.shape[2]} features per frame, the model expects {cfg.input_dim}")
+        raise UserError(f"the data has {data.x.shape[2]} features per frame, "
+                        f"the model expects {cfg.input_dim}")
 
 
 def _data_context(meta, data_arg, what):
@@ -147,7 +149,8 @@ def _warps(text, cfg=None):
         return None
     from ..tta import parse_warps
     if cfg is not None and cfg.mode != "classifier":
-        raise UserError("--warps: test-time warps are for classifiers on speech features, not language models")
+        raise UserError("--warps: test-time warps are for classifiers on speech features, "
+                        "not language models")
     try:
         return parse_warps(text)
     except ValueError as e:

@@ -34,7 +34,8 @@ def cmd_eval(args):
     warps = _warps(args.warps, cfg)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    ks = [args.moe_top_k] if args.moe_top_k is not None else sorted({1, cfg.top_k})   # 0 is an error, not unset
+    # 0 is an error, not unset
+    ks = [args.moe_top_k] if args.moe_top_k is not None else sorted({1, cfg.top_k})
     quants = [None] + ([meta["quant"]] if isinstance(meta.get("quant"), dict) else [])
     results = []
     for quant in quants:
@@ -54,7 +55,8 @@ def cmd_eval(args):
             results.append(res)
     lines = [f"{args.checkpoint} on {data_path} ({args.split} split, {results[0]['n']:,} predictions)"]
     for r in results:
-        lines.append(f"  {r['precision']} top_k {r['top_k']}: loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}  "
+        lines.append(f"  {r['precision']} top_k {r['top_k']}: loss {r['loss']:.4f}  "
+                     f"accuracy {r['accuracy']:.4f}  "
                      f"aux {r['aux']:.3f}  gate entropy {', '.join(f'{e:.3f}' for e in r['gate_entropy'])}")
         if "accuracy_warps" in r:
             lines.append(f"    with test-time warps {','.join(f'{w:g}' for w in r['warps'])}: "

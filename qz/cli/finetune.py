@@ -38,7 +38,8 @@ def cmd_finetune(args):
     val = load_labelled(args.val, include=args.val_include, frames=args.frames) if args.val else None
     if test is not None and data.labels and test.labels and test.labels != data.labels:
         raise UserError(f"--test labels {test.labels} differ from the training labels {data.labels}")
-    out = Path(args.out) if args.out else Path("runs") / f"finetuned_{Path(args.data).name.split('.')[0]}.safetensors"
+    out = (Path(args.out) if args.out
+           else Path("runs") / f"finetuned_{Path(args.data).name.split('.')[0]}.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.json:
         n_labels = len(data.labels) if data.labels else int(data.y.max()) + 1
@@ -61,7 +62,8 @@ def cmd_finetune(args):
              f"+- {report[f'val_accuracy_top{k}']['std']:.4f} over {opts.seeds} seed(s)"]
     if "val_accuracy_warps" in report:
         lines.append(f"validation accuracy with test-time warps {','.join(f'{w:g}' for w in opts.warps)}: "
-                     f"{report['val_accuracy_warps']['mean']:.4f} +- {report['val_accuracy_warps']['std']:.4f}")
+                     f"{report['val_accuracy_warps']['mean']:.4f} "
+                     f"+- {report['val_accuracy_warps']['std']:.4f}")
     if test is not None:
         for key in sorted(x for x in report if x.startswith("test_accuracy")):
             lines.append(f"test accuracy ({key[len('test_accuracy_'):]}): {report[key]['mean']:.4f} "
@@ -104,25 +106,26 @@ def add_parser(sub):
     f.add_argument("--val-include", default="*.wav", help="glob on the validation folder's wav file names")
     f.add_argument("--test", help="data only evaluated at the end (never used for any choice)")
     f.add_argument("--test-include", default="*.wav", help="glob on the test folder's wav file names")
-    f.add_argument("--mix", metavar="DATA[:SHARE]", help="rehearsal: also train on DATA (e.g. the base model's own "
-                   "data set; its labels must be among the task's), SHARE of every batch (default 0.5), so the "
-                   "model keeps what it knew")
+    f.add_argument("--mix", metavar="DATA[:SHARE]", help="rehearsal: also train on DATA (e.g. the base "
+                   "model's own data set; its labels must be among the task's), SHARE of every batch "
+                   "(default 0.5), so the model keeps what it knew")
     f.add_argument("--frames", type=int, default=1, help="CSV data: fold features into this many frames")
     f.add_argument("--plan", choices=["head", "light", "all"], default="all",
                    help="what trains: head only, head + gates + norms, or everything (default)")
     f.add_argument("--steps", type=int, default=600, help="at most this many steps (default 600)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--lr", type=float, default=2e-3)
-    f.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
+    f.add_argument("--val-fraction", type=float, default=0.2,
+                   help="stratified validation share (default 0.2)")
     f.add_argument("--eval-every", type=int, default=25, help="validate every N steps (default 25)")
     f.add_argument("--patience", type=int, default=8, help="stop after N validations without improvement")
     f.add_argument("--top-k-choices", default="1,2", help="elastic top-k during fine-tuning (default 1,2)")
     f.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report the spread")
-    f.add_argument("--qat-start", type=int, default=-1, help="quantization-aware fine-tuning: fake-quant int8 "
-                   "from this step (also writes <out>.int8.safetensors; default: off)")
+    f.add_argument("--qat-start", type=int, default=-1, help="quantization-aware fine-tuning: "
+                   "fake-quant int8 from this step (also writes <out>.int8.safetensors; default: off)")
     f.add_argument("--qat-freeze", type=int, default=-1, help="QAT: freeze the observers from this step")
-    f.add_argument("--vtlp", type=float, default=0.0, help="warp each training clip's frequency axis by a random "
-                   "factor in 1 +- VTLP (MFCC features; unseen voices: 0.25 in the demo, 0 = off)")
+    f.add_argument("--vtlp", type=float, default=0.0, help="warp each training clip's frequency axis by a "
+                   "random factor in 1 +- VTLP (MFCC features; unseen voices: 0.25 in the demo, 0 = off)")
     f.add_argument("--ema", type=float, default=0.0, help="weight averaging with this decay, e.g. 0.99 "
                    "(default 0: off)")
     f.add_argument("--warps", help=WARPS_HELP)

@@ -29,8 +29,9 @@ def cmd_generate(args):
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
     t0 = time.perf_counter()
-    out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature, sample_top_k=args.sample_top_k,
-                   seed=args.seed, moe_top_k=args.moe_top_k, precision=args.precision, kv_cache=args.kv_cache,
+    out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature,
+                   sample_top_k=args.sample_top_k, seed=args.seed, moe_top_k=args.moe_top_k,
+                   precision=args.precision, kv_cache=args.kv_cache,
                    plan_fn=gov.plan if gov is not None else None,
                    on_token=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if stream else None)
     seconds = time.perf_counter() - t0

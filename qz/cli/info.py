@@ -21,7 +21,8 @@ def cmd_info(args):
               "training_state_bytes": state_bytes, "step": meta.get("step"),
               "last_eval": (meta.get("history") or [None])[-1], "sizes": precision_sizes(params)}
     lines = [f"{args.checkpoint}: {cfg.mode} model, {size:,} bytes on disk "
-             f"({result['parameter_bytes']:,} parameters + {state_bytes:,} training state), {', '.join(dtypes)}",
+             f"({result['parameter_bytes']:,} parameters + {state_bytes:,} training state), "
+             f"{', '.join(dtypes)}",
              "config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None),
              f"parameters: {n_params(cfg):,}",
              "size by precision: fp32 {fp32_bytes:,} B, fp16 {fp16_bytes:,} B, int8 {int8_bytes:,} B "

@@ -13,7 +13,8 @@ def cmd_quantize(args):
     """Post-training quantization: calibrate the observers on training batches, store the ranges."""
     from ..ptq import calibrate
     params, cfg, meta = checkpoint.load(args.checkpoint)
-    data_path, data_opts, seed = _data_context(meta, args.data, "data to calibrate on (the training split is used)")
+    data_path, data_opts, seed = _data_context(meta, args.data,
+                                               "data to calibrate on (the training split is used)")
     train_data, _ = load_data_for(data_path, cfg.mode, {**data_opts, "seq_len": cfg.max_len}, seed,
                                   meta.get("input_norm"))
     if args.calibrate < 1:
@@ -22,14 +23,16 @@ def cmd_quantize(args):
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     batches = (train_data.batch(step, args.batch_size, seed + 1)[0] for step in range(args.calibrate))
     ranges = calibrate(params, cfg, batches, args.observer, args.percentile)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_ptq.safetensors")
+    out = (Path(args.out) if args.out
+           else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_ptq.safetensors"))
     keep = {k: v for k, v in meta.items() if k not in ("state", "quant")}
     method = f"ptq-{args.observer}" + (f"-{args.percentile:g}" if args.observer == "percentile" else "")
     checkpoint.save(out, params, cfg, quant={"ranges": ranges, "method": method,
                                              "calibration_batches": args.calibrate}, **keep)
     _emit(args, {"checkpoint": str(out), "ranges": ranges, "method": method},
-          [f"saved {out}: {len(ranges)} observers calibrated on {args.calibrate} batches of {args.batch_size} "
-           f"({method}); qz eval {out} scores fp32 and fake-int8, qz export {out} --int8 writes the int8 model"])
+          [f"saved {out}: {len(ranges)} observers calibrated on {args.calibrate} batches of "
+           f"{args.batch_size} ({method}); qz eval {out} scores fp32 and fake-int8, "
+           f"qz export {out} --int8 writes the int8 model"])
     return 0
 
 
@@ -56,7 +59,8 @@ def cmd_export(args):
         lines.append(f"saved {f['path']}: {f['bytes']:,} bytes")
     if "fp32" in files:
         base = files["fp32"]["bytes"]
-        lines.append("size vs fp32 export: " + ", ".join(f"{p} {f['bytes'] / base:.3f}x" for p, f in files.items()))
+        lines.append("size vs fp32 export: "
+                     + ", ".join(f"{p} {f['bytes'] / base:.3f}x" for p, f in files.items()))
     _emit(args, {"files": files, "checkpoint_bytes": ref}, lines)
     return 0
 
@@ -74,7 +78,8 @@ def add_parser(sub):
     qp.add_argument("--observer", choices=["minmax", "percentile"], default="minmax",
                     help="minmax: widest range seen (default); percentile: mean of each batch's "
                     "percentile range, so rare outliers clip")
-    qp.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile (default 99.99)")
+    qp.add_argument("--percentile", type=float, default=99.99,
+                    help="for --observer percentile (default 99.99)")
     qp.add_argument("--out", help="output checkpoint (default <name>_ptq.safetensors)")
     qp.add_argument("--json", action="store_true")
     qp.set_defaults(func=cmd_quantize)
@@ -84,7 +89,9 @@ def add_parser(sub):
                        "float32 per-channel scales, activation scale and zero point per observer; needs a "
                        "QAT-trained or `qz quantize`d checkpoint), fp16 (weights as float16, computed in "
                        "float32) and fp32. Files are named <checkpoint>.<precision>.safetensors.",
-                       epilog="examples:\n  qz train --data data/speech_commands.npz --qat-start 2500 --out runs/kws.safetensors\n"
+                       epilog="examples:\n"
+                       "  qz train --data data/speech_commands.npz --qat-start 2500 "
+                       "--out runs/kws.safetensors\n"
                        "  qz export runs/kws.safetensors --int8 --fp16 --fp32\n"
                        "  qz quantize runs/float.safetensors && qz export runs/float_ptq.safetensors --int8",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

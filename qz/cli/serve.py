@@ -57,7 +57,8 @@ def cmd_run(args):
         s["mean_latency_ms"] = round(float(np.mean(s.pop("latency_ms"))), 3)
     lines = [f"{r['input']}: {r['label']} ({r['confidence']:.2f})  {r['mode']} {r['precision']} "
              f"top_k {r['top_k']}  {r['latency_ms']:.2f} ms" for r in results]
-    lines += [f"{mode}: {s['requests']} requests, mean {s['mean_latency_ms']:.2f} ms" for mode, s in summary.items()]
+    lines += [f"{mode}: {s['requests']} requests, mean {s['mean_latency_ms']:.2f} ms"
+              for mode, s in summary.items()]
     lines += [f"note: {n}" for n in rt.notes]
     _emit(args, {"results": results, "summary": summary, "failed": failed, "notes": rt.notes}, lines)
     return 1 if failed else 0
@@ -97,18 +98,20 @@ def cmd_governor(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     png = sim.write_timeline(res, str(out))
     def measured(c):
-        return "" if c["measured_energy_j"] is None else f" ({c['measured_energy_j'] * 1e6:.2f} uJ measured by RAPL)"
+        return ("" if c["measured_energy_j"] is None
+                else f" ({c['measured_energy_j'] * 1e6:.2f} uJ measured by RAPL)")
     lines = [f"{m}: {c['precision']} top_k {c['top_k']}, {c['energy_j'] * 1e6:.2f} uJ/request (estimated)"
              f"{measured(c)}, {c['mean_ms']:.3f} ms (p95 {c['p95_ms']:.3f}), accuracy {c['accuracy']:.4f}"
              for m, c in res["modes"].items()]
     for name, run in res["runs"].items():
-        lines.append(f"{name:>11}: {run['requests']:,} requests in {run['hours']:.1f} h, accuracy {run['accuracy']:.4f}, "
-                     f"mean latency {run['mean_latency_ms']:.3f} ms")
+        lines.append(f"{name:>11}: {run['requests']:,} requests in {run['hours']:.1f} h, "
+                     f"accuracy {run['accuracy']:.4f}, mean latency {run['mean_latency_ms']:.3f} ms")
     lines.append(f"governed vs always-performance: {res['governed_vs_performance_requests']:.2f}x requests, "
                  f"{res['governed_vs_performance_accuracy_points']:+.2f} accuracy points")
     lines.append(f"wrote {out}.json, {out}.csv" + (f", {png}" if png else ""))
-    _emit(args, {k: v for k, v in res.items() if k != "runs"} | {"runs": {k: {kk: vv for kk, vv in v.items() if kk != "timeline"}
-                                                                        for k, v in res["runs"].items()}}, lines)
+    _emit(args, {k: v for k, v in res.items() if k != "runs"}
+          | {"runs": {k: {kk: vv for kk, vv in v.items() if kk != "timeline"}
+                      for k, v in res["runs"].items()}}, lines)
     return 0
 
 
@@ -120,9 +123,12 @@ def add_parser(sub):
                        "balanced = int8, "
                        "low_power = int8 at top_k 1, critical = int8, top_k 1, one thread. Prints label, "
                        "confidence, mode, precision, top_k and latency per file, then a summary per mode.",
-                       epilog="examples:\n  qz run runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "
-                       "--inputs data/wav/*.wav\n  qz run MODELS --inputs a.wav --battery 15 --charging no   # low_power\n"
-                       "  qz run MODELS --inputs a.wav --governor trace.csv   # replay time,battery,charging,temp,cpu_util",
+                       epilog="examples:\n"
+                       "  qz run runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "
+                       "--inputs data/wav/*.wav\n"
+                       "  qz run MODELS --inputs a.wav --battery 15 --charging no   # low_power\n"
+                       "  qz run MODELS --inputs a.wav --governor trace.csv   "
+                       "# replay time,battery,charging,temp,cpu_util",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("models", nargs="+", help="model files: one per precision")
     r.add_argument("--inputs", nargs="+", required=True, help="wav files to classify")
@@ -131,15 +137,16 @@ def add_parser(sub):
     r.set_defaults(func=cmd_run)
 
     gv = sub.add_parser("governor", help="device state and mode now, or a simulated battery discharge",
-                        description="status: read this device's battery, temperature and CPU load (or a trace, "
-                        "or overrides) and print the mode the governor picks. simulate: replay a discharge from "
-                        "100 %% against the model under always-performance, always-balanced and the governed "
-                        "policy, with each mode's energy estimated (qz/governor/energy.py) and its latency and accuracy "
-                        "measured here; writes JSON, CSV and (with matplotlib) PNG.",
+                        description="status: read this device's battery, temperature and CPU load (or a "
+                        "trace, or overrides) and print the mode the governor picks. simulate: replay a "
+                        "discharge from 100 %% against the model under always-performance, always-balanced "
+                        "and the governed policy, with each mode's energy estimated "
+                        "(qz/governor/energy.py) and its latency and accuracy measured here; writes JSON, "
+                        "CSV and (with matplotlib) PNG.",
                         epilog="examples:\n  qz governor status --battery 15 --charging no\n"
-                        "  qz governor simulate runs/demo/commands.fp32.safetensors runs/demo/commands.int8.safetensors "
-                        "--data data/speech_commands.npz\n  qz governor simulate MODELS --data D --trace heat.csv "
-                        "--baseline-w 0.1 --rate 10",
+                        "  qz governor simulate runs/demo/commands.fp32.safetensors "
+                        "runs/demo/commands.int8.safetensors --data data/speech_commands.npz\n"
+                        "  qz governor simulate MODELS --data D --trace heat.csv --baseline-w 0.1 --rate 10",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     gv.add_argument("action", choices=["status", "simulate"])
     gv.add_argument("models", nargs="*", help="simulate: model files, one per precision")
@@ -150,9 +157,11 @@ def add_parser(sub):
     gv.add_argument("--battery", type=float, help="status: override the battery level, percent")
     gv.add_argument("--temp", type=float, help="status: override the temperature, C")
     gv.add_argument("--charging", help="status: override charging, yes or no")
-    gv.add_argument("--capacity-wh", type=float, default=15.0, help="battery capacity (default 15 Wh, a phone)")
+    gv.add_argument("--capacity-wh", type=float, default=15.0,
+                    help="battery capacity (default 15 Wh, a phone)")
     gv.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50: a 20 ms hop)")
-    gv.add_argument("--baseline-w", type=float, default=0.03, help="the rest of the device's power (default 0.03 W)")
+    gv.add_argument("--baseline-w", type=float, default=0.03,
+                    help="the rest of the device's power (default 0.03 W)")
     gv.add_argument("--repeats", type=int, default=200, help="latency samples per mode (default 200)")
     gv.add_argument("--out", default="runs/governor/simulation", help="output path stem")
     gv.add_argument("--json", action="store_true")

@@ -119,15 +119,17 @@ Ctrl-C finishes the current step, saves a checkpoint and prints how to resume.
 def add_parser(sub):
     t = sub.add_parser("train", help="train a model on an .npz or a text file",
                        description="Train a model from scratch or resume one. The model's sizes that "
-                       "depend on the data (input_dim, n_classes, vocab_size, max_len) are read off the data.",
+                       "depend on the data (input_dim, n_classes, vocab_size, max_len) are read off "
+                       "the data.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--data", help="an .npz with x and y, a CSV of features with a label column, a folder of wav "
-                   "files (one sub-folder per label, or files named <label>_*.wav; 49 x 13 MFCC), or a "
-                   f".txt/.txt.gz for a character LM (default {DEFAULT_TEXT})")
+    t.add_argument("--data", help="an .npz with x and y, a CSV of features with a label column, a folder "
+                   "of wav files (one sub-folder per label, or files named <label>_*.wav; 49 x 13 MFCC), "
+                   f"or a .txt/.txt.gz for a character LM (default {DEFAULT_TEXT})")
     t.add_argument("--preset", help=f"model preset: {', '.join(sorted(PRESETS))} "
                    "(default kws for features, tiny_lm for text)")
     t.add_argument("--config", help="a JSON file with a full model config (instead of --preset)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. --set n_layers=4")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set n_layers=4")
     t.add_argument("--seq-len", type=int, default=64, help="window length for text data (default 64)")
     t.add_argument("--frames", type=int, default=1,
                    help="CSV data: fold each row's features into this many frames (8 for 8x8 images)")
@@ -145,24 +147,27 @@ def add_parser(sub):
     t.add_argument("--batch-size", type=int, help="examples per step (default 32)")
     t.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
     t.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (default 50)")
-    t.add_argument("--weight-decay", type=float, help="AdamW decoupled decay, not on norms/biases (default 0.01)")
+    t.add_argument("--weight-decay", type=float,
+                   help="AdamW decoupled decay, not on norms/biases (default 0.01)")
     t.add_argument("--clip", type=float, help="global gradient-norm clip, 0 = off (default 1.0)")
     t.add_argument("--aux-coef", type=float, help="load-balancing loss weight (default 0.01)")
     t.add_argument("--top-k-choices", help="elastic top-k: each step draws k from this list, e.g. 1,2")
     t.add_argument("--seed", type=int, help="seed for init, data order and top-k draws (default 0)")
-    t.add_argument("--ema", type=float, help="weight averaging: evaluate and keep an exponential moving average "
-                   "of the weights with this decay, e.g. 0.999 (default 0: off)")
-    t.add_argument("--qat-start", type=int, help="quantization-aware training: fake-quant int8 from this step on, "
-                   "observers updating (default: off)")
+    t.add_argument("--ema", type=float, help="weight averaging: evaluate and keep an exponential moving "
+                   "average of the weights with this decay, e.g. 0.999 (default 0: off)")
+    t.add_argument("--qat-start", type=int, help="quantization-aware training: fake-quant int8 from this "
+                   "step on, observers updating (default: off)")
     t.add_argument("--qat-freeze", type=int, help="QAT: freeze the observers' ranges from this step on")
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: at the end only)")
     t.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (default 20)")
     t.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (default: at the end)")
     t.add_argument("--out", help="checkpoint path (default runs/<data>.safetensors, or the resumed file)")
     t.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint, exactly")
-    t.add_argument("--stop-at", type=int, help="stop after this step and save (the schedule still plans --steps)")
-    t.add_argument("--skip-nonfinite", type=int, metavar="N", help="skip up to N batches whose loss or gradient "
-                   "is NaN/Inf (no update) before stopping (default 0: stop at the first, keeping the last good state)")
+    t.add_argument("--stop-at", type=int,
+                   help="stop after this step and save (the schedule still plans --steps)")
+    t.add_argument("--skip-nonfinite", type=int, metavar="N", help="skip up to N batches whose loss or "
+                   "gradient is NaN/Inf (no update) before stopping (default 0: stop at the first, keeping "
+                   "the last good state)")
     t.add_argument("--quiet", action="store_true", help="no progress line")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(func=cmd_train)

@@ -39,8 +39,8 @@ from .energy import (
 from .policy import MODES, Thresholds, plan_for, policy
 from .sensors import DeviceState
 
-__all__ = ["SimConfig", "ModeCost", "POLICIES", "default_trace", "measure_modes", "simulate", "compare", "sweep",
-           "write_timeline"]
+__all__ = ["SimConfig", "ModeCost", "POLICIES", "default_trace", "measure_modes", "simulate", "compare",
+           "sweep", "write_timeline"]
 
 POLICIES = ("performance", "balanced", "governed")
 
@@ -180,7 +180,8 @@ def simulate(policy_name, costs, sim=SimConfig(), trace=None, th=Thresholds(), k
     lat_mean = sum(n * costs[m].mean_ms for m, n in served.items()) / max(total, 1e-12)
     return {"policy": policy_name, "hours": round(t / 3600.0, 3), "requests": int(total),
             "requests_by_mode": {m: int(n) for m, n in served.items() if n > 0},
-            "accuracy": round(sum(n * a for n, a in acc) / max(sum(n for n, _ in acc), 1e-12), 4) if acc else None,
+            "accuracy": (round(sum(n * a for n, a in acc) / max(sum(n for n, _ in acc), 1e-12), 4)
+                         if acc else None),
             "mean_latency_ms": round(lat_mean, 4),
             "p95_latency_ms_by_mode": {m: round(costs[m].p95_ms, 4) for m, n in served.items() if n > 0},
             "timeline": timeline}
@@ -202,7 +203,8 @@ def sweep(costs, baselines=(0.003, 0.01, 0.03, 0.1, 0.3), sim=SimConfig(), trace
     for b in baselines:
         s = SimConfig(**{**asdict(sim), "baseline_w": b})
         c = compare(costs, s, trace)
-        out.append({"baseline_w": b, "governed_vs_performance_requests": c["governed_vs_performance_requests"]})
+        out.append({"baseline_w": b,
+                    "governed_vs_performance_requests": c["governed_vs_performance_requests"]})
     return out
 
 
