@@ -180,7 +180,7 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
 
     x = model.w["embed"][ids] + model.w["pos"][:T]                # (B, T, d)
     for i in range(cfg.n_layers):
-        x = block_forward(x, model.w, i, cfg, k, lin, kv)[0]
+        x = block_forward(x, model.w, i, cfg, k, lin, kv, train=False)[0]
     cache.length = T
     if every_position:   # the head on every row too: the same GEMM as infer's, so the same bits
         return _head(model, lin, x)[:, -1]                        # (B, V)
@@ -205,7 +205,7 @@ def decode_step(model, ids, cache: KVCache, moe_top_k=None):
 
     x = model.w["embed"][ids] + model.w["pos"][t]                 # (B, 1, d)
     for i in range(cfg.n_layers):
-        x = block_forward(x, model.w, i, cfg, k, lin, kv)[0]
+        x = block_forward(x, model.w, i, cfg, k, lin, kv, train=False)[0]
     cache.length = t + 1
     return _head(model, lin, x[:, 0])                             # (B, V)
 

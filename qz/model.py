@@ -116,10 +116,11 @@ def weights(params, cfg, quantized=False):
     return w
 
 
-def block_forward(x, w, i, cfg, k, lin, kv=None):
+def block_forward(x, w, i, cfg, k, lin, kv=None, train=True):
     # x: (B, T, d) -> (B, T', d), aux, routing stats, cache; w: weights(...) or the runtime's
     # kv: None, or generation's KV-cache step kv(i, q, k, v) -> o (B, T', d): attention over the
     # cached keys, for the last T' positions (T' = T, or 1 when only the last one is wanted)
+    # train=False (serving): no aux loss or routing stats (aux 0, stats None)
     p = f"blocks.{i}."
     B, T, d = x.shape
     a_in, c_n1 = ops.rmsnorm_forward(x, w[p + "attn_norm"])
@@ -133,7 +134,7 @@ def block_forward(x, w, i, cfg, k, lin, kv=None):
     a_out, c_o = lin.linear(o, p + "attn_out", w[p + "wo"])
     x = x + a_out
     h, c_n2 = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
-    m, aux, stats, c_moe = moe_forward(h.reshape(-1, d), w, p, k, cfg.n_shared_experts, lin)
+    m, aux, stats, c_moe = moe_forward(h.reshape(-1, d), w, p, k, cfg.n_shared_experts, lin, train)
     x = x + m.reshape(x.shape)
     return x, aux, stats, (c_n1, c_qkv, c_att, c_o, c_n2, c_moe)
 
@@ -161,9 +162,12 @@ def block_backward(dx, daux, cache, i, lin):
 # ----------------------------------------------------------------------------
 # the whole model
 # ----------------------------------------------------------------------------
-def run(w, cfg, inputs, k, lin):
+def run(w, cfg, inputs, k, lin, train=True):
     """docs/spec.md §2.3 on weights as the block reads them -> logits, aux, per-layer routing
-    stats, caches. Training calls it through _forward, the runtime (runtime.infer) directly."""
+    stats, caches. Training calls it through _forward, the runtime (runtime.infer) directly,
+    with train=False: no aux loss, and no backward follows, so each block's caches go as soon
+    as it returns (held for every layer, the intermediates cost fresh memory: 1.5x the time
+    of an LM batch of 8)."""
     dtype = w["pos"].dtype
     T = inputs.shape[1]
     caches = {}
@@ -176,7 +180,8 @@ def run(w, cfg, inputs, k, lin):
     aux = dtype.type(0.0)
     stats = []
     for i in range(cfg.n_layers):
-        x, aux_i, st, caches[i] = block_forward(x, w, i, cfg, k, lin)
+        x, aux_i, st, cache = block_forward(x, w, i, cfg, k, lin, train=train)
+        caches[i] = cache if train else None
         aux = aux + aux_i
         stats.append(st)
     x, caches["final_norm"] = ops.rmsnorm_forward(x, w["final_norm"])

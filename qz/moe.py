@@ -25,6 +25,8 @@ hidden width, S shared experts, R = N * K routed rows.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .kernels import accelerated
@@ -127,26 +129,44 @@ def combine_grad(dout, rows, tok, ws):
     return g * ws[:, None], np.sum(g * rows, axis=1)
 
 
-def experts_forward(h, idx, gw, E, w, g, p, lin):
-    # h: (N, d), idx / gw: (N, K) chosen experts and their gate weights -> out (N, d)
-    # out[n] = sum_j gw[n, j] * expert_idx[n, j](h[n]); gw None: weight 1 (the shared experts)
+def every_token(N, S):
+    """dispatch's plan for the shared experts: every token to each of the S, in token order
+    (what dispatch(np.tile(np.arange(S), (N, 1)), S) returns; cached: it depends on N and S only)."""
+    return _every_token(int(N), int(S))
+
+
+@functools.lru_cache(maxsize=64)
+def _every_token(N, S):
+    tok = np.tile(np.arange(N), S)                                # (N S,) expert s owns rows s N .. s N + N - 1
+    pos = np.arange(N)[:, None] + N * np.arange(S)                # (N, S)
+    order = pos.T.reshape(-1)                                     # slot n S + s sits at row s N + n
+    order = (order % N) * S + order // N
+    bounds = np.arange(S + 1) * N
+    for a in (order, bounds, tok, pos):
+        a.flags.writeable = False                                 # shared by every call: read-only
+    return order, bounds, tok, pos
+
+
+def experts_forward(h, plan, gw, w, g, p, lin):
+    # h: (N, d), plan: dispatch(idx, E) of the chosen experts idx (N, K), gw (N, K) their gate
+    # weights -> out (N, d): out[n] = sum_j gw[n, j] * expert_idx[n, j](h[n]); gw None: weight 1
     # w: the weights, g their prefix ("blocks.{i}." or "blocks.{i}.shared."), p the observers'
     # ("blocks.{i}."); lin: how the matmuls compute (qz/linear.py: float, fake-quant, int8)
-    order, bounds, tok, pos = dispatch(idx, E)                    # rows grouped by expert
+    order, bounds, tok, pos = plan                                # rows grouped by expert
     a, b, c_in = lin.experts_in(h, tok, w, g, p + "ffn_in", bounds)   # (R, f): u @ w1[e], u @ w3[e]
     m, c_sw = swiglu_forward(a, b)                                # (R, f)
     y, c_out = lin.experts_out(m, w, g, p + "ffn_mid", bounds)    # (R, d): m @ w2[e]
     out = combine(y, pos, gw)                                     # (N, d): sum_j gw[n,j] y[pos[n,j]]
-    ws = None if gw is None else gw.reshape(-1)[order]            # (R,) gate weight of each row
-    return out, (c_in, c_sw, c_out, y, ws, tok, pos)
+    return out, (c_in, c_sw, c_out, y, gw, order, tok, pos)
 
 
 def experts_backward(dout, cache, lin):
     # dout: (N, d) -> dh (N, d), dgw (N, K) or None, (dw1, dw3 (E, d, f), dw2 (E, f, d))
-    c_in, c_sw, c_out, y, ws, tok, pos = cache
-    if ws is None:
+    c_in, c_sw, c_out, y, gw, order, tok, pos = cache
+    if gw is None:
         dy, dgw = dout[tok], None                                 # weight 1: each row its token's dout
     else:
+        ws = gw.reshape(-1)[order]                                # (R,) gate weight of each row
         dy, dws = combine_grad(dout, y, tok, ws)                  # (R, d), (R,)
         dgw = dws[pos]                                            # (N, K) d loss / d gate weight
     dm, dw2 = lin.experts_out_backward(dy, c_out)                 # (R, f)
@@ -159,20 +179,23 @@ def experts_backward(dout, cache, lin):
 # the whole layer: gate, routed experts, shared experts (every token to all S of
 # them with weight 1: the same expert loop, with no gate), load-balancing loss
 # ----------------------------------------------------------------------------
-def moe_forward(h, w, p, k, n_shared, lin):
+def moe_forward(h, w, p, k, n_shared, lin, train=True):
     """h: (N, d) -> out (N, d), aux (scalar), stats {'load': (E,), 'probs': (N, E)}.
 
     w: the parameters (model.block_forward's), p = "blocks.{i}."; lin: how the experts'
-    matmuls compute (qz/linear.py). The gate always reads the unquantized h."""
+    matmuls compute (qz/linear.py). The gate always reads the unquantized h.
+    train=False (serving): aux is 0 and stats None, neither computed."""
     (gw, idx, probs), gate_cache = gate_forward(h, w[p + "gate"], k)
     E = probs.shape[1]
-    out, exp_cache = experts_forward(h, idx, gw, E, w, p, p, lin)
-    aux, aux_cache = aux_loss_forward(probs, idx)
+    out, exp_cache = experts_forward(h, dispatch(idx, E), gw, w, p, p, lin)
     shared_cache = None
     if n_shared:
-        every = np.broadcast_to(np.arange(n_shared), (h.shape[0], n_shared))   # (N, S)
-        s_out, shared_cache = experts_forward(h, every, None, n_shared, w, p + "shared.", p, lin)
+        plan = every_token(h.shape[0], n_shared)
+        s_out, shared_cache = experts_forward(h, plan, None, w, p + "shared.", p, lin)
         out += s_out                                              # out is combine's fresh array
+    if not train:
+        return out, 0.0, None, None
+    aux, aux_cache = aux_loss_forward(probs, idx)
     stats = {"load": np.bincount(idx.reshape(-1), minlength=E),   # slots per expert
              "probs": probs}                                      # gate entropy: model.forward_stats
     return out, aux, stats, (gate_cache, exp_cache, aux_cache, shared_cache)

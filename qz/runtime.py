@@ -148,7 +148,7 @@ def infer(model: Model, inputs, top_k=None):
     """Logits of docs/spec.md §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C)."""
     inputs, _ = validate_inputs(model.cfg, inputs, top_k=top_k)
     k = model.cfg.top_k if top_k is None else int(top_k)
-    return run(model.w, model.cfg, inputs, k, linear_mode(model))[0]
+    return run(model.w, model.cfg, inputs, k, linear_mode(model), train=False)[0]
 
 
 # ----------------------------------------------------------------------------

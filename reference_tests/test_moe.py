@@ -152,3 +152,11 @@ def test_aux_gradient_flows_through_mean_probs_only(case):
     g = moe.aux_loss_backward(1.0, c)
     frac = np.bincount(idx.ravel(), minlength=E) / (N * k)
     np.testing.assert_allclose(g, E * frac / N, rtol=1e-12)   # one row, the same for every token
+
+
+@given(st.integers(1, 9), st.integers(1, 3))
+def test_the_shared_experts_plan_is_dispatch_of_every_token_to_every_shared_expert(N, S):
+    want = moe.dispatch.ref(np.tile(np.arange(S), (N, 1)), S)
+    for got, w in zip(moe.every_token(N, S), want):
+        np.testing.assert_array_equal(got, w)
+        assert not got.flags.writeable

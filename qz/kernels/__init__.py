@@ -45,8 +45,8 @@ def accelerated(ref):
     twin = getattr(mirror, ref.__name__) if NUMBA_AVAILABLE else None
 
     @functools.wraps(ref)
-    def op(*args, **kwargs):
-        return twin(*args, **kwargs) if USE_NUMBA else ref(*args, **kwargs)
+    def op(*args):                 # positional only: a keyword dict costs time at a dozen calls a layer
+        return twin(*args) if USE_NUMBA else ref(*args)
 
     op.ref, op.jit = ref, twin
     return op
