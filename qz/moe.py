@@ -129,15 +129,11 @@ def combine_grad(dout, rows, tok, ws):
     return g * ws[:, None], np.sum(g * rows, axis=1)
 
 
+@functools.lru_cache(maxsize=64)
 def every_token(N, S):
     """dispatch's plan for the shared experts: every token to each of the S, in token order
     (what dispatch(np.tile(np.arange(S), (N, 1)), S) returns; cached: it depends on N and S only)."""
-    return _every_token(int(N), int(S))
-
-
-@functools.lru_cache(maxsize=64)
-def _every_token(N, S):
-    tok = np.tile(np.arange(N), S)                                # (N S,) expert s owns rows s N .. s N + N - 1
+    tok = np.tile(np.arange(N), S)                                # (N S,): expert s owns rows s N ..
     pos = np.arange(N)[:, None] + N * np.arange(S)                # (N, S)
     order = pos.T.reshape(-1)                                     # slot n S + s sits at row s N + n
     order = (order % N) * S + order // N
