@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import ArrayData, apply_input_norm
+from .streams import stream
 
 __all__ = ["augment_features", "vtlp_matrix", "vtlp_mfcc", "WarpedData", "MixedData", "soft_targets"]
 
@@ -100,7 +101,7 @@ class WarpedData:
 
     def batch(self, step, batch_size, seed):
         x, y = self.raw.batch(step, batch_size, seed)
-        x = vtlp_mfcc(x, np.random.default_rng([seed, step, 5]), self.low, self.high)
+        x = vtlp_mfcc(x, stream(seed, "vtlp", step), self.low, self.high)
         return apply_input_norm(ArrayData(x, y), self.norm).x, y
 
     def eval_batches(self, batch_size, max_batches=None):

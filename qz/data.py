@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .streams import stream
 
 __all__ = ["DataError", "ArrayData", "TextData", "load_dataset", "load_npz", "load_split", "load_csv",
            "load_text", "feature_stats", "fit_input_norm", "utterance_normalized", "apply_input_norm",
@@ -70,7 +71,7 @@ class ArrayData:
         for i in range(batch_size):
             epoch, pos = divmod(start + i, n)
             if i == 0 or pos == 0:
-                perm = np.random.default_rng([seed, epoch]).permutation(n)
+                perm = stream(seed, "epoch", epoch).permutation(n)
             idx[i] = perm[pos]
         return self.x[idx], self.y[idx]
 
@@ -94,7 +95,7 @@ class TextData:
         return max(0, len(self.tokens) - self.seq_len)
 
     def batch(self, step, batch_size, seed):
-        rng = np.random.default_rng([seed, step, 1])
+        rng = stream(seed, "batch", step)
         starts = rng.integers(0, len(self.tokens) - self.seq_len, batch_size)
         win = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
         return win[:, :-1], win[:, 1:]
@@ -370,7 +371,7 @@ def load_dataset(path, seq_len=128, seed=0, val_fraction=0.1, frames=1):
             n = len(train)
             if n < 2:
                 raise DataError(f"{path}: need at least 2 rows to hold some out, got {n}")
-            perm = np.random.default_rng([seed, 7]).permutation(n)
+            perm = stream(seed, "holdout").permutation(n)
             n_val = min(max(1, int(round(n * val_fraction))), n - 1)   # at least one row on each side
             train, val = train.subset(perm[n_val:]), train.subset(perm[:n_val])
         return train, val

@@ -32,6 +32,7 @@ from .export import save_export
 from .optim import adamw_init
 from .train import TrainConfig, TrainState, evaluate, quant_of, save_training, train
 from .tta import parse_warps, warp_accuracy
+from .streams import stream
 
 __all__ = ["FREEZE_PLANS", "FinetuneOptions", "stratified_split", "new_head", "finetune", "confusion_matrix"]
 
@@ -92,7 +93,7 @@ class FinetuneOptions:
 
 def stratified_split(y, val_fraction, seed):
     """-> (train_idx, val_idx): each class split in the same proportion, seeded."""
-    rng = np.random.default_rng([seed, 11])
+    rng = stream(seed, "split")
     tr, va = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
@@ -125,7 +126,7 @@ def base_head(params, cfg: Config, base_labels, labels):
 
 def new_head(params, cfg: Config, n_classes: int, seed: int):
     """A copy of params with a fresh head for n_classes (N(0, 1/d) weights, zero bias)."""
-    rng = np.random.default_rng([seed, 13])
+    rng = stream(seed, "head")
     dtype = params["head.weight"].dtype
     out = {n: p.copy() for n, p in params.items()}
     out["head.weight"] = (rng.standard_normal((cfg.d_model, n_classes)) / np.sqrt(cfg.d_model)).astype(dtype)

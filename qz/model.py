@@ -21,6 +21,7 @@ from .errors import InputError
 from .linear import FakeQuant, Float, Observed
 from .moe import moe_backward, moe_forward
 from .quant import act_qparams, observer_names
+from .streams import stream
 
 __all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "observe_ranges",
            "act_quant_params", "validate_inputs", "weights", "block_forward", "block_backward", "run"]
@@ -42,7 +43,7 @@ def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise InputError(f"dtype: expected float32 or float64, got {dtype}")
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "init")
     resid = 1.0 / np.sqrt(2 * cfg.n_layers)
     params = {}
     for name, shape in param_shapes(cfg).items():

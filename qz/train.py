@@ -23,6 +23,7 @@ from .ops import cross_entropy_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, lr_at
 from .progress import Progress
 from .quant import observe_update
+from .streams import stream
 
 __all__ = ["TrainConfig", "TrainState", "TrainingDiverged", "train", "evaluate",
            "save_training", "load_training", "top_k_for_step"]
@@ -135,7 +136,7 @@ def top_k_for_step(cfg, tcfg, step):
     """Elastic top-k (docs/spec.md §5): a seeded draw from tcfg.top_k_choices, else cfg.top_k."""
     if not tcfg.top_k_choices:
         return cfg.top_k
-    rng = np.random.default_rng([tcfg.seed, step, 2])
+    rng = stream(tcfg.seed, "top_k", step)
     return tcfg.top_k_choices[int(rng.integers(len(tcfg.top_k_choices)))]
 
 
@@ -196,11 +197,11 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
         step = state.step
         x, y = train_data.batch(step, tcfg.batch_size, tcfg.seed)
         if tcfg.augment and train_data.kind == "classifier":
-            x = augment_features(x, np.random.default_rng([tcfg.seed, step, 3]),
+            x = augment_features(x, stream(tcfg.seed, "augment", step),
                                  max_time_mask=tcfg.time_mask, max_feature_mask=tcfg.feature_mask)
         soft = None
         if (tcfg.mixup or tcfg.label_smoothing) and train_data.kind == "classifier":
-            x, soft = soft_targets(x, y, cfg.n_classes, np.random.default_rng([tcfg.seed, step, 6]),
+            x, soft = soft_targets(x, y, cfg.n_classes, stream(tcfg.seed, "mixup", step),
                                    tcfg.mixup, tcfg.label_smoothing)
         k = top_k_for_step(cfg, tcfg, step)
         ranges_before = state.ranges   # qat_phase sets the observers from the first QAT batch
@@ -355,7 +356,7 @@ def save_training(path, cfg, tcfg, state):
         opt = {**opt, **{"best." + n: v for n, v in state.best["params"].items()}}
         best = {"best": {k: state.best[k] for k in ("step", "accuracy", "score", "ranges")}}
     checkpoint.save(path, state.params, cfg, state=opt, train=tcfg.to_dict(), step=state.step, **best,
-                    rng={"seed": tcfg.seed, "scheme": "default_rng([seed, step, stream])"},
+                    rng={"seed": tcfg.seed, "scheme": "qz.streams: default_rng([seed, *index, id])"},
                     data_position={"step": state.step, "batch_size": tcfg.batch_size},
                     history=state.history, **({"quant": {"ranges": state.ranges}} if state.ranges else {}),
                     **({"skipped_steps": state.skipped} if state.skipped else {}),

@@ -8,7 +8,7 @@ from pathlib import Path
 QZ = Path(__file__).resolve().parent.parent / "qz"
 
 LAYERS = [
-    ["errors", "memory", "progress", "optim", "config"],                 # foundations
+    ["errors", "memory", "progress", "optim", "config", "streams"],      # foundations
     ["parallel", "kernels"],                                             # acceleration
     ["ops", "quant", "linear", "moe", "model"],                          # the model
     ["audio", "data", "augment", "checkpoint", "export", "baseline"],    # data and files
