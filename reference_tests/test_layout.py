@@ -63,3 +63,16 @@ def test_the_check_sees_function_local_imports():
     top_level = {n.module for n in ast.parse((QZ / "cli" / "demo.py").read_text()).body
                  if isinstance(n, ast.ImportFrom)}
     assert "demo" not in top_level and "demo" in imports()["cli"]
+
+
+def test_the_block_is_written_once():
+    """model.block_forward is the one block: the runtime serves through model.run and generation
+    through block_forward; neither holds its own attention, MoE or expert loop."""
+    inner = ["moe_forward", "experts_forward", "dispatch(", "combine(", "route(", "swiglu", "grouped_matmul",
+             "int8_experts", "def _block", "def experts", "def moe", "def _ffn", "def _qkv"]
+    for name in ("runtime.py", "generate.py"):
+        text = (QZ / name).read_text()
+        assert not [s for s in inner if s in text], name
+    assert "run(model.w" in (QZ / "runtime.py").read_text()
+    assert "block_forward(x, model.w" in (QZ / "generate.py").read_text()
+    assert (QZ / "model.py").read_text().count("def block_forward(") == 1
