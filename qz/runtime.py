@@ -55,14 +55,14 @@ class Model:
         return total
 
 
-def prepare(params, cfg: Config, precision: str = "fp32", ranges=None, meta=None) -> Model:
+def prepare(params, cfg: Config, precision: str = "fp32", ranges=None, meta=None, lean=True) -> Model:
     """A Model straight from float parameters, as if exported at `precision` and loaded."""
     tensors, m = export_tensors(params, cfg, precision, ranges)
     act = {n: tuple(v) for n, v in m["act_qparams"].items()} if precision == "int8" else None
-    return prepare_tensors(tensors, cfg, precision, act, meta)
+    return prepare_tensors(tensors, cfg, precision, act, meta, lean)
 
 
-def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -> Model:
+def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None, lean=True) -> Model:
     """Export tensors -> the layout `infer` reads.
 
     fp32/fp16: float32 arrays; q|k|v fused into one (d, 3d) matrix; w1 and w3 kept apart
@@ -71,6 +71,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     scales, column sums, the SIMD layout: VNNI or AVX2), expert stacks packed as stacks, w1|w3 fused into
     (E, d, 2f) (integer products are exact, so fusing changes no value); embed and pos
     dequantized once (they are looked up, not multiplied); float parameters as float32.
+    lean=False keeps the int8 weights in their (in, out) layout beside the SIMD one (qz.onnx reads it).
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -84,7 +85,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
                        np.expand_dims(tensors[name + ".scale"].astype(np.float32), axis))
 
     def pack(w):               # one linear layer (in, out), or a stack of experts (E, in, out)
-        return pack_qweight(w, lean=True) if int8 else w
+        return pack_qweight(w, lean=lean) if int8 else w
 
     w = {}
     if cfg.mode == "lm":
@@ -110,7 +111,7 @@ def prepare_tensors(tensors, cfg: Config, precision: str, act=None, meta=None) -
     return Model(cfg, precision, w, dict(act) if act is not None else None, dict(meta or {}))
 
 
-def load_model(path) -> Model:
+def load_model(path, lean=True) -> Model:
     """Load an export (`qz export`) or, as fp32, a training checkpoint."""
     tensors, metadata = checkpoint.read_safetensors(path)
     if metadata.get("format") == "qz":
@@ -118,7 +119,8 @@ def load_model(path) -> Model:
         meta.pop("state", None)
         return prepare(params, cfg, "fp32", meta=_carried(meta, path))
     tensors, cfg, meta = load_export(path)
-    return prepare_tensors(tensors, cfg, meta["precision"], meta.get("act_qparams"), _carried(meta, path))
+    return prepare_tensors(tensors, cfg, meta["precision"], meta.get("act_qparams"), _carried(meta, path),
+                           lean)
 
 
 def _carried(meta, path):

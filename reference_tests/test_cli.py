@@ -166,6 +166,25 @@ def test_quantize_calibrates_and_eval_reports_both_precisions(tmp_path, feats, c
     assert main(["quantize", str(ckpt), "--calibrate", "0"]) == 1
 
 
+def test_export_onnx_and_eval_it_through_onnx_runtime(tmp_path, feats, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    ckpt = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(feats), "--steps", "20", "--out", str(ckpt), "--quiet", *SMALL]) == 0
+    assert main(["export", str(ckpt), "--onnx", "--int8"]) == 1                    # no ranges: one line
+    assert main(["quantize", str(ckpt), "--calibrate", "3"]) == 0
+    ptq = tmp_path / "m_ptq.safetensors"
+    capsys.readouterr()
+    res = run_json(capsys, ["export", str(ptq), "--onnx", "--int8", "--json"])
+    assert set(res["files"]) == {"int8", "onnx_fp32", "onnx_int8"}
+    fp32_onnx, int8_onnx = tmp_path / "m_ptq.onnx", tmp_path / "m_ptq.int8.onnx"
+    assert fp32_onnx.exists() and int8_onnx.exists()
+    ev = run_json(capsys, ["eval", str(ptq), "--moe-top-k", "2", "--json",
+                           "--onnx", str(fp32_onnx), "--onnx", str(int8_onnx)])
+    acc = {r["precision"]: r["accuracy"] for r in ev["results"]}
+    assert acc["onnx fp32"] == acc["fp32"] and acc["onnx int8"] == acc["fake-int8"]
+
+
 def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     """train (13 MFCC features, like a wav) -> quantize -> export int8 + fp32 -> run wavs: low_power
     by override uses int8 at top_k 1; a bad file is reported in one line and the rest are served."""

@@ -13,7 +13,7 @@ LAYERS = [
     ["ops", "quant", "linear", "moe", "model"],                          # the model
     ["audio", "data", "augment", "checkpoint", "export", "baseline"],    # data and files
     ["train", "ptq", "finetune", "tta", "runtime", "generate",           # training, serving, governor
-     "governor"],
+     "onnx", "governor"],
     ["demo_quant", "demo_governor", "demo", "cli", "__init__"],          # the command and the API
 ]
 

@@ -53,18 +53,46 @@ def cmd_eval(args):
                 res["accuracy_warps"] = warp_accuracy(params, cfg, raw_data, meta.get("input_norm"), warps,
                                                       top_k=k, quant=quant)
             results.append(res)
+    for path in args.onnx or []:                  # the exported file through ONNX Runtime, same data
+        results += _onnx_results(path, val_data, ks, args.batch_size, args.max_batches)
     lines = [f"{args.checkpoint} on {data_path} ({args.split} split, {results[0]['n']:,} predictions)"]
     for r in results:
+        if "onnx" in r:
+            lines.append(f"  {r['precision']} top_k {r['top_k']}: accuracy {r['accuracy']:.4f}  "
+                         f"({r['onnx']})")
+            continue
         lines.append(f"  {r['precision']} top_k {r['top_k']}: loss {r['loss']:.4f}  "
                      f"accuracy {r['accuracy']:.4f}  "
                      f"aux {r['aux']:.3f}  gate entropy {', '.join(f'{e:.3f}' for e in r['gate_entropy'])}")
         if "accuracy_warps" in r:
             lines.append(f"    with test-time warps {','.join(f'{w:g}' for w in r['warps'])}: "
                          f"accuracy {r['accuracy_warps']:.4f}")
-        for i, load in enumerate(r["expert_load"]):
+        for i, load in enumerate(r.get("expert_load", [])):
             lines.append(f"    layer {i} expert load: " + " ".join(f"{x:.2f}" for x in load))
     _emit(args, {"checkpoint": args.checkpoint, "data": data_path, "results": results}, lines)
     return 0
+
+
+def _onnx_results(path, data, ks, batch_size, max_batches):
+    """Accuracy of an exported .onnx file (qz export --onnx) through ONNX Runtime."""
+    import json
+
+    import numpy as np
+
+    from .. import onnx as qz_onnx
+    sess = qz_onnx.session(path)
+    meta = sess.get_modelmeta().custom_metadata_map
+    precision = "onnx " + json.loads(meta.get("precision", '"?"'))
+    out = []
+    for k in ks:
+        t0, hits, n = time.perf_counter(), 0, 0
+        for b, (x, y) in enumerate(data.eval_batches(batch_size, max_batches)):
+            logits = qz_onnx.run(sess, x, k)
+            hits += int(np.sum(np.argmax(logits, axis=-1) == y))
+            n += int(np.size(y))
+        out.append({"precision": precision, "onnx": str(path), "top_k": k, "n": n,
+                    "accuracy": hits / max(n, 1), "seconds": round(time.perf_counter() - t0, 3)})
+    return out
 
 
 def add_parser(sub):
@@ -81,5 +109,8 @@ def add_parser(sub):
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--max-batches", type=int, default=None, help="limit the number of batches")
     e.add_argument("--warps", help=WARPS_HELP)
+    e.add_argument("--onnx", action="append", metavar="FILE.onnx",
+                   help="also score this exported file (qz export --onnx) through ONNX Runtime on the same "
+                   "data (repeatable; needs the onnx extra)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

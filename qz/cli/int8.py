@@ -40,9 +40,10 @@ def cmd_export(args):
     """Write deployable fp32 / fp16 / int8 files (docs/spec.md §3.3) from a checkpoint."""
     from ..export import CARRIED_META, save_export
     params, cfg, meta = checkpoint.load(args.checkpoint)
-    precisions = [p for p in ("fp32", "fp16", "int8") if getattr(args, p)] or ["int8"]
+    precisions = [p for p in ("fp32", "fp16", "int8") if getattr(args, p)] or ([] if args.onnx else ["int8"])
+    onnx_precisions = (["fp32"] + (["int8"] if args.int8 else [])) if args.onnx else []
     ranges = meta.get("quant", {}).get("ranges") if isinstance(meta.get("quant"), dict) else None
-    if "int8" in precisions and not ranges:
+    if "int8" in precisions + onnx_precisions and not ranges:
         raise UserError(f"{args.checkpoint} has no activation ranges for int8: train with --qat-start N "
                         f"or calibrate with `qz quantize {args.checkpoint}` first")
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent
@@ -54,6 +55,13 @@ def cmd_export(args):
         path = out_dir / f"{stem}.{precision}.safetensors"
         save_export(path, params, cfg, precision, ranges if precision == "int8" else None, **carried)
         files[precision] = {"path": str(path), "bytes": os.path.getsize(path)}
+    for precision in onnx_precisions:           # written from the model's structure (qz/onnx.py)
+        from .. import onnx as qz_onnx
+        from ..runtime import prepare
+        model = prepare(params, cfg, precision, ranges if precision == "int8" else None, carried, lean=False)
+        path = out_dir / f"{stem}{'.int8' if precision == 'int8' else ''}.onnx"
+        qz_onnx.export(model, path)
+        files[f"onnx_{precision}"] = {"path": str(path), "bytes": os.path.getsize(path)}
     ref = os.path.getsize(args.checkpoint)
     for precision, f in files.items():
         lines.append(f"saved {f['path']}: {f['bytes']:,} bytes")
@@ -93,12 +101,18 @@ def add_parser(sub):
                        "  qz train --data data/speech_commands.npz --qat-start 2500 "
                        "--out runs/kws.safetensors\n"
                        "  qz export runs/kws.safetensors --int8 --fp16 --fp32\n"
-                       "  qz quantize runs/float.safetensors && qz export runs/float_ptq.safetensors --int8",
+                       "  qz quantize runs/float.safetensors && qz export runs/float_ptq.safetensors --int8\n"
+                       "  qz export runs/kws.safetensors --onnx --int8   # + runs/kws.onnx, "
+                       "runs/kws.int8.onnx (docs/deploy.md)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     x.add_argument("checkpoint")
     x.add_argument("--int8", action="store_true", help="int8 model (the default when no precision is given)")
     x.add_argument("--fp16", action="store_true", help="float16 weights")
     x.add_argument("--fp32", action="store_true", help="float32 weights without training state")
+    x.add_argument("--onnx", action="store_true",
+                   help="also write <checkpoint>.onnx (fp32) and, with --int8, <checkpoint>.int8.onnx for "
+                   "ONNX Runtime (needs the onnx extra: pip install -e \".[onnx]\"); alone, only the "
+                   "fp32 .onnx")
     x.add_argument("--out-dir", help="folder for the files (default: the checkpoint's folder)")
     x.add_argument("--json", action="store_true")
     x.set_defaults(func=cmd_export)
