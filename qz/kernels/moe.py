@@ -1,12 +1,8 @@
-"""The Numba-jitted twins of the NumPy references in qz/moe.py: routing, dispatch, combine.
+"""The Numba-jitted twins of qz/moe.py's routing, dispatch, combine: each public name here is the twin of
+the same name there, with its signature (qz/kernels/__init__.py says how they are swapped in).
 
-Each public function here has the name and the signature of the reference it accelerates
-(``qz.kernels.moe.X`` is ``qz.moe.X``'s twin); ``kernels.accelerated`` swaps it in when
-numba is installed and ``QZ_NUMBA`` is not 0. Results agree with the references to float
-rounding (reference_tests/test_kernels.py: awkward sizes, both dtypes).
-
-Shapes: N rows, C columns (the last axis), B batch, H heads, T time, D head dim,
-d = H * D, E experts, K chosen per token, R = N * K routed rows, f expert width.
+Shapes: N rows, C columns, B batch, H heads, T time, D head dim, d = H * D, E experts,
+K chosen per token, R = N * K routed rows, f expert width.
 """
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
-"""The Numba-jitted twins of the NumPy references in qz/ops.py: softmax, RMSNorm, SwiGLU, the attention core.
+"""The Numba-jitted twins of qz/ops.py's softmax, RMSNorm, SwiGLU and attention core: each
+public name here is the twin of the same name there, with its signature (qz/kernels/__init__.py
+says how they are swapped in).
 
-Each public function here has the name and the signature of the reference it accelerates
-(``qz.kernels.ops.X`` is ``qz.ops.X``'s twin); ``kernels.accelerated`` swaps it in when
-numba is installed and ``QZ_NUMBA`` is not 0. Results agree with the references to float
-rounding (reference_tests/test_kernels.py: awkward sizes, both dtypes).
-
-Shapes: N rows, C columns (the last axis), B batch, H heads, T time, D head dim,
-d = H * D, E experts, K chosen per token, R = N * K routed rows, f expert width.
+Shapes: N rows, C columns, B batch, H heads, T time, D head dim, d = H * D, E experts,
+K chosen per token, R = N * K routed rows, f expert width.
 """
 from __future__ import annotations
 
@@ -169,7 +166,7 @@ def swiglu_grad(dm, a, b):
 # attention core (ops.attention, ops.attention_grad)
 # ----------------------------------------------------------------------------
 def _split(x, H):
-    # (B, T, d) -> (B, H, T, D)
+    # (B, T, d) -> (B, H, T, D): ops.split_heads, which this layer cannot import (nothing imports upward)
     B, T, d = x.shape
     return x.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)
 
