@@ -29,7 +29,8 @@ import numpy as np
 from . import kernels, ops
 from .quant import act_codes, code_matmul, fake_quant_act_backward, int8_linear, minmax, qlinear_forward
 
-__all__ = ["Float", "FakeQuant", "Int8", "Observed", "grouped_matmul", "grouped_matmul_backward"]
+__all__ = ["Float", "FakeQuant", "Int8", "Observed", "grouped_matmul", "grouped_matmul_backward",
+           "gather_rows"]
 
 
 class Observed(dict):
@@ -51,6 +52,15 @@ class Observed(dict):
 # ----------------------------------------------------------------------------
 # the loop over experts: each expert's block of rows times its matrix
 # ----------------------------------------------------------------------------
+def gather_rows(x, tok, bounds):
+    # x: (N, c) -> the experts' rows (R, c): x[tok]; tok None (the shared experts, moe.every_token):
+    # all of x for each of the S experts, in order (S = 1: x itself, nothing copied)
+    if tok is not None:
+        return x[tok]
+    S = len(bounds) - 1
+    return x if S == 1 else np.tile(x, (S, 1))
+
+
 def grouped_matmul(u, w, bounds, scale=None):
     # u: (R, in) grouped by expert, w: (E, in, out) -> (R, out); rows of expert e times w[e].
     # scale (fake-quant): (s_act, w_scale (E, 1, out)); u and w are then integer-valued and each
@@ -107,7 +117,7 @@ class Float:
         if self.observed is not None:
             self.observed.see(observer, h)
         w1, w3 = w[g + "w1"], w[g + "w3"]
-        u = h[tok]                                                # (R, d) gathered
+        u = gather_rows(h, tok, bounds)                           # (R, d)
         return grouped_matmul(u, w1, bounds), grouped_matmul(u, w3, bounds), (u, w1, w3, bounds, None)
 
     def experts_in_backward(self, da, db, cache):
@@ -162,10 +172,10 @@ class FakeQuant(Float):
     def experts_in(self, h, tok, w, g, observer, bounds):
         h_c, scale, mask = self.codes(observer, h)                # each token quantized once
         w1, w3 = w[g + "w1"], w[g + "w3"]
-        u_c = h_c[tok]                                            # (R, d) gathered codes
+        u_c = gather_rows(h_c, tok, bounds)                       # (R, d) codes
         a = grouped_matmul(u_c, w1.w_q, bounds, (scale, w1.scale))
         b = grouped_matmul(u_c, w3.w_q, bounds, (scale, w3.scale))
-        return a, b, (u_c * scale, w1.hat, w3.hat, bounds, mask[tok])
+        return a, b, (u_c * scale, w1.hat, w3.hat, bounds, gather_rows(mask, tok, bounds))
 
     def experts_out(self, m, w, g, observer, bounds):
         m_c, scale, mask = self.codes(observer, m)
@@ -192,6 +202,8 @@ class Int8:
 
     def experts_in(self, h, tok, w, g, observer, bounds):
         wq, s, colsum, w4 = w[g + "w13"]
+        if tok is None:                                           # the shared experts: every row
+            tok = np.tile(np.arange(len(h)), len(bounds) - 1)
         ab = kernels.int8_experts(h, tok, bounds, wq, colsum, s, *self.act[observer], w4)    # (R, 2f)
         f = ab.shape[1] // 2
         return ab[:, :f], ab[:, f:], None

@@ -25,11 +25,10 @@ hidden width, S shared experts, R = N * K routed rows.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .kernels import accelerated
+from .linear import gather_rows
 from .ops import softmax, swiglu_backward, swiglu_forward
 
 
@@ -129,18 +128,16 @@ def combine_grad(dout, rows, tok, ws):
     return g * ws[:, None], np.sum(g * rows, axis=1)
 
 
-@functools.lru_cache(maxsize=64)
 def every_token(N, S):
-    """dispatch's plan for the shared experts: every token to each of the S, in token order
-    (what dispatch(np.tile(np.arange(S), (N, 1)), S) returns; cached: it depends on N and S only)."""
-    tok = np.tile(np.arange(N), S)                                # (N S,): expert s owns rows s N ..
-    pos = np.arange(N)[:, None] + N * np.arange(S)                # (N, S)
-    order = pos.T.reshape(-1)                                     # slot n S + s sits at row s N + n
-    order = (order % N) * S + order // N
-    bounds = np.arange(S + 1) * N
-    for a in (order, bounds, tok, pos):
-        a.flags.writeable = False                                 # shared by every call: read-only
-    return order, bounds, tok, pos
+    """The plan of the shared experts: every token to each of the S, in token order, weight 1.
+    Rows s N .. s N + N - 1 are expert s's; tok None: nothing to gather (linear.gather_rows) and
+    nothing to combine but the S blocks' sum (sum_blocks)."""
+    return None, np.arange(S + 1) * N, None, None
+
+
+def sum_blocks(y, S):
+    # y: (S N, c), S blocks of N rows -> (N, c), their sum (S = 1: y itself)
+    return y if S == 1 else y.reshape(S, -1, y.shape[1]).sum(axis=0)
 
 
 def experts_forward(h, plan, gw, w, g, p, lin):
@@ -152,15 +149,18 @@ def experts_forward(h, plan, gw, w, g, p, lin):
     a, b, c_in = lin.experts_in(h, tok, w, g, p + "ffn_in", bounds)   # (R, f): u @ w1[e], u @ w3[e]
     m, c_sw = swiglu_forward(a, b)                                # (R, f)
     y, c_out = lin.experts_out(m, w, g, p + "ffn_mid", bounds)    # (R, d): m @ w2[e]
-    out = combine(y, pos, gw)                                     # (N, d): sum_j gw[n,j] y[pos[n,j]]
-    return out, (c_in, c_sw, c_out, y, gw, order, tok, pos)
+    if tok is None:                                               # the shared experts
+        out = sum_blocks(y, len(bounds) - 1)
+    else:
+        out = combine(y, pos, gw)                                 # (N, d): sum_j gw[n,j] y[pos[n,j]]
+    return out, (c_in, c_sw, c_out, y, gw, order, bounds, tok, pos)
 
 
 def experts_backward(dout, cache, lin):
     # dout: (N, d) -> dh (N, d), dgw (N, K) or None, (dw1, dw3 (E, d, f), dw2 (E, f, d))
-    c_in, c_sw, c_out, y, gw, order, tok, pos = cache
+    c_in, c_sw, c_out, y, gw, order, bounds, tok, pos = cache
     if gw is None:
-        dy, dgw = dout[tok], None                                 # weight 1: each row its token's dout
+        dy, dgw = gather_rows(dout, tok, bounds), None            # weight 1: each row its token's dout
     else:
         ws = gw.reshape(-1)[order]                                # (R,) gate weight of each row
         dy, dws = combine_grad(dout, y, tok, ws)                  # (R, d), (R,)
@@ -168,7 +168,8 @@ def experts_backward(dout, cache, lin):
     dm, dw2 = lin.experts_out_backward(dy, c_out)                 # (R, f)
     da, db = swiglu_backward(dm, c_sw)                            # (R, f) each
     du, dw1, dw3 = lin.experts_in_backward(da, db, c_in)          # (R, d)
-    return combine(du, pos), dgw, (dw1, dw3, dw2)                 # each token sums its K rows
+    dh = sum_blocks(du, len(bounds) - 1) if tok is None else combine(du, pos)   # each token sums its rows
+    return dh, dgw, (dw1, dw3, dw2)
 
 
 # ----------------------------------------------------------------------------

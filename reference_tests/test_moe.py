@@ -154,9 +154,20 @@ def test_aux_gradient_flows_through_mean_probs_only(case):
     np.testing.assert_allclose(g, E * frac / N, rtol=1e-12)   # one row, the same for every token
 
 
-@given(st.integers(1, 9), st.integers(1, 3))
-def test_the_shared_experts_plan_is_dispatch_of_every_token_to_every_shared_expert(N, S):
-    want = moe.dispatch.ref(np.tile(np.arange(S), (N, 1)), S)
-    for got, w in zip(moe.every_token(N, S), want):
-        np.testing.assert_array_equal(got, w)
-        assert not got.flags.writeable
+@given(st.integers(1, 6), st.integers(1, 3), st.integers(1, 4), seeds)
+def test_the_shared_experts_plan_is_dispatch_of_every_token_to_every_expert_at_weight_1(N, S, d, seed):
+    """moe.every_token (nothing gathered, the S blocks summed) gives what the routed path gives with
+    every token sent to all S experts at gate weight 1: forward and backward, bit for bit."""
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((N, d))
+    w = {"shared.w1": rng.standard_normal((S, d, 3)), "shared.w3": rng.standard_normal((S, d, 3)),
+         "shared.w2": rng.standard_normal((S, 3, d))}
+    dout = rng.standard_normal((N, d))
+    every = np.tile(np.arange(S), (N, 1))
+    a, ca = moe.experts_forward(h, moe.every_token(N, S), None, w, "shared.", "", Float())
+    b, cb = moe.experts_forward(h, moe.dispatch.ref(every, S), np.ones((N, S)), w, "shared.", "", Float())
+    np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    ga, gb = moe.experts_backward(dout, ca, Float()), moe.experts_backward(dout, cb, Float())
+    np.testing.assert_allclose(ga[0], gb[0], rtol=1e-14, atol=1e-14)
+    for x, y in zip(ga[2], gb[2]):
+        np.testing.assert_allclose(x, y, rtol=1e-14, atol=1e-14)
