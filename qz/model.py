@@ -67,9 +67,13 @@ def init_params(cfg: Config, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
 # ----------------------------------------------------------------------------
 # input checks (one clear ValueError instead of an IndexError deep inside)
 # ----------------------------------------------------------------------------
-def validate_inputs(cfg: Config, inputs, targets=None, top_k=None):
+def validate_inputs(cfg: Config, inputs, targets=None, top_k=None, expert_budget=None):
     if top_k is not None and (isinstance(top_k, bool) or not 1 <= int(top_k) <= cfg.n_experts):
         raise InputError(f"top_k: must be in 1..{cfg.n_experts}, got {top_k!r}")
+    if expert_budget is not None and (isinstance(expert_budget, bool)
+                                      or not isinstance(expert_budget, (int, np.integer))
+                                      or not 1 <= expert_budget <= cfg.n_experts):
+        raise InputError(f"expert_budget: must be in 1..{cfg.n_experts}, got {expert_budget!r}")
     inputs = np.asarray(inputs)
     if cfg.mode == "lm":
         if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
@@ -117,11 +121,12 @@ def weights(params, cfg, quantized=False):
     return w
 
 
-def block_forward(x, w, i, cfg, k, lin, kv=None, train=True):
+def block_forward(x, w, i, cfg, k, lin, kv=None, train=True, budget=None):
     # x: (B, T, d) -> (B, T', d), aux, routing stats, cache; w: weights(...) or the runtime's
     # kv: None, or generation's KV-cache step kv(i, q, k, v) -> o (B, T', d): attention over the
     # cached keys, for the last T' positions (T' = T, or 1 when only the last one is wanted)
     # train=False (serving): no aux loss or routing stats (aux 0, stats None)
+    # budget: the expert budget (moe.moe_forward): None, m, or this layer's (B, E) allowed experts
     p = f"blocks.{i}."
     B, T, d = x.shape
     a_in, c_n1 = ops.rmsnorm_forward(x, w[p + "attn_norm"])
@@ -135,7 +140,7 @@ def block_forward(x, w, i, cfg, k, lin, kv=None, train=True):
     a_out, c_o = lin.linear(o, p + "attn_out", w[p + "wo"])
     x = x + a_out
     h, c_n2 = ops.rmsnorm_forward(x, w[p + "ffn_norm"])
-    m, aux, stats, c_moe = moe_forward(h.reshape(-1, d), w, p, k, cfg.n_shared_experts, lin, train)
+    m, aux, stats, c_moe = moe_forward(h.reshape(-1, d), w, p, k, cfg.n_shared_experts, lin, train, budget, B)
     x = x + m.reshape(x.shape)
     return x, aux, stats, (c_n1, c_qkv, c_att, c_o, c_n2, c_moe)
 
@@ -163,7 +168,7 @@ def block_backward(dx, daux, cache, i, lin):
 # ----------------------------------------------------------------------------
 # the whole model
 # ----------------------------------------------------------------------------
-def run(w, cfg, inputs, k, lin, train=True):
+def run(w, cfg, inputs, k, lin, train=True, budget=None):
     """docs/spec.md §2.3 on weights as the block reads them -> logits, aux, per-layer routing
     stats, caches. Training calls it through _forward, the runtime (runtime.infer) directly,
     with train=False: no aux loss, and no backward follows, so each block's caches go as soon
@@ -181,7 +186,7 @@ def run(w, cfg, inputs, k, lin, train=True):
     aux = dtype.type(0.0)
     stats = []
     for i in range(cfg.n_layers):
-        x, aux_i, st, cache = block_forward(x, w, i, cfg, k, lin, train=train)
+        x, aux_i, st, cache = block_forward(x, w, i, cfg, k, lin, train=train, budget=budget)
         caches[i] = cache if train else None
         aux = aux + aux_i
         stats.append(st)
@@ -192,14 +197,14 @@ def run(w, cfg, inputs, k, lin, train=True):
     return logits, aux, stats, caches
 
 
-def _forward(params, cfg, inputs, k, aq=None, observe=False):
+def _forward(params, cfg, inputs, k, aq=None, observe=False, budget=None):
     """aq: observer name -> (scale, zp) turns on fake-quant (weights and activations), else float.
     observe: True, or a statistic (quant.percentile_stat(p)), records what each observer saw.
 
     Returns logits, aux, per-layer routing stats, caches, the Observed (or None), and lin."""
     observed = Observed(observe if callable(observe) else None) if observe else None
     lin = FakeQuant(aq, observed) if aq is not None else Float(observed)
-    logits, aux, stats, caches = run(weights(params, cfg, aq is not None), cfg, inputs, k, lin)
+    logits, aux, stats, caches = run(weights(params, cfg, aq is not None), cfg, inputs, k, lin, budget=budget)
     return logits, aux, stats, caches, observed, lin
 
 
@@ -240,25 +245,33 @@ def act_quant_params(cfg, quant):
     return aq
 
 
-def forward(params, cfg: Config, inputs, top_k=None, quant=None):
-    """Logits and the summed load-balancing loss (docs/spec.md §2.3, §7).
+def _budget(cfg, expert_budget):
+    # None or E: no budget (docs/spec.md §4: m = E is off)
+    return None if expert_budget is None or int(expert_budget) >= cfg.n_experts else int(expert_budget)
+
+
+def forward(params, cfg: Config, inputs, top_k=None, quant=None, expert_budget=None):
+    """Logits and the summed load-balancing loss (docs/spec.md §2.3, §4, §7).
 
     LM mode: int ids (B, T) -> logits (B, T, vocab_size).
     Classifier mode: features (B, T, input_dim) -> logits (B, n_classes).
+    expert_budget m: each input (row of the batch) uses only its m experts of highest mean gate
+    probability, per layer; top_k is clipped to m.
     """
     aq = act_quant_params(cfg, quant)
-    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux = _forward(params, cfg, inputs, k, aq)[:2]
+    logits, aux = _forward(params, cfg, inputs, k, aq, budget=_budget(cfg, expert_budget))[:2]
     return logits, aux
 
 
-def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None):
-    """Like forward, plus per-layer routing stats: {'load': (E,), 'entropy': float}."""
+def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None, expert_budget=None):
+    """Like forward, plus per-layer routing stats: {'load': (E,), 'entropy': float} (and
+    'allowed' (B, E), each input's allowed experts, under an expert budget)."""
     aq = act_quant_params(cfg, quant)
-    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k)
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, stats = _forward(params, cfg, inputs, k, aq)[:3]
+    logits, aux, stats = _forward(params, cfg, inputs, k, aq, budget=_budget(cfg, expert_budget))[:3]
     for st in stats:            # computed here only: forward() and training do not need it
         probs = st.pop("probs")
         st["entropy"] = float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1)))
@@ -276,17 +289,21 @@ def observe_ranges(params, cfg: Config, inputs, top_k=None, quant=None, stat=Non
     return _forward(params, cfg, inputs, k, act_quant_params(cfg, quant), observe=stat or True)[4]
 
 
-def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None):
+def loss_and_grads(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None,
+                   expert_budget=None):
     """Mean cross-entropy + aux_coef * aux, and its gradient for every parameter.
 
     Returns (loss: float, grads: dict with the same keys, shapes and dtypes as params).
+    Under an expert budget the allowed experts are a choice, like top-k's: no gradient flows
+    through which experts are allowed, only through the probabilities of those chosen.
     """
-    loss, grads, _ = loss_grads_logits(params, cfg, inputs, targets, aux_coef, top_k, quant)
+    loss, grads, _ = loss_grads_logits(params, cfg, inputs, targets, aux_coef, top_k, quant,
+                                       expert_budget=expert_budget)
     return loss, grads
 
 
 def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=None, quant=None,
-                      observed=None, soft_targets=None):
+                      observed=None, soft_targets=None, expert_budget=None):
     """loss_and_grads plus the logits of the same forward pass (the trainer's accuracy needs them).
 
     observed: a dict to fill with each observer's (min, max) in this batch (QAT), or None.
@@ -294,9 +311,10 @@ def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=
     one-hot `targets`; the loss is then the cross-entropy -mean(sum(soft * log p)).
     """
     aq = act_quant_params(cfg, quant)
-    inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k)
+    inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, _, caches, seen, lin = _forward(params, cfg, inputs, k, aq, observe=observed is not None)
+    logits, aux, _, caches, seen, lin = _forward(params, cfg, inputs, k, aq, observe=observed is not None,
+                                                 budget=_budget(cfg, expert_budget))
     if observed is not None:
         observed.update(seen)
     V = logits.shape[-1]

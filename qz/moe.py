@@ -60,10 +60,42 @@ def route_grad(dw, dprobs_row, probs, idx, w):
     return probs * (dp - np.sum(dp * probs, axis=1, keepdims=True))
 
 
-def gate_forward(h, wg, k):
-    # h: (N, d), wg: (d, E) -> w (N, K), idx (N, K), probs (N, E)
-    probs, idx, w = route(h @ wg, k)
-    return (w, idx, probs), (h, wg, probs, idx, w)
+def allowed_experts(probs, requests, m):
+    """The expert budget (docs/spec.md §4): probs (N, E), N = requests x T tokens in request order
+    -> allowed (requests, E) bool: each request's m experts of highest mean gate probability over
+    its tokens, ties to the lower index. A function of the request's own tokens only."""
+    R, E = requests, probs.shape[1]
+    mean = probs.reshape(R, -1, E).mean(axis=1)                   # (R, E)
+    top = np.argsort(-mean, axis=1, kind="stable")[:, :m]
+    allowed = np.zeros((R, E), dtype=bool)
+    np.put_along_axis(allowed, top, True, axis=1)
+    return allowed
+
+
+def route_within(probs, k, allowed):
+    # probs: (N, E), allowed: (R, E) per request (N = R x T) -> idx, w (N, k): each token's top k
+    # among its request's allowed experts (k at most their number), renormalised over the k
+    rows = np.repeat(allowed, probs.shape[0] // allowed.shape[0], axis=0)      # (N, E)
+    k = min(k, int(allowed.sum(axis=1).min()))
+    masked = np.where(rows, probs, -1.0)                          # probabilities are >= 0
+    idx = np.argsort(-masked, axis=-1, kind="stable")[:, :k].astype(np.int64)
+    sel = np.take_along_axis(probs, idx, axis=1)
+    return idx, sel / sel.sum(axis=1, keepdims=True)
+
+
+def gate_forward(h, wg, k, budget=None, requests=1):
+    # h: (N, d), wg: (d, E) -> (w (N, K), idx (N, K), probs (N, E), allowed), cache
+    # budget: None; an int m, each of the `requests` (h: requests x T rows) may use its m experts
+    # of highest mean probability; or their (requests, E) bool mask, chosen before. allowed: the mask
+    if budget is None:
+        probs, idx, w = route(h @ wg, k)
+        allowed = None
+    else:                                                         # the softmax stays over all E
+        probs = softmax(h @ wg)
+        allowed = (allowed_experts(probs, requests, int(budget)) if np.isscalar(budget)
+                   else np.asarray(budget, dtype=bool))
+        idx, w = route_within(probs, k, allowed)
+    return (w, idx, probs, allowed), (h, wg, probs, idx, w)
 
 
 def gate_backward(dw, dprobs_row, cache):
@@ -176,13 +208,17 @@ def experts_backward(dout, cache, lin):
 # the whole layer: gate, routed experts, shared experts (every token to all S of
 # them with weight 1: the same expert loop, with no gate), load-balancing loss
 # ----------------------------------------------------------------------------
-def moe_forward(h, w, p, k, n_shared, lin, train=True):
+def moe_forward(h, w, p, k, n_shared, lin, train=True, budget=None, requests=1):
     """h: (N, d) -> out (N, d), aux (scalar), stats {'load': (E,), 'probs': (N, E)}.
 
     w: the parameters (model.block_forward's), p = "blocks.{i}."; lin: how the experts'
     matmuls compute (qz/linear.py). The gate always reads the unquantized h.
-    train=False (serving): aux is 0 and stats None, neither computed."""
-    (gw, idx, probs), gate_cache = gate_forward(h, w[p + "gate"], k)
+    train=False (serving): aux is 0 and stats None, neither computed.
+    budget (docs/spec.md §4): None; an int m < E, each of the `requests` (h's rows are
+    requests x T tokens) then uses only its m allowed experts (allowed_experts); or a
+    (requests, E) bool array of allowed experts chosen before (generation keeps the prompt's).
+    With a budget, stats has 'allowed' (also when serving)."""
+    (gw, idx, probs, allowed), gate_cache = gate_forward(h, w[p + "gate"], k, budget, requests)
     E = probs.shape[1]
     out, exp_cache = experts_forward(h, dispatch(idx, E), gw, w, p, p, lin)
     shared_cache = None
@@ -191,10 +227,12 @@ def moe_forward(h, w, p, k, n_shared, lin, train=True):
         s_out, shared_cache = experts_forward(h, plan, None, w, p + "shared.", p, lin)
         out += s_out                                              # out is combine's fresh array
     if not train:
-        return out, 0.0, None, None
+        return out, 0.0, (None if allowed is None else {"allowed": allowed}), None
     aux, aux_cache = aux_loss_forward(probs, idx)
     stats = {"load": np.bincount(idx.reshape(-1), minlength=E),   # slots per expert
              "probs": probs}                                      # gate entropy: model.forward_stats
+    if allowed is not None:
+        stats["allowed"] = allowed
     return out, aux, stats, (gate_cache, exp_cache, aux_cache, shared_cache)
 
 

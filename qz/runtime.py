@@ -146,11 +146,15 @@ def accuracy(model: Model, data, top_k=None, batch=256):
     return hits / len(data)
 
 
-def infer(model: Model, inputs, top_k=None):
-    """Logits of docs/spec.md §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C)."""
-    inputs, _ = validate_inputs(model.cfg, inputs, top_k=top_k)
-    k = model.cfg.top_k if top_k is None else int(top_k)
-    return run(model.w, model.cfg, inputs, k, linear_mode(model), train=False)[0]
+def infer(model: Model, inputs, top_k=None, expert_budget=None):
+    """Logits of docs/spec.md §2.3 for a batch: LM ids (B, T) -> (B, T, V); features (B, T, in) -> (B, C).
+    expert_budget m: each input uses only its m allowed experts per layer (docs/spec.md §4); the
+    others' weights are not read for it."""
+    cfg = model.cfg
+    inputs, _ = validate_inputs(cfg, inputs, top_k=top_k, expert_budget=expert_budget)
+    k = cfg.top_k if top_k is None else int(top_k)
+    budget = None if expert_budget is None or int(expert_budget) >= cfg.n_experts else int(expert_budget)
+    return run(model.w, cfg, inputs, k, linear_mode(model), train=False, budget=budget)[0]
 
 
 # ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def routing_case(draw):
 def test_gate_weights_positive_sum_to_one_distinct(case):
     N, E, k, d, f, seed = case
     rng = np.random.default_rng(seed)
-    (w, idx, probs), _ = moe.gate_forward(rng.standard_normal((N, d)), rng.standard_normal((d, E)), k)
+    (w, idx, probs, _), _ = moe.gate_forward(rng.standard_normal((N, d)), rng.standard_normal((d, E)), k)
     assert w.shape == idx.shape == (N, k)
     assert np.all(w > 0)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-12, err_msg="gate weights")
@@ -40,7 +40,7 @@ def test_gate_weights_positive_sum_to_one_distinct(case):
 def test_zero_gate_routes_to_lowest_indices(N, E, d, seed):
     k = 1 + seed % E
     h = np.random.default_rng(seed).standard_normal((N, d))
-    (w, idx, _), _ = moe.gate_forward(h, np.zeros((d, E)), k)
+    (w, idx, _, _), _ = moe.gate_forward(h, np.zeros((d, E)), k)
     assert np.array_equal(idx, np.tile(np.arange(k), (N, 1))), idx
     np.testing.assert_allclose(w, 1.0 / k)
 
@@ -49,7 +49,7 @@ def test_ties_go_to_lower_index_among_equal_nonzero_probs():
     # logits [1, 3, 3, 0, 3]: three-way tie at the top, k = 2 -> experts 1 and 2
     h = np.array([[1.0]])
     wg = np.array([[1.0, 3.0, 3.0, 0.0, 3.0]])
-    (_, idx, _), _ = moe.gate_forward(h, wg, 2)
+    (_, idx, _, _), _ = moe.gate_forward(h, wg, 2)
     assert idx.tolist() == [[1, 2]]
 
 
@@ -74,7 +74,7 @@ def test_moe_equals_direct_spec_formula(case):
     w1, w3, w2 = (rng.standard_normal((E, d, f)), rng.standard_normal((E, d, f)),
                   rng.standard_normal((E, f, d)))
     out, aux, stats, _ = _moe(h, wg, w1, w3, w2, k)
-    (w, idx, probs), _ = moe.gate_forward(h, wg, k)
+    (w, idx, probs, _), _ = moe.gate_forward(h, wg, k)
     want = np.zeros_like(h)
     for n in range(N):
         for j in range(k):
