@@ -82,6 +82,8 @@ class KVCache:
     k_scale: np.ndarray | None        # (L, B, H, M) float32, int8 cache only
     v_scale: np.ndarray | None
     length: int = 0
+    allowed: list | None = None       # under an expert budget: each layer's (B, E) allowed experts,
+                                      # chosen from the prompt at prefill, kept for the request
 
 
 def new_cache(cfg, batch: int = 1, kv_cache: str = "fp32") -> KVCache:
@@ -148,7 +150,8 @@ def _moe_k(model, moe_top_k):
     return int(moe_top_k)
 
 
-def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
+def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False, expert_budget=None,
+            allowed=None):
     """Run ids (B, T) from position 0, filling the cache; -> logits of the last position (B, V).
 
     Only the last position's logits are asked for, so the last block computes k and v at every
@@ -159,11 +162,17 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
     logits equal the full forward's to the decode tolerance and the cache bit for bit.
     every_position=True runs the last block and the head on every position instead: then the
     logits equal runtime.infer(model, ids, moe_top_k)[:, -1] bit for bit (a BLAS product's
-    bits can depend on its row count, so the head must see the same rows as infer's)."""
+    bits can depend on its row count, so the head must see the same rows as infer's).
+    expert_budget m (docs/spec.md §4): each sequence's allowed experts are chosen per layer from
+    the whole prompt (so the last block runs every position) and kept in the cache for the
+    decode steps; `allowed` (the list a previous prefill kept) reuses a request's sets at a refill."""
     cfg = model.cfg
     if cfg.mode != "lm" or not cfg.causal:
         raise InputError("prefill: a KV cache needs a causal language model")
-    ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k)
+    ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k, expert_budget=expert_budget)
+    budget = None if expert_budget is None or expert_budget >= cfg.n_experts else int(expert_budget)
+    budget = budget if allowed is None else allowed
+    every_position = every_position or budget is not None
     k = _moe_k(model, moe_top_k)
     B, T = ids.shape
     H = cfg.n_heads
@@ -179,8 +188,12 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False):
         return ops.attention_forward(q, kk, vv, H, True)[0]       # (B, T, d); prefill attends exactly
 
     x = model.w["embed"][ids] + model.w["pos"][:T]                # (B, T, d)
+    cache.allowed = [] if budget is not None else None
     for i in range(cfg.n_layers):
-        x = block_forward(x, model.w, i, cfg, k, lin, kv, train=False)[0]
+        layer = budget[i] if isinstance(budget, list) else budget
+        x, _, stats, _ = block_forward(x, model.w, i, cfg, k, lin, kv, train=False, budget=layer)
+        if budget is not None:
+            cache.allowed.append(stats["allowed"])                # (B, E), kept for the decode steps
     cache.length = T
     if every_position:   # the head on every row too: the same GEMM as infer's, so the same bits
         return _head(model, lin, x)[:, -1]                        # (B, V)
@@ -204,8 +217,9 @@ def decode_step(model, ids, cache: KVCache, moe_top_k=None):
         return ops.merge_heads(attend(ops.split_heads(q, H), keys, vals))
 
     x = model.w["embed"][ids] + model.w["pos"][t]                 # (B, 1, d)
-    for i in range(cfg.n_layers):
-        x = block_forward(x, model.w, i, cfg, k, lin, kv, train=False)[0]
+    for i in range(cfg.n_layers):                                 # the prompt's allowed experts, if any
+        budget = cache.allowed[i] if cache.allowed is not None else None
+        x = block_forward(x, model.w, i, cfg, k, lin, kv, train=False, budget=budget)[0]
     cache.length = t + 1
     return _head(model, lin, x[:, 0])                             # (B, V)
 
@@ -214,8 +228,8 @@ class Decoder:
     """One sequence's decoding state: a model, its KV cache, and `window`, the ids held in
     the cache (window[j] sits at position j). `refills` counts beyond-max_len restarts."""
 
-    def __init__(self, model, moe_top_k=None, kv_cache="fp32"):
-        self.model, self.moe_top_k = model, _moe_k(model, moe_top_k)
+    def __init__(self, model, moe_top_k=None, kv_cache="fp32", expert_budget=None):
+        self.model, self.moe_top_k, self.expert_budget = model, _moe_k(model, moe_top_k), expert_budget
         self.cache = new_cache(model.cfg, 1, kv_cache)
         self.keep = max(1, model.cfg.max_len // 2)                # window kept at a refill
         self.window: list[int] = []
@@ -227,7 +241,8 @@ class Decoder:
         if not ids:
             raise InputError("prompt: give at least one token")
         self.window = ids[-self.model.cfg.max_len:]
-        return prefill(self.model, np.array([self.window]), self.cache, self.moe_top_k)[0]
+        return prefill(self.model, np.array([self.window]), self.cache, self.moe_top_k,
+                       expert_budget=self.expert_budget)[0]
 
     def feed(self, token: int):
         """Append a token; -> next-token logits (V,): a decode step, or a refill when full."""
@@ -240,7 +255,8 @@ class Decoder:
             return logits
         self.window = (self.window + [int(token)])[-self.keep:]     # full: restart at the last half
         self.refills += 1
-        return prefill(self.model, np.array([self.window]), self.cache, self.moe_top_k)[0]
+        return prefill(self.model, np.array([self.window]), self.cache, self.moe_top_k,
+                       expert_budget=self.expert_budget, allowed=self.cache.allowed)[0]   # the request's sets
 
 
 # ----------------------------------------------------------------------------
@@ -281,7 +297,8 @@ def _pick(source, precision, moe_top_k, plan_fn):
     return model, want, getattr(plan, "mode", "fixed"), moe_top_k, getattr(plan, "threads", None)
 
 
-def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, kv_cache, on_id):
+def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, kv_cache, on_id,
+         expert_budget=None):
     # the sampling loop, timed; -> (new ids, the Decoder, timings)
     if temperature < 0:
         raise InputError(f"temperature: must be >= 0, got {temperature}")
@@ -292,7 +309,7 @@ def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, k
     if np.asarray(prompt_ids).size == 0:
         raise InputError("prompt: give at least one token")
     rng = np.random.default_rng(seed)
-    dec = Decoder(model, moe_top_k, kv_cache)
+    dec = Decoder(model, moe_top_k, kv_cache, expert_budget)
     new, tm = [], {"prefill_s": None, "ttft_s": None, "decode_s": 0.0, "prompt_tokens": 0}
     if n_new == 0:
         return new, dec, tm
@@ -312,7 +329,7 @@ def _run(model, prompt_ids, n_new, temperature, sample_top_k, seed, moe_top_k, k
 
 def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.8, sample_top_k=None,
              seed=0, moe_top_k=None, precision=None, kv_cache: str = "fp32", plan_fn=None,
-             on_token=None) -> Completion:
+             on_token=None, expert_budget=None) -> Completion:
     """Continue a prompt with a runtime Model or Bundle, streaming text (docs/spec.md §4).
 
     precision / moe_top_k: None takes them from ``plan_fn()`` (a governor plan with
@@ -322,7 +339,9 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
     on_token(text_piece) gets the text as it is decoded (a multi-byte character once
     complete). Metrics: ttft_s = prefill + first sample; prefill_tok_s over the prompt
     window; decode_tok_s over the tokens after the first (refills included, None if
-    there are none); peak_rss_kib is the process's peak resident set (ru_maxrss)."""
+    there are none); peak_rss_kib is the process's peak resident set (ru_maxrss).
+    expert_budget m (docs/spec.md §4): each layer's m allowed experts are chosen from the prompt
+    and kept for the whole request (refills included)."""
     model, want, mode, moe_top_k, threads = _pick(source, precision, moe_top_k, plan_fn)
     cfg = model.cfg
     if cfg.mode != "lm" or cfg.vocab_size > 256:
@@ -338,7 +357,7 @@ def complete(source, prompt_ids, max_new_tokens: int, *, temperature: float = 0.
     # critical mode: one thread for the whole request (qz.parallel), as runtime.Runtime does
     with parallel.limit_threads(threads):
         new, dec, tm = _run(model, prompt_ids, max_new_tokens, temperature, sample_top_k, seed, k, kv_cache,
-                            on_id)
+                            on_id, expert_budget)
     tail = utf8.decode(b"", final=True)                           # an unfinished character -> U+FFFD
     if tail and on_token is not None:
         on_token(tail)

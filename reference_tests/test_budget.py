@@ -129,3 +129,43 @@ def test_moe_layer_with_a_budget_reads_only_allowed_experts():
     out, _, stats, _ = moe.moe_forward(rng.standard_normal((2 * 7, d)), w, "", 2, 0, Recording(), True, 2, 2)
     allowed = stats["allowed"]
     assert set(seen[0]) <= set(np.flatnonzero(allowed.any(axis=0)))
+
+
+def _lm():
+    cfg = qz.Config(d_model=16, n_heads=2, n_layers=2, n_experts=6, top_k=2, d_ff=8, max_len=12,
+                    vocab_size=20)
+    return cfg, runtime.prepare(qz.init_params(cfg, seed=5), cfg, "fp32")
+
+
+def test_generation_chooses_the_allowed_experts_at_prefill_and_keeps_them(monkeypatch):
+    from qz import generate
+    cfg, m = _lm()
+    prompt = np.array([[3, 7, 1, 9, 4]])
+    cache = generate.new_cache(cfg)
+    logits = generate.prefill(m, prompt, cache, expert_budget=2)
+    # the allowed sets come from the whole prompt: the last position's logits are infer's
+    np.testing.assert_array_equal(logits, runtime.infer(m, prompt, expert_budget=2)[:, -1])
+    assert len(cache.allowed) == cfg.n_layers and all(a.sum() == 2 for a in cache.allowed)
+    used = []
+
+    class Recording(Float):
+        def experts_in(self, h, tok, w, g, observer, bounds):
+            used.append(set(np.flatnonzero(np.diff(bounds))))
+            return super().experts_in(h, tok, w, g, observer, bounds)
+
+    monkeypatch.setattr(runtime, "linear_mode", lambda model: Recording())
+    for token in (2, 11, 5):
+        generate.decode_step(m, [token], cache)
+    for step in range(3):
+        for layer in range(cfg.n_layers):
+            assert used[step * cfg.n_layers + layer] <= set(np.flatnonzero(cache.allowed[layer][0]))
+
+
+def test_generation_with_a_budget_of_E_is_generation_without_one():
+    from qz import generate
+    cfg, m = _lm()
+    a = generate.complete(m, [1, 2, 3], 20, temperature=0, expert_budget=cfg.n_experts).ids
+    b = generate.complete(m, [1, 2, 3], 20, temperature=0).ids       # 20 new tokens: refills too
+    np.testing.assert_array_equal(a, b)
+    c = generate.complete(m, [1, 2, 3], 20, temperature=0, expert_budget=1)
+    assert len(c.ids) == 23
