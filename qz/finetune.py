@@ -54,6 +54,7 @@ class FinetuneOptions:
     weight_decay: float = 0.01
     aux_coef: float = 0.01
     top_k_choices: tuple = (1, 2)
+    budget_choices: tuple = ()    # elastic expert budget while adapting (train.TrainConfig)
     augment: bool = True          # feature augmentation (augment.augment_features) while fine-tuning
     time_mask: int = 6            # ... its widest SpecAugment time mask (frames)
     feature_mask: int = 2         # ... and feature mask (coefficients)
@@ -204,6 +205,7 @@ def finetune(base_path, data: ArrayData, opts: FinetuneOptions, test: ArrayData 
         tcfg = TrainConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup=opts.warmup,
                            weight_decay=opts.weight_decay, aux_coef=opts.aux_coef,
                            top_k_choices=tuple(k for k in opts.top_k_choices if k <= cfg.n_experts),
+                           budget_choices=tuple(opts.budget_choices),
                            seed=seed, eval_every=opts.eval_every, eval_batches=10 ** 6,
                            patience=opts.patience,
                            trainable=FREEZE_PLANS[opts.plan], augment=opts.augment,

@@ -22,6 +22,7 @@ STREAMS = {
     "epoch": 8,            # data.ArrayData.batch: the order of an epoch (index: epoch)
     "split": 11,           # finetune.stratified_split: train / validation per class
     "head": 13,            # finetune.new_head: a fresh classifier head
+    "budget": 14,          # train: the expert budget an elastic-budget step draws (index: step)
 }
 
 

@@ -26,7 +26,7 @@ from .quant import observe_update
 from .streams import stream
 
 __all__ = ["TrainConfig", "TrainState", "TrainingDiverged", "train", "evaluate",
-           "save_training", "load_training", "top_k_for_step"]
+           "save_training", "load_training", "top_k_for_step", "budget_for_step"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class TrainConfig:
     clip: float = 1.0             # global gradient norm; 0 turns clipping off
     aux_coef: float = 0.01
     top_k_choices: tuple = ()     # elastic top-k: each step draws k from this list; () = config top_k
+    budget_choices: tuple = ()    # elastic expert budget (docs/spec.md §4): each step draws m from
+                                  # this list (n_experts: no budget); () = no budget
     seed: int = 0
     eval_every: int = 0           # 0: evaluate only at the end
     eval_batches: int = 20
@@ -85,6 +87,7 @@ class TrainConfig:
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise InputError(f"{key}: must be in [0, 1], got {v!r}")
         object.__setattr__(self, "top_k_choices", tuple(int(k) for k in self.top_k_choices))
+        object.__setattr__(self, "budget_choices", tuple(int(m) for m in self.budget_choices))
         object.__setattr__(self, "trainable", tuple(str(n) for n in self.trainable))
         if self.patience and not self.eval_every:
             raise InputError("patience: early stopping needs eval_every > 0")
@@ -110,6 +113,7 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["top_k_choices"] = list(self.top_k_choices)
+        d["budget_choices"] = list(self.budget_choices)
         d["trainable"] = list(self.trainable)
         return d
 
@@ -138,6 +142,14 @@ def top_k_for_step(cfg, tcfg, step):
         return cfg.top_k
     rng = stream(tcfg.seed, "top_k", step)
     return tcfg.top_k_choices[int(rng.integers(len(tcfg.top_k_choices)))]
+
+
+def budget_for_step(cfg, tcfg, step):
+    """Elastic expert budget: a seeded draw from tcfg.budget_choices (None: no budget)."""
+    if not tcfg.budget_choices:
+        return None
+    m = tcfg.budget_choices[int(stream(tcfg.seed, "budget", step).integers(len(tcfg.budget_choices)))]
+    return None if m >= cfg.n_experts else m
 
 
 def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None, quant=None):
@@ -211,7 +223,8 @@ def train(cfg, tcfg, train_data, val_data=None, state=None, params=None, ckpt_pa
             loss = gnorm = math.nan
         else:
             loss, grads, logits = loss_grads_logits(state.params, cfg, x, y, aux_coef=tcfg.aux_coef, top_k=k,
-                                                    quant=quant, observed=observed, soft_targets=soft)
+                                                    quant=quant, observed=observed, soft_targets=soft,
+                                                    expert_budget=budget_for_step(cfg, tcfg, step))
             gnorm = clip_grad_norm(grads, tcfg.clip)
         lr = lr_at(step, tcfg.lr, tcfg.warmup, tcfg.steps, tcfg.min_lr_ratio)
         if not (math.isfinite(loss) and math.isfinite(gnorm)):

@@ -57,6 +57,25 @@ def test_elastic_top_k_draws_from_the_list():
     assert {tr.top_k_for_step(cfg, fixed, s) for s in range(20)} == {cfg.top_k}
 
 
+def test_elastic_budget_draws_from_the_list_and_trains_under_it(tmp_path):
+    cfg, tcfg, data = small_setup(steps=6, budget_choices=(1, 2, 4))
+    ms = [tr.budget_for_step(cfg, tcfg, s) for s in range(300)]
+    assert set(ms) == {1, 2, None}                                # n_experts (4): no budget
+    assert all(60 < ms.count(m) < 140 for m in (1, 2, None))
+    assert {tr.budget_for_step(cfg, tr.TrainConfig(steps=5), s) for s in range(20)} == {None}
+    full = tr.train(cfg, tcfg, data, params=qz.init_params(cfg, seed=1), progress=False, log=None)
+    half = tr.train(cfg, tcfg, data, params=qz.init_params(cfg, seed=1), stop_at=3, progress=False, log=None)
+    tr.save_training(tmp_path / "h.safetensors", cfg, tcfg, half)
+    cfg2, tcfg2, state = tr.load_training(tmp_path / "h.safetensors")
+    assert tcfg2.budget_choices == (1, 2, 4)
+    resumed = tr.train(cfg2, tcfg2, data, state=state, progress=False, log=None)
+    for name in full.params:                                      # the draws are a function of the step
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+    plain = tr.train(cfg, tr.TrainConfig(**{**tcfg.to_dict(), "budget_choices": []}), data,
+                     params=qz.init_params(cfg, seed=1), progress=False, log=None)
+    assert not np.array_equal(plain.params["blocks.0.gate"], full.params["blocks.0.gate"])
+
+
 def test_array_data_epochs_visit_every_row_once():
     x = np.arange(10, dtype=np.float32).reshape(10, 1, 1)
     data = ArrayData(x, np.arange(10))
