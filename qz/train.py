@@ -152,7 +152,7 @@ def budget_for_step(cfg, tcfg, step):
     return None if m >= cfg.n_experts else m
 
 
-def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None, quant=None):
+def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None, quant=None, expert_budget=None):
     """Loss, accuracy, aux and routing statistics on a held-out set.
 
     load[i][e] is the share of layer i's routed slots that went to expert e
@@ -164,7 +164,8 @@ def evaluate(params, cfg, data, batch_size=64, max_batches=None, top_k=None, qua
     load = np.zeros((cfg.n_layers, E))
     entropy = np.zeros(cfg.n_layers)
     for x, y in data.eval_batches(batch_size, max_batches):
-        logits, aux, stats = forward_stats(params, cfg, x, top_k=top_k, quant=quant)
+        logits, aux, stats = forward_stats(params, cfg, x, top_k=top_k, quant=quant,
+                                           expert_budget=expert_budget)
         V = logits.shape[-1]
         z, t = logits.reshape(-1, V), y.reshape(-1)
         ce, _ = cross_entropy_forward(z, t)

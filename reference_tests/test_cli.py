@@ -185,6 +185,25 @@ def test_export_onnx_and_eval_it_through_onnx_runtime(tmp_path, feats, capsys):
     assert acc["onnx fp32"] == acc["fp32"] and acc["onnx int8"] == acc["fake-int8"]
 
 
+def test_expert_budget_flags(tmp_path, feats, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(feats), "--steps", "8", "--out", str(ckpt), "--quiet",
+                 "--budget-choices", "1,2,4", *SMALL]) == 0
+    assert qz.load(ckpt)[2]["train"]["budget_choices"] == [1, 2, 4]
+    assert main(["train", "--data", str(feats), "--steps", "2", "--out", str(ckpt), "--quiet",
+                 "--budget-choices", "9", *SMALL]) == 1                            # 4 experts: one line
+    assert main(["train", "--data", str(feats), "--steps", "2", "--out", str(ckpt), "--quiet",
+                 "--budget-choices", "one", *SMALL]) == 1
+    capsys.readouterr()
+    ev = run_json(capsys, ["eval", str(ckpt), "--expert-budget", "1", "--moe-top-k", "2", "--json"])
+    r = ev["results"][0]
+    assert r["expert_budget"] == 1 and r["top_k"] == 2
+    assert main(["eval", str(ckpt), "--expert-budget", "5"]) == 1
+    res = run_json(capsys, ["finetune", str(ckpt), "--data", str(feats), "--steps", "4",
+                            "--budget-choices", "1,4", "--out", str(tmp_path / "f.safetensors"), "--json"])
+    assert "test_accuracy_top2" in res or "val_accuracy_top2" in res
+
+
 def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     """train (13 MFCC features, like a wav) -> quantize -> export int8 + fp32 -> run wavs: low_power
     by override uses int8 at top_k 1; a bad file is reported in one line and the rest are served."""

@@ -78,6 +78,14 @@ def _model_config(args, train_data, val_data):
     return Config.from_dict(base)
 
 
+def int_list(text, flag):
+    """'1,2' -> [1, 2]; one clear error for anything else."""
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected a list like 1,2") from None
+
+
 def _train_config(args, resumed=None):
     d = resumed.to_dict() if resumed is not None else {}
     for key in ("steps", "batch_size", "lr", "warmup", "weight_decay", "clip", "aux_coef", "seed",
@@ -86,10 +94,9 @@ def _train_config(args, resumed=None):
         if value is not None:
             d[key] = value
     if args.top_k_choices is not None:
-        try:
-            d["top_k_choices"] = [int(k) for k in args.top_k_choices.split(",") if k.strip()]
-        except ValueError:
-            raise UserError(f"--top-k-choices {args.top_k_choices!r}: expected a list like 1,2") from None
+        d["top_k_choices"] = int_list(args.top_k_choices, "--top-k-choices")
+    if getattr(args, "budget_choices", None) is not None:
+        d["budget_choices"] = int_list(args.budget_choices, "--budget-choices")
     return TrainConfig.from_dict(d)
 
 

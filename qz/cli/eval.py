@@ -44,7 +44,8 @@ def cmd_eval(args):
                 raise UserError(f"--moe-top-k {k}: must be in 1..{cfg.n_experts}")
             t0 = time.perf_counter()
             res = evaluate(params, cfg, val_data, batch_size=args.batch_size, max_batches=args.max_batches,
-                           top_k=k, quant=quant)
+                           top_k=k, quant=quant, expert_budget=args.expert_budget)
+            res["expert_budget"] = args.expert_budget
             res["seconds"] = round(time.perf_counter() - t0, 3)
             res["precision"] = "fp32" if quant is None else "fake-int8"
             if warps:             # the same model, its softmax averaged over warped copies of each clip
@@ -104,6 +105,8 @@ def add_parser(sub):
     e.add_argument("--moe-top-k", type=int, help="evaluate with this many experts per token only "
                    "(default: 1 and the config's top_k)")
     e.add_argument("--top-k", dest="moe_top_k", type=int, help=argparse.SUPPRESS)   # the old name
+    e.add_argument("--expert-budget", type=int, help="each input uses only its m experts of highest mean "
+                   "gate probability per layer (docs/spec.md §4; default: all)")
     e.add_argument("--split", choices=["val", "test"], default="val",
                    help="val: the held-out split training used (default); test: an .npz's x_test/y_test")
     e.add_argument("--batch-size", type=int, default=64)

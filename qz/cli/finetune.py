@@ -8,20 +8,19 @@ import sys
 from pathlib import Path
 
 from .. import checkpoint
-from .common import WARPS_HELP, UserError, _emit, _mix_arg, _warps, stop_requested
+from .common import WARPS_HELP, UserError, _emit, _mix_arg, _warps, int_list, stop_requested
 
 
 def cmd_finetune(args):
     from ..data import load_labelled
     from ..finetune import FinetuneOptions, finetune
-    try:
-        ks = tuple(int(k) for k in args.top_k_choices.split(",") if k.strip())
-    except ValueError:
-        raise UserError(f"--top-k-choices {args.top_k_choices!r}: expected a list like 1,2") from None
+    ks = tuple(int_list(args.top_k_choices, "--top-k-choices"))
+    budgets = tuple(int_list(args.budget_choices, "--budget-choices"))
     try:
         opts = FinetuneOptions(plan=args.plan, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                val_fraction=args.val_fraction, patience=args.patience, seeds=args.seeds,
                                seed=args.seed, eval_every=args.eval_every, top_k_choices=ks,
+                               budget_choices=budgets,
                                qat_start=args.qat_start, qat_freeze=args.qat_freeze, vtlp=args.vtlp,
                                warps=_warps(args.warps) or (), ema=args.ema)
     except ValueError as e:
@@ -120,6 +119,8 @@ def add_parser(sub):
     f.add_argument("--eval-every", type=int, default=25, help="validate every N steps (default 25)")
     f.add_argument("--patience", type=int, default=8, help="stop after N validations without improvement")
     f.add_argument("--top-k-choices", default="1,2", help="elastic top-k during fine-tuning (default 1,2)")
+    f.add_argument("--budget-choices", default="", help="elastic expert budget during fine-tuning, e.g. "
+                   "1,2,8 (n_experts: none; default: off)")
     f.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report the spread")
     f.add_argument("--qat-start", type=int, default=-1, help="quantization-aware fine-tuning: "
                    "fake-quant int8 from this step (also writes <out>.int8.safetensors; default: off)")

@@ -31,7 +31,7 @@ def cmd_generate(args):
     t0 = time.perf_counter()
     out = complete(bundle, prompt, args.max_new_tokens, temperature=args.temperature,
                    sample_top_k=args.sample_top_k, seed=args.seed, moe_top_k=args.moe_top_k,
-                   precision=args.precision, kv_cache=args.kv_cache,
+                   precision=args.precision, kv_cache=args.kv_cache, expert_budget=args.expert_budget,
                    plan_fn=gov.plan if gov is not None else None,
                    on_token=(lambda piece: (sys.stdout.write(piece), sys.stdout.flush())) if stream else None)
     seconds = time.perf_counter() - t0
@@ -58,6 +58,8 @@ def add_parser(sub):
     g.add_argument("--top-k", dest="sample_top_k", type=int, help=argparse.SUPPRESS)   # the old name
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--moe-top-k", type=int, help="experts per token (default: the config's top_k)")
+    g.add_argument("--expert-budget", type=int, help="use only the m experts per layer the prompt likes "
+                   "best, for the whole request (docs/spec.md §4; default: all)")
     g.add_argument("--precision", choices=("fp32", "fp16", "int8"),
                    help="which loaded model serves (default the most precise; a missing one falls back)")
     g.add_argument("--kv-cache", choices=("fp32", "int8"), default="fp32",

@@ -66,9 +66,10 @@ def cmd_train(args):
         out = out or Path("runs") / f"{Path(data_path).name.split('.')[0]}.safetensors"
     if args.skip_nonfinite is not None:   # not part of the math: may change on --resume
         tcfg = TrainConfig.from_dict({**tcfg.to_dict(), "skip_nonfinite": args.skip_nonfinite})
-    bad_k = [k for k in tcfg.top_k_choices if not 1 <= k <= cfg.n_experts]
-    if bad_k:   # else the run fails only at the first step that draws it
-        raise UserError(f"--top-k-choices: {bad_k[0]} is not in 1..{cfg.n_experts} (the model's experts)")
+    for flag, values in (("--top-k-choices", tcfg.top_k_choices), ("--budget-choices", tcfg.budget_choices)):
+        bad = [k for k in values if not 1 <= k <= cfg.n_experts]
+        if bad:   # else the run fails only at the first step that draws it
+            raise UserError(f"{flag}: {bad[0]} is not in 1..{cfg.n_experts} (the model's experts)")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     if not args.json:
@@ -152,6 +153,8 @@ def add_parser(sub):
     t.add_argument("--clip", type=float, help="global gradient-norm clip, 0 = off (default 1.0)")
     t.add_argument("--aux-coef", type=float, help="load-balancing loss weight (default 0.01)")
     t.add_argument("--top-k-choices", help="elastic top-k: each step draws k from this list, e.g. 1,2")
+    t.add_argument("--budget-choices", help="elastic expert budget (docs/spec.md §4): each step draws m "
+                   "from this list, the model's n_experts meaning none, e.g. 1,2,8")
     t.add_argument("--seed", type=int, help="seed for init, data order and top-k draws (default 0)")
     t.add_argument("--ema", type=float, help="weight averaging: evaluate and keep an exponential moving "
                    "average of the weights with this decay, e.g. 0.999 (default 0: off)")
