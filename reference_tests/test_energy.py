@@ -244,3 +244,22 @@ def _text(content):
         return content.decode("utf-8").strip() if isinstance(content, bytes) else None
     except UnicodeDecodeError:
         return None
+
+
+@given(st.sampled_from(PRECISIONS), st.integers(1, 3), st.integers(2, 8))
+def test_an_expert_budget_reads_only_the_allowed_experts(precision, batch, m):
+    """docs/spec.md §4: with budget m each sequence reads m experts a layer; one expert fewer is one
+    expert's weights fewer a layer (for one sequence long enough to reach them all); budget E is none."""
+    cfg = preset("kws")                                   # 8 experts, 2 layers, 49 frames
+    E = cfg.n_experts
+    none = count_work(cfg, precision, top_k=2, batch=batch, seq_len=49)
+    assert count_work(cfg, precision, top_k=2, batch=batch, seq_len=49, expert_budget=E) == none
+    one = count_work(cfg, precision, top_k=2, seq_len=49, expert_budget=m)
+    fewer = count_work(cfg, precision, top_k=2, seq_len=49, expert_budget=m - 1)
+    d, f = cfg.d_model, cfg.d_ff
+    per_expert = {"fp32": 4 * 3 * d * f, "fp16": 2 * 3 * d * f,
+                  "int8": 3 * d * f + 4 * (f + f + d)}[precision]   # w1, w3, w2 and their scales
+    assert one.weight_bytes - fewer.weight_bytes == cfg.n_layers * per_expert
+    assert fewer.top_k == min(2, m - 1) and fewer.expert_budget == m - 1
+    with pytest.raises(ValueError, match="expert_budget"):
+        count_work(cfg, precision, expert_budget=E + 1)

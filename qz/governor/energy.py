@@ -68,6 +68,7 @@ class Work:
     fp32_macs: int
     weight_bytes: int         # weights read for this inference
     model_bytes: int          # all weights of the model at this precision (decides the memory tier)
+    expert_budget: int | None = None   # each sequence's allowed experts per layer (docs/spec.md §4)
 
 
 def _bytes(precision: str, rows: int, cols: int, quantized: bool, per_row: bool = False) -> int:
@@ -92,9 +93,15 @@ def _check(cfg: Config, precision: str, top_k, batch: int, seq_len) -> tuple[int
 
 
 def count_work(cfg: Config, precision: str, top_k: int | None = None, batch: int = 1,
-               seq_len: int | None = None) -> Work:
-    """MACs by number format and weight bytes read for one inference (see the module docstring)."""
+               seq_len: int | None = None, expert_budget: int | None = None) -> Work:
+    """MACs by number format and weight bytes read for one inference (see the module docstring).
+    expert_budget m: each of the B sequences reads only its m allowed experts' weights per layer,
+    and top_k is clipped to m (docs/spec.md §4)."""
     k, T = _check(cfg, precision, top_k, batch, seq_len)
+    m = cfg.n_experts if expert_budget is None else expert_budget
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= cfg.n_experts:
+        raise InputError(f"expert_budget: expected an integer in [1, {cfg.n_experts}], got {expert_budget!r}")
+    k = min(k, m)
     B, d, f, E, S, V = batch, cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.n_shared_experts, cfg.n_out
     N = B * T
     lin = wb = 0                          # MACs of quantized linears; weight bytes
@@ -110,7 +117,7 @@ def count_work(cfg: Config, precision: str, top_k: int | None = None, batch: int
         wb += read(cfg.input_dim, d, "in_proj.weight") + read(1, d, "in_proj.bias")
     wb += read(T, d, "pos", per_row=True)
     pairs = T * (T + 1) // 2 if cfg.causal else T * T                  # query-key pairs per head
-    experts_read = min(E, k * N)                                       # upper bound on distinct experts
+    experts_read = min(E, B * m, k * N)                                # upper bound on distinct experts
     expert_bytes = read(d, f, "w1") + read(d, f, "w3") + read(f, d, "w2")
     for _ in range(cfg.n_layers):
         lin += N * d * 4 * d                                           # wq wk wv wo: 4 x (N, d) @ (d, d)
@@ -124,7 +131,8 @@ def count_work(cfg: Config, precision: str, top_k: int | None = None, batch: int
     wb += read(1, d, "final_norm") + read(d, V, "head.weight") + read(1, V, "head.bias")
     int8 = lin if precision == "int8" else 0
     return Work(precision, B, T, k, int8_macs=int8, fp32_macs=lin - int8 + att + gate,
-                weight_bytes=wb, model_bytes=model_weight_bytes(cfg, precision))
+                weight_bytes=wb, model_bytes=model_weight_bytes(cfg, precision),
+                expert_budget=None if m == E else m)
 
 
 def model_weight_bytes(cfg: Config, precision: str) -> int:
