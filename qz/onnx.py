@@ -9,10 +9,12 @@ Inputs and output::
 
     inputs   classifier: float32 (B, T, input_dim) features; LM: int64 (B, T) token ids
     top_k    int64 (1,): experts per token, 1..E (the governor's modes are values of it)
+    expert_budget  int64 (1,): each input's allowed experts per layer, 1..E (E: no budget)
     logits   classifier: (B, n_classes); LM: (B, T, vocab_size)
 
 Routing is in the graph and sparse: softmax over the experts, TopK (ties to the lower
-index, as docs/spec.md §2.3 says and ONNX's TopK does), renormalised; each expert
+index, as docs/spec.md §2.3 says and ONNX's TopK does) among each input's allowed experts
+(the expert budget, docs/spec.md §4: TopK of the mean probability), renormalised; each expert
 gathers the tokens routed to it (NonZero, Gather), computes only those rows, and adds
 its weighted rows back (ScatterND, reduction "add"). An expert no token chose computes
 on zero rows.
@@ -168,11 +170,30 @@ def _swiglu(g, a, b):
     return g.op("Mul", g.op("Mul", a, g.op("Sigmoid", a)), b)     # silu(a) * b, in ops.swiglu's order
 
 
-def _moe(g, lin, h, p, cfg, top_k):
+def _allowed_probs(g, probs, B, budget, E):
+    # probs (N, E), N = B x T -> probs with each input's experts outside its `budget` allowed ones
+    # (highest mean probability over its tokens, ties to the lower index: moe.allowed_experts) set to -1
+    per_input = g.op("Reshape", probs, g.op("Concat", B, g.const(np.array([-1, E], np.int64)), axis=0))
+    mean = g.op("ReduceMean", per_input, g.const(np.array([1], np.int64)), keepdims=0)      # (B, E)
+    _, top = g.op("TopK", mean, budget, axis=-1, largest=1, sorted=1, outputs=2)          # (B, m)
+    zero = g.helper.make_tensor("zero", g.onnx.TensorProto.FLOAT, [1], [0.0])
+    one = g.helper.make_tensor("one", g.onnx.TensorProto.FLOAT, [1], [1.0])
+    zeros = g.op("ConstantOfShape", g.op("Shape", mean), value=zero)
+    ones = g.op("ConstantOfShape", g.op("Shape", top), value=one)
+    allowed = g.op("ScatterElements", zeros, top, ones, axis=1)                             # (B, E) 0/1
+    rows = g.op("Reshape", g.op("Expand", g.op("Unsqueeze", allowed, g.const(np.array([1], np.int64))),
+                                g.op("Shape", per_input)), g.op("Shape", probs))            # (N, E)
+    keep = g.op("Greater", rows, g.const(np.float32(0.5)))
+    return g.op("Where", keep, probs, g.const(np.float32(-1.0)))
+
+
+def _moe(g, lin, h, p, cfg, top_k, budget, B):
     # h: (N, d) -> (N, d): the gate (float), each routed expert on its own tokens, the shared experts
     w = lin.w
     probs = g.op("Softmax", g.op("MatMul", h, g.const(w[p + "gate"])), axis=-1)     # (N, E)
-    vals, idx = g.op("TopK", probs, top_k, axis=-1, largest=1, sorted=1, outputs=2)  # (N, K), best first
+    k = g.op("Min", top_k, budget)                                # top_k is clipped to the budget
+    masked = _allowed_probs(g, probs, B, budget, cfg.n_experts)
+    vals, idx = g.op("TopK", masked, k, axis=-1, largest=1, sorted=1, outputs=2)  # (N, K), best first
     gw = g.op("Div", vals, g.op("ReduceSum", vals, g.const(np.array([-1], np.int64)), keepdims=1))
     zero = g.helper.make_tensor("zero", g.onnx.TensorProto.FLOAT, [1], [0.0])
     out = g.op("ConstantOfShape", g.op("Shape", h), value=zero)                      # (N, d)
@@ -208,7 +229,9 @@ def to_onnx(model):
     inp = helper.make_tensor_value_info("inputs", onnx.TensorProto.INT64 if lm else onnx.TensorProto.FLOAT,
                                         ["B", "T"] if lm else ["B", "T", cfg.input_dim])
     k_in = helper.make_tensor_value_info("top_k", onnx.TensorProto.INT64, [1])
+    m_in = helper.make_tensor_value_info("expert_budget", onnx.TensorProto.INT64, [1])
     T = g.op("Gather", g.op("Shape", "inputs"), g.const(np.array([1], np.int64)), axis=0)   # (1,)
+    B = g.op("Gather", g.op("Shape", "inputs"), g.const(np.array([0], np.int64)), axis=0)   # (1,)
     if lm:
         x = g.op("Gather", g.const(w["embed"]), "inputs", axis=0)                  # (B, T, d)
     else:
@@ -224,7 +247,7 @@ def to_onnx(model):
                        g.const(np.array([d, d, d], np.int64)), axis=-1, outputs=3)
         x = g.op("Add", x, lin.linear(_attention(g, q, k, v, cfg, T), p + "attn_out", p + "wo"))
         h = g.op("Reshape", _rmsnorm(g, x, w[p + "ffn_norm"]), g.const(np.array([-1, d], np.int64)))
-        m = _moe(g, lin, h, p, cfg, "top_k")
+        m = _moe(g, lin, h, p, cfg, "top_k", "expert_budget", B)
         x = g.op("Add", x, g.op("Reshape", m, g.op("Shape", x)))
     x = _rmsnorm(g, x, w["final_norm"])
     if not lm:
@@ -233,7 +256,7 @@ def to_onnx(model):
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
     out = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
                                         ["B", "T", cfg.vocab_size] if lm else ["B", cfg.n_classes])
-    graph = helper.make_graph(g.nodes, f"qingzhou_mini_{model.precision}", [inp, k_in], [out], g.inits)
+    graph = helper.make_graph(g.nodes, f"qingzhou_mini_{model.precision}", [inp, k_in, m_in], [out], g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="qz", producer_version="0.1.0")
     proto.ir_version = 8                                          # readable by ONNX Runtime 1.10 and later
@@ -268,9 +291,19 @@ def session(path_or_proto, threads=None):
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def run(path_or_session, inputs, top_k):
-    """Logits of an exported file through ONNX Runtime (inputs as qz.forward takes them)."""
+def run(path_or_session, inputs, top_k, expert_budget=None):
+    """Logits of an exported file through ONNX Runtime (inputs as qz.forward takes them);
+    expert_budget None: all experts (a file from before the budget input has none to feed)."""
     sess = path_or_session if hasattr(path_or_session, "run") else session(path_or_session)
     x = np.asarray(inputs)
     x = x.astype(np.int64) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
-    return sess.run(["logits"], {"inputs": x, "top_k": np.array([int(top_k)], np.int64)})[0]
+    feed = {"inputs": x, "top_k": np.array([int(top_k)], np.int64)}
+    if any(i.name == "expert_budget" for i in sess.get_inputs()):
+        E = _n_experts(sess)
+        feed["expert_budget"] = np.array([E if expert_budget is None else int(expert_budget)], np.int64)
+    return sess.run(["logits"], feed)[0]
+
+
+def _n_experts(sess):
+    import json
+    return json.loads(sess.get_modelmeta().custom_metadata_map["config"])["n_experts"]

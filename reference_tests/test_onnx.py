@@ -32,7 +32,7 @@ def onnx_case(draw):
     else:
         kw.update(input_dim=draw(st.integers(1, 5)), n_classes=draw(st.integers(2, 6)))
     B, T, k = draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, E))
-    return Config(**kw), B, T, k, draw(seeds)
+    return Config(**kw), B, T, k, draw(st.integers(1, E)), draw(seeds)
 
 
 def _inputs(cfg, B, T, rng):
@@ -44,28 +44,30 @@ def _inputs(cfg, B, T, rng):
 @settings(max_examples=25, deadline=None)
 @given(onnx_case())
 def test_fp32_export_equals_the_runtime(case):
-    """LM and classifier, shared experts 0/1, top_k 1..E, batch and length from 1: with more experts
-    than tokens some experts get no token and compute on zero rows."""
-    cfg, B, T, k, seed = case
+    """LM and classifier, shared experts 0/1, top_k 1..E, expert budget 1..E (docs/spec.md §4), batch
+    and length from 1: with more experts than tokens some experts get no token and compute on zero rows."""
+    cfg, B, T, k, budget, seed = case
     rng = np.random.default_rng(seed)
     m = runtime.prepare(model.init_params(cfg, seed=seed % 1000), cfg, "fp32")
     x = _inputs(cfg, B, T, rng)
-    want = runtime.infer(m, x, top_k=k)
-    got = qz_onnx.run(qz_onnx.session(qz_onnx.to_onnx(m)), x, k)
-    assert got.shape == want.shape
-    assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-3)
+    sess = qz_onnx.session(qz_onnx.to_onnx(m))
+    for b in (None, budget):
+        want = runtime.infer(m, x, top_k=k, expert_budget=b)
+        got = qz_onnx.run(sess, x, k, b)
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-3)
 
 
 @settings(max_examples=15, deadline=None)
 @given(onnx_case())
 def test_int8_export_agrees_with_the_integer_runtime(case):
-    cfg, B, T, k, seed = case
+    cfg, B, T, k, budget, seed = case
     rng = np.random.default_rng(seed)
     p = model.init_params(cfg, seed=seed % 1000)
     x = _inputs(cfg, B, T, rng)
     m = runtime.prepare(p, cfg, "int8", model.observe_ranges(p, cfg, x), lean=False)
-    want = runtime.infer(m, x, top_k=k)
-    got = qz_onnx.run(qz_onnx.session(qz_onnx.to_onnx(m)), x, k)
+    want = runtime.infer(m, x, top_k=k, expert_budget=budget)
+    got = qz_onnx.run(qz_onnx.session(qz_onnx.to_onnx(m)), x, k, budget)
     # integer layers agree bit for bit (below); the float parts are computed by another library, and a
     # value on a rounding edge of its uint8 code can move one step: the logits agree to a few codes
     assert np.abs(got - want).max() <= 0.05 * max(np.abs(want).max(), 1e-3)
