@@ -240,6 +240,14 @@ def test_export_and_run_a_bundle_under_the_governor(tmp_path, capsys):
     assert set(sim["modes"]) == {"performance", "balanced", "low_power", "critical"}
     assert all(m["energy_j"] > 0 and "measured_energy_j" in m for m in sim["modes"].values())
     assert sim["runs"]["governed"]["requests"] > 0 and (tmp_path / "sim.json").exists()
+    # each mode's figures alone (qz governor modes): the rows the simulation prices
+    modes = run_json(capsys, ["governor", "modes", files["fp32"]["path"], files["int8"]["path"],
+                              "--data", str(data), "--repeats", "2", "--json"])
+    assert set(modes["modes"]) == set(sim["modes"]) and modes["n"] == len(y) - 30
+    for name, m in modes["modes"].items():
+        assert m["energy_uj"] == round(m["energy_j"] * 1e6, 4) and 0 <= m["accuracy"] <= 1
+        assert (m["precision"], m["top_k"]) == (sim["modes"][name]["precision"], sim["modes"][name]["top_k"])
+    assert main(["governor", "modes", files["int8"]["path"]]) == 1                 # no --data: one line
 
 
 def test_finetune_mix_and_train_on_a_wav_folder(tmp_path, feats, capsys):

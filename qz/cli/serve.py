@@ -82,27 +82,36 @@ def cmd_governor(args):
     from ..runtime import load_bundle
     from ..governor import simulate as sim
     if not args.models or not args.data:
-        raise UserError("governor simulate needs model files and --data (an .npz with a test split)")
+        raise UserError(f"governor {args.action} needs model files and --data (an .npz with a test split)")
     bundle = load_bundle(args.models)
     test = apply_input_norm(load_split(args.data, "test"), bundle.meta.get("input_norm"))
     costs = sim.measure_modes(bundle, test, repeats=args.repeats)
+    modes = {m: {"precision": c.precision, "top_k": c.top_k, "energy_j": c.energy_j,
+                 "energy_uj": round(c.energy_j * 1e6, 4),
+                 "measured_energy_j": c.measured_j,              # RAPL, where the machine has it
+                 "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4), "accuracy": c.accuracy}
+             for m, c in costs.items()}
+
+    def measured(c):
+        return ("" if c["measured_energy_j"] is None
+                else f" ({c['measured_energy_j'] * 1e6:.2f} uJ measured by RAPL)")
+    mode_lines = [f"{m}: {c['precision']} top_k {c['top_k']}, {c['energy_uj']:.2f} uJ/request (estimated)"
+                  f"{measured(c)}, {c['mean_ms']:.3f} ms (p95 {c['p95_ms']:.3f}), "
+                  f"accuracy {c['accuracy']:.4f}" for m, c in modes.items()]
+    if all(c["measured_energy_j"] is None for c in modes.values()):
+        mode_lines.append("(no RAPL counters under /sys/class/powercap here: energy is the estimate only)")
+    if args.action == "modes":
+        _emit(args, {"modes": modes, "data": args.data, "n": len(test)}, mode_lines)
+        return 0
     trace = load_trace(args.trace) if args.trace else None
     cfg = sim.SimConfig(capacity_wh=args.capacity_wh, rate_hz=args.rate, baseline_w=args.baseline_w)
     res = sim.compare(costs, cfg, trace)
-    res["modes"] = {m: {"precision": c.precision, "top_k": c.top_k, "energy_j": c.energy_j,
-                        "measured_energy_j": c.measured_j,       # RAPL, where the machine has it
-                        "mean_ms": round(c.mean_ms, 4), "p95_ms": round(c.p95_ms, 4), "accuracy": c.accuracy}
-                    for m, c in costs.items()}
+    res["modes"] = modes
     res["sweep_baseline_w"] = sim.sweep(costs, sim=cfg, trace=trace)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = sim.write_timeline(res, str(out))
-    def measured(c):
-        return ("" if c["measured_energy_j"] is None
-                else f" ({c['measured_energy_j'] * 1e6:.2f} uJ measured by RAPL)")
-    lines = [f"{m}: {c['precision']} top_k {c['top_k']}, {c['energy_j'] * 1e6:.2f} uJ/request (estimated)"
-             f"{measured(c)}, {c['mean_ms']:.3f} ms (p95 {c['p95_ms']:.3f}), accuracy {c['accuracy']:.4f}"
-             for m, c in res["modes"].items()]
+    lines = list(mode_lines)
     for name, run in res["runs"].items():
         lines.append(f"{name:>11}: {run['requests']:,} requests in {run['hours']:.1f} h, "
                      f"accuracy {run['accuracy']:.4f}, mean latency {run['mean_latency_ms']:.3f} ms")
@@ -136,21 +145,27 @@ def add_parser(sub):
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    gv = sub.add_parser("governor", help="device state and mode now, or a simulated battery discharge",
+    gv = sub.add_parser("governor", help="device state and mode now, each mode's cost, or a simulated "
+                        "battery discharge",
                         description="status: read this device's battery, temperature and CPU load (or a "
-                        "trace, or overrides) and print the mode the governor picks. simulate: replay a "
-                        "discharge from 100 %% against the model under always-performance, always-balanced "
+                        "trace, or overrides) and print the mode the governor picks. modes: each mode's "
+                        "estimated energy per inference (uJ; RAPL's measure beside it where the machine "
+                        "has one), accuracy on --data's test split, and mean and p95 batch-1 latency "
+                        "measured here. simulate: replay a "
+                        "discharge from 100 % against the model under always-performance, always-balanced "
                         "and the governed policy, with each mode's energy estimated "
                         "(qz/governor/energy.py) and its latency and accuracy measured here; writes JSON, "
                         "CSV and (with matplotlib) PNG.",
                         epilog="examples:\n  qz governor status --battery 15 --charging no\n"
+                        "  qz governor modes runs/demo/commands.fp32.safetensors "
+                        "runs/demo/commands.int8.safetensors --data data/speech_commands_real.npz --json\n"
                         "  qz governor simulate runs/demo/commands.fp32.safetensors "
                         "runs/demo/commands.int8.safetensors --data data/speech_commands.npz\n"
                         "  qz governor simulate MODELS --data D --trace heat.csv --baseline-w 0.1 --rate 10",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    gv.add_argument("action", choices=["status", "simulate"])
-    gv.add_argument("models", nargs="*", help="simulate: model files, one per precision")
-    gv.add_argument("--data", help="simulate: an .npz whose test split scores each mode")
+    gv.add_argument("action", choices=["status", "modes", "simulate"])
+    gv.add_argument("models", nargs="*", help="modes, simulate: model files, one per precision")
+    gv.add_argument("--data", help="modes, simulate: an .npz whose test split scores each mode")
     gv.add_argument("--governor", default="auto", help="status: auto (this device) or a trace file")
     gv.add_argument("--trace", help="simulate: CSV/JSON rows of time, battery, charging, temp, cpu_util "
                     "(battery is simulated; default: a synthetic profile with a heat-up every 10 h)")
