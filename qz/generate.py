@@ -55,7 +55,7 @@ import numpy as np
 from . import ops, parallel, quant, runtime
 from .errors import InputError
 from .export import PRECISIONS
-from .model import block_forward, validate_inputs
+from .model import block_forward, budget_of, validate_inputs
 
 __all__ = ["KV_CACHES", "KVCache", "new_cache", "prefill", "decode_step", "attend", "Decoder",
            "sample", "Completion", "complete", "metrics_line", "generate", "encode", "decode"]
@@ -170,8 +170,7 @@ def prefill(model, ids, cache: KVCache, moe_top_k=None, every_position=False, ex
     if cfg.mode != "lm" or not cfg.causal:
         raise InputError("prefill: a KV cache needs a causal language model")
     ids, _ = validate_inputs(cfg, ids, top_k=moe_top_k, expert_budget=expert_budget)
-    budget = None if expert_budget is None or expert_budget >= cfg.n_experts else int(expert_budget)
-    budget = budget if allowed is None else allowed
+    budget = budget_of(cfg, expert_budget) if allowed is None else allowed
     every_position = every_position or budget is not None
     k = _moe_k(model, moe_top_k)
     B, T = ids.shape

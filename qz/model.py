@@ -24,7 +24,8 @@ from .quant import act_qparams, observer_names
 from .streams import stream
 
 __all__ = ["init_params", "forward", "loss_and_grads", "loss_grads_logits", "forward_stats", "observe_ranges",
-           "act_quant_params", "validate_inputs", "weights", "block_forward", "block_backward", "run"]
+           "act_quant_params", "validate_inputs", "weights", "block_forward", "block_backward", "run",
+           "budget_of"]
 
 
 # ----------------------------------------------------------------------------
@@ -245,8 +246,8 @@ def act_quant_params(cfg, quant):
     return aq
 
 
-def _budget(cfg, expert_budget):
-    # None or E: no budget (docs/spec.md §4: m = E is off)
+def budget_of(cfg, expert_budget):
+    """The budget the block applies: None for none or E (docs/spec.md §4: m = E is off), else m."""
     return None if expert_budget is None or int(expert_budget) >= cfg.n_experts else int(expert_budget)
 
 
@@ -261,7 +262,7 @@ def forward(params, cfg: Config, inputs, top_k=None, quant=None, expert_budget=N
     aq = act_quant_params(cfg, quant)
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux = _forward(params, cfg, inputs, k, aq, budget=_budget(cfg, expert_budget))[:2]
+    logits, aux = _forward(params, cfg, inputs, k, aq, budget=budget_of(cfg, expert_budget))[:2]
     return logits, aux
 
 
@@ -271,7 +272,7 @@ def forward_stats(params, cfg: Config, inputs, top_k=None, quant=None, expert_bu
     aq = act_quant_params(cfg, quant)
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
-    logits, aux, stats = _forward(params, cfg, inputs, k, aq, budget=_budget(cfg, expert_budget))[:3]
+    logits, aux, stats = _forward(params, cfg, inputs, k, aq, budget=budget_of(cfg, expert_budget))[:3]
     for st in stats:            # computed here only: forward() and training do not need it
         probs = st.pop("probs")
         st["entropy"] = float(-np.mean(np.sum(probs * np.log(np.maximum(probs, 1e-30)), axis=1)))
@@ -314,7 +315,7 @@ def loss_grads_logits(params, cfg: Config, inputs, targets, aux_coef=0.0, top_k=
     inputs, targets = validate_inputs(cfg, inputs, targets, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
     logits, aux, _, caches, seen, lin = _forward(params, cfg, inputs, k, aq, observe=observed is not None,
-                                                 budget=_budget(cfg, expert_budget))
+                                                 budget=budget_of(cfg, expert_budget))
     if observed is not None:
         observed.update(seen)
     V = logits.shape[-1]

@@ -29,7 +29,7 @@ from .config import Config
 from .errors import InputError
 from .export import PRECISIONS, export_tensors, load_export
 from .linear import Float, Int8
-from .model import run, validate_inputs
+from .model import budget_of, run, validate_inputs
 from .quant import QWeight, cat_out, pack_qweight, weight_axis
 
 __all__ = ["Model", "prepare", "prepare_tensors", "load_model", "infer", "accuracy", "linear_mode",
@@ -153,7 +153,7 @@ def infer(model: Model, inputs, top_k=None, expert_budget=None):
     cfg = model.cfg
     inputs, _ = validate_inputs(cfg, inputs, top_k=top_k, expert_budget=expert_budget)
     k = cfg.top_k if top_k is None else int(top_k)
-    budget = None if expert_budget is None or int(expert_budget) >= cfg.n_experts else int(expert_budget)
+    budget = budget_of(cfg, expert_budget)
     return run(model.w, cfg, inputs, k, linear_mode(model), train=False, budget=budget)[0]
 
 
